@@ -1,0 +1,269 @@
+"""The `msf` command line: a thin typer app over library functions that return data.
+
+Diagnostics and progress go to stderr; data (JSON, tables) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="MSF-SER feature extraction, caching and training.")
+cache_app = typer.Typer(no_args_is_help=True, help="Check and tidy a cache.")
+corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora.")
+app.add_typer(cache_app, name="cache")
+app.add_typer(corpus_app, name="corpus")
+
+OUT = Console()
+ERR = Console(stderr=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Expected failures become one clear line and exit code 2, never a traceback wall."""
+    from msf.pipeline.config import ConfigError
+    from msf.pipeline.corpus import CorpusError
+    from msf.pipeline.lock import CacheBusy
+
+    try:
+        yield
+    except (ConfigError, CorpusError, CacheBusy, KeyError, ValueError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        ERR.print(f"[bold red]error:[/] {msg}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _report_problems(problems: list[Any]) -> None:
+    if not problems:
+        return
+    ERR.print(f"[yellow]{len(problems)} manifest row(s) need attention:[/]")
+    for p in problems[:20]:
+        ERR.print(f"  {p}", highlight=False, markup=False)
+    if len(problems) > 20:
+        ERR.print(f"  … and {len(problems) - 20} more")
+
+
+def _open_cache(cache: Path):  # -> Extraction
+    from msf.pipeline.config import ConfigError, MsfConfig
+    from msf.pipeline.runner import Extraction
+    from msf.pipeline.shard_store import ShardStore
+
+    if not (cache / "index.sqlite").is_file():
+        raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
+    store = ShardStore(cache)
+    raw = store.index.get_meta("config")
+    stages = json.loads(store.index.get_meta("stages") or "[]")
+    store.close()
+    if raw is None:
+        raise ConfigError(f"the cache {cache} has no recorded extraction settings")
+    config = MsfConfig.model_validate_json(raw).model_copy(update={"cache": cache})
+    return Extraction(config), stages
+
+
+@app.command()
+def extract(
+    config: Optional[Path] = typer.Option(None, help="msf.toml to read (default: ./msf.toml if present)."),
+    corpus: Optional[str] = typer.Option(None, help="Manifest path, or msp-podcast:PATH, iemocap:PATH, demo:PATH."),
+    cache: Optional[Path] = typer.Option(None, help="Cache directory."),
+    stage: List[str] = typer.Option([], "--stage", help="Stage to bring up to date (repeatable; default: all)."),
+    profile: Optional[str] = typer.Option(None, help="offline | default."),
+    set_: List[str] = typer.Option([], "--set", help="STAGE.KEY=VALUE parameter override (repeatable)."),
+    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler."),
+    wait: float = typer.Option(0.0, help="Seconds to wait for another run holding the cache lock."),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-stage summary as JSON (last line)."),
+) -> None:
+    """Bring the requested stages up to date in the cache, computing only what changed."""
+    from msf.pipeline.config import load_config
+    from msf.pipeline.runner import Extraction, reports_json
+    from msf.pipeline.stage import REGISTRY, stage_class
+
+    with user_errors():
+        cfg = load_config(config, set_, corpus=corpus, cache=cache, profile=profile, workers=workers,
+                          scheduler=scheduler)
+        stage_class("audio")  # registers the built-in stages
+        stages = stage or sorted(REGISTRY)
+        for s in stages:
+            stage_class(s)
+        ex = Extraction(cfg)
+        _report_problems(ex.corpus.problems)
+        try:
+            reports = ex.run(stages, progress=True, wait_s=wait)
+        finally:
+            ex.close()
+    if as_json:
+        print(reports_json(reports))
+        return
+    table = Table("stage", "computed", "reused", "failed", "seconds", title=f"cache {cfg.cache_dir()}")
+    for name, r in reports.items():
+        table.add_row(name, str(r.computed), str(r.reused), str(r.failed), f"{r.seconds:.1f}")
+    OUT.print(table)
+    if any(r.failed for r in reports.values()):
+        ERR.print("[yellow]some utterances failed; `msf status --failed` lists them (they are retried next run)[/]")
+
+
+@app.command()
+def status(
+    cache: Path = typer.Option(Path("cache"), help="Cache directory."),
+    as_json: bool = typer.Option(False, "--json"),
+    failed: bool = typer.Option(False, "--failed", help="List failed utterances with their errors."),
+) -> None:
+    """How much of each stage is fresh, stale, missing or failed for the corpus last extracted."""
+    with user_errors():
+        ex, stages = _open_cache(cache)
+        try:
+            counts = ex.status(stages)
+            failures = ex.store.index.failures() if failed else []
+        finally:
+            ex.close()
+    if as_json:
+        data: dict[str, Any] = {"stages": counts}
+        if failed:
+            data["failed"] = [{"utterance": f.utt, "stage": f.stage, "error": f.error} for f in failures]
+        print(json.dumps(data))
+        return
+    table = Table("stage", "total", "fresh", "stale", "missing", "failed", title=f"cache {cache}")
+    for name, c in counts.items():
+        table.add_row(name, *(str(c[k]) for k in ("total", "fresh", "stale", "missing", "failed")))
+    OUT.print(table)
+    if failed:
+        ft = Table("utterance", "stage", "error", title="failed")
+        for f in failures:
+            ft.add_row(f.utt, f.stage, f.error)
+        OUT.print(ft)
+
+
+def _describe(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "U":
+            return value.tolist()
+        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+    return value
+
+
+@app.command()
+def show(
+    utt: str = typer.Argument(..., help="Utterance id."),
+    cache: Path = typer.Option(..., help="Cache directory."),
+    stage: str = typer.Option(..., help="Stage name."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One cached entry: arrays as shape and dtype, scalars and strings as values."""
+    from msf.pipeline.config import ConfigError
+    from msf.pipeline.shard_store import ShardStore
+
+    with user_errors():
+        if not (cache / "index.sqlite").is_file():
+            raise ConfigError(f"no msf cache at {cache}")
+        store = ShardStore(cache)
+        try:
+            record = {k: _describe(v) for k, v in store.read(stage, utt).items()}
+        finally:
+            store.close()
+    if as_json:
+        print(json.dumps(record))
+        return
+    table = Table("field", "value", title=f"{stage} / {utt}")
+    for k, v in record.items():
+        table.add_row(k, json.dumps(v) if not isinstance(v, str) else v)
+    OUT.print(table)
+
+
+def _maintenance(cache: Path):  # -> ShardStore under the cache lock
+    from msf.pipeline.config import ConfigError
+    from msf.pipeline.shard_store import ShardStore
+
+    if not (cache / "index.sqlite").is_file():
+        raise ConfigError(f"no msf cache at {cache}")
+    return ShardStore(cache)
+
+
+@cache_app.command("verify")
+def cache_verify(cache: Path = typer.Option(..., help="Cache directory."), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Re-read every entry against its checksum; corrupt ones are dropped so the next extract redoes them."""
+    from msf.pipeline.lock import CacheLock
+
+    with user_errors(), CacheLock(cache):
+        store = _maintenance(cache)
+        try:
+            report = store.verify()
+        finally:
+            store.close()
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        OUT.print(f"checked {report.checked} entries: " + ("[green]all intact[/]" if report.ok else "[red]corruption found[/]"))
+        for stage, shards in report.bad.items():
+            for shard, utts in shards.items():
+                why = report.errors.get(f"{stage}/{shard}", "checksum mismatch")
+                OUT.print(f"  {stage}/{shard}: {len(utts)} entries ({why}): {', '.join(utts[:10])}"
+                          + (" …" if len(utts) > 10 else ""), highlight=False, markup=False)
+        if not report.ok:
+            OUT.print("the affected entries were dropped from the index; `msf extract` recomputes them")
+        if report.unreferenced:
+            OUT.print(f"{len(report.unreferenced)} unreferenced shard file(s); `msf cache gc` removes them")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@cache_app.command("compact")
+def cache_compact(cache: Path = typer.Option(...), shard_size: int = typer.Option(512)) -> None:
+    """Rewrite live entries into full shards and delete the old ones."""
+    from msf.pipeline.lock import CacheLock
+
+    with user_errors(), CacheLock(cache):
+        store = _maintenance(cache)
+        try:
+            result = store.compact(shard_size)
+        finally:
+            store.close()
+    for stage, n in result.items():
+        OUT.print(f"{stage}: {n} shard(s)")
+
+
+@cache_app.command("gc")
+def cache_gc(cache: Path = typer.Option(...)) -> None:
+    """Delete shard files that no index entry references."""
+    from msf.pipeline.lock import CacheLock
+
+    with user_errors(), CacheLock(cache):
+        store = _maintenance(cache)
+        try:
+            removed = store.gc()
+        finally:
+            store.close()
+    OUT.print(f"removed {len(removed)} unreferenced file(s)")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Output directory."),
+    n: int = typer.Option(300, help="Utterances in the demo corpus."),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(2, help="Local Dask workers for extraction."),
+) -> None:
+    """The whole product on a synthetic corpus: build it, extract with the offline profile, report."""
+    from msf.pipeline.demo import run_demo
+
+    with user_errors():
+        run_demo(out, n=n, seed=seed, workers=workers)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        ERR.print("interrupted; everything committed so far is kept and the next run resumes from it")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Corpora, the stage framework, the stages, the shard store and the runner."""

@@ -1,0 +1,106 @@
+"""`msf.toml` and its overrides: corpus, cache, profile, execution and per-stage parameters.
+
+    corpus = "demo:data/demo"
+    cache = "cache/demo"
+    profile = "offline"          # or "default" (the paper's production models)
+    workers = 2
+    [stages.emphasis]
+    threshold = 0.6
+
+Precedence: stage Params defaults < profile defaults < msf.toml < --set / --corpus / --cache.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from msf.pipeline.stage import Stage, StageParams
+
+CONFIG_FILE = "msf.toml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class MsfConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: str | None = None
+    cache: Path | None = None
+    profile: Literal["default", "offline"] = "default"
+    workers: int = Field(1, ge=1)
+    scheduler: str | None = None
+    shard_size: int = Field(256, ge=1)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def cache_dir(self) -> Path:
+        if self.cache is not None:
+            return self.cache
+        if self.corpus is None:
+            raise ConfigError("no cache directory: pass --cache DIR (or --corpus, or set it in msf.toml)")
+        tail = Path(self.corpus.split(":", 1)[-1])
+        name = tail.stem if tail.suffix else tail.name
+        return Path("cache") / (name or "corpus")
+
+    def params_for(self, stage: type[Stage]) -> StageParams:
+        values = {**stage.profiles.get(self.profile, {}), **self.stages.get(stage.name, {})}
+        try:
+            return stage.Params(**values)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"stage {stage.name!r} parameters: {problems}") from None
+
+
+def parse_value(raw: str) -> Any:
+    """`--set` values: JSON or TOML literals (numbers, booleans, lists), else the string itself."""
+    for parse in (json.loads, lambda s: tomllib.loads(f"v = {s}")["v"]):
+        try:
+            return parse(raw)
+        except (ValueError, tomllib.TOMLDecodeError):
+            pass
+    return raw
+
+
+def load_config(
+    path: Path | None = None,
+    sets: list[str] = (),  # type: ignore[assignment]
+    **overrides: Any,
+) -> MsfConfig:
+    data: dict[str, Any] = {}
+    file = path if path is not None else Path(CONFIG_FILE)
+    if path is not None and not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    if file.is_file():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{file}: {e}") from None
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set expects STAGE.KEY=VALUE or KEY=VALUE, got {item!r}")
+        if "." in key:
+            stage, _, name = key.partition(".")
+            data.setdefault("stages", {}).setdefault(stage, {})[name] = parse_value(raw)
+        else:
+            data[key] = parse_value(raw)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = MsfConfig(**data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"configuration: {problems}") from None
+    from msf.pipeline.stage import stage_class
+
+    for name in config.stages:
+        try:
+            stage_class(name)
+        except KeyError as e:
+            raise ConfigError(str(e.args[0])) from None
+    return config

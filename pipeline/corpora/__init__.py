@@ -1,0 +1,1 @@
+"""Corpus readers: generic manifests, MSP-Podcast, IEMOCAP and the synthetic demo corpus."""

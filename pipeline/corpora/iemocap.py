@@ -1,0 +1,78 @@
+"""IEMOCAP: EmoEvaluation V/A/D (1-5 scale), transcriptions, ForcedAlignment `.wdseg`, five sessions.
+
+Folds are leave-one-session-out: for fold K, session K is test, session K+1 (cyclic) is dev and the
+other three are train. The cache never depends on the fold; `split_for_fold` re-splits at train time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Utterance
+
+EVAL_LINE = re.compile(
+    r"^\[(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\]\s+(?P<utt>\S+)\s+(?P<cat>\S+)\s+\[(?P<vad>[^\]]*)\]"
+)
+TRANSCRIPT_LINE = re.compile(r"^(?P<utt>Ses\S+)\s+\[[^\]]*\]:\s*(?P<text>.*)$")
+SESSIONS = 5
+
+
+def split_for_fold(session: int, fold: int) -> str:
+    if not 1 <= fold <= SESSIONS:
+        raise ValueError(f"IEMOCAP fold must be 1..{SESSIONS}, got {fold}")
+    if session == fold:
+        return "test"
+    return "dev" if session == fold % SESSIONS + 1 else "train"
+
+
+def refold(utterances: list[Utterance], fold: int) -> list[Utterance]:
+    return [replace(u, split=split_for_fold(int(u.extra["session"]), fold)) for u in utterances]
+
+
+def _transcripts(session_dir: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in sorted((session_dir / "dialog" / "transcriptions").glob("*.txt")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            m = TRANSCRIPT_LINE.match(line.strip())
+            if m:
+                out[m["utt"]] = m["text"].strip()
+    return out
+
+
+def read(root: Path, spec: str, fold: int = 1) -> Corpus:
+    sessions = sorted(p for p in root.glob("Session[1-5]") if p.is_dir())
+    if not sessions:
+        raise CorpusError(f"not an IEMOCAP root (no Session1..Session5 folders): {root}")
+    b = CorpusBuilder(label_range=(1.0, 5.0))
+    for session_dir in sessions:
+        session = int(session_dir.name[-1])
+        transcripts = _transcripts(session_dir)
+        for eval_file in sorted((session_dir / "dialog" / "EmoEvaluation").glob("*.txt")):
+            dialog = eval_file.stem
+            for n, line in enumerate(eval_file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                m = EVAL_LINE.match(line.strip())
+                if not m:
+                    continue
+                where = f"{session_dir.name}/{eval_file.name}:{n}"
+                utt = m["utt"]
+                vad = [v.strip() for v in m["vad"].split(",")]
+                if len(vad) != 3:
+                    b.problem(where, f"expected [V, A, D], got [{m['vad']}]")
+                    continue
+                wdseg = session_dir / "sentences" / "ForcedAlignment" / dialog / f"{utt}.wdseg"
+                extra = {"session": str(session), "category": m["cat"]}
+                if wdseg.is_file():
+                    extra["wdseg"] = str(wdseg.resolve())
+                b.add(
+                    where,
+                    utt,
+                    session_dir / "sentences" / "wav" / dialog / f"{utt}.wav",
+                    {"valence": vad[0], "arousal": vad[1], "dominance": vad[2]},
+                    speaker=f"Ses{session:02d}{utt.rsplit('_', 1)[-1][0]}",
+                    split=split_for_fold(session, fold),
+                    transcript=transcripts.get(utt),
+                    extra=extra,
+                )
+    return b.build("iemocap", spec)

@@ -1,0 +1,318 @@
+"""The shard store: per stage, immutable HDF5 shards written whole by one task, plus the SQLite index.
+
+A shard is written to `<stage>/.tmp-*.h5`, flushed, fsynced and renamed to `<stage>/shard-*.h5`, so a
+crash never leaves a half-written shard under a shard name. Layout of one shard:
+
+    /utt                  (N,) utf-8 utterance ids
+    /<field>              (N,) numbers or strings, for scalar fields
+    /<field>/data         rows concatenated along axis 0, for array fields (ragged T x D frames)
+    /<field>/offsets      (N+1,) int64 row boundaries into data
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import h5py
+import numpy as np
+
+from msf.pipeline.cache_index import CacheIndex, Entry
+from msf.pipeline.stage import Record
+
+FORMAT = "msf-shard-1"
+STR = h5py.string_dtype("utf-8")
+COMPRESS_MIN_BYTES = 64 << 10  # below this, filter overhead costs more than it saves
+CHUNK_BYTES = 256 << 10
+
+
+class ShardFormatError(ValueError):
+    """A stage returned a record the store cannot hold (a stage bug, reported with its field)."""
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        return "strings" if value.dtype.kind in "USO" else "array"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "strings"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return "float"
+    raise ShardFormatError(f"unsupported value type {type(value).__name__}")
+
+
+def normalise(record: Record) -> Record:
+    """The exact form a record has after a round trip through a shard."""
+    out: Record = {}
+    for name, v in record.items():
+        kind = _kind(v)
+        if kind == "array":
+            out[name] = np.ascontiguousarray(v)
+        elif kind == "strings":
+            out[name] = np.asarray([str(s) for s in v], dtype=str).reshape(-1)
+        elif kind == "string":
+            out[name] = str(v)
+        elif kind == "bool":
+            out[name] = bool(v)
+        elif kind == "int":
+            out[name] = int(v)
+        else:
+            out[name] = float(v)
+    return out
+
+
+def record_checksum(record: Record) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(record):
+        v = record[name]
+        h.update(name.encode() + b"\x00")
+        if isinstance(v, np.ndarray) and v.dtype.kind == "U":
+            h.update(b"S" + "\x00".join(v.tolist()).encode() + b"\x01" + str(len(v)).encode())
+        elif isinstance(v, np.ndarray):
+            h.update(f"A{v.dtype.str}{v.shape}".encode() + np.ascontiguousarray(v).tobytes())
+        elif isinstance(v, str):
+            h.update(b"s" + v.encode())
+        else:
+            h.update(f"{type(v).__name__}:{v!r}".encode())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _array_dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    kwargs: dict[str, Any] = {}
+    if data.nbytes >= COMPRESS_MIN_BYTES and data.ndim >= 1 and data.shape[0] > 0:
+        row_bytes = max(1, data.nbytes // data.shape[0])
+        rows = int(max(1, min(data.shape[0], CHUNK_BYTES // row_bytes)))
+        kwargs = {"chunks": (rows,) + data.shape[1:], "compression": "lzf", "shuffle": True}
+    group.create_dataset(name, data=data, **kwargs)
+
+
+def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> tuple[str, list[str]]:
+    """Write records as one new shard; returns its file name and each row's checksum."""
+    if not records:
+        raise ValueError("write_shard needs at least one record")
+    records = [normalise(r) for r in records]
+    names = sorted(records[0])
+    for uid, r in zip(utt_ids, records):
+        if sorted(r) != names:
+            raise ShardFormatError(f"record for {uid} has fields {sorted(r)}, expected {names}")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    final = f"shard-{uuid.uuid4().hex}.h5"
+    tmp = stage_dir / f".tmp-{final}"
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs["format"] = FORMAT
+            f.create_dataset("utt", data=np.asarray(utt_ids, dtype=object), dtype=STR)
+            for name in names:
+                values = [r[name] for r in records]
+                kinds = {_kind(v) for v in values}
+                if len(kinds) != 1:
+                    raise ShardFormatError(f"field {name!r} mixes kinds {sorted(kinds)} across rows")
+                kind = kinds.pop()
+                if kind in ("array", "strings"):
+                    trailing = {v.shape[1:] for v in values}
+                    dtypes = {v.dtype.str for v in values if kind == "array"}
+                    if len(trailing) != 1 or len(dtypes) > 1:
+                        raise ShardFormatError(f"field {name!r}: rows differ in trailing shape or dtype")
+                    g = f.create_group(name)
+                    g.attrs["kind"] = kind
+                    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+                    offsets[1:] = np.cumsum([len(v) for v in values])
+                    data = np.concatenate(values, axis=0)
+                    if kind == "strings":
+                        g.create_dataset("data", data=data.astype(object), dtype=STR)
+                    else:
+                        _array_dataset(g, "data", data)
+                    g.create_dataset("offsets", data=offsets)
+                elif kind == "string":
+                    ds = f.create_dataset(name, data=np.asarray(values, dtype=object), dtype=STR)
+                    ds.attrs["kind"] = kind
+                else:
+                    dtype = {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind]
+                    ds = f.create_dataset(name, data=np.asarray(values, dtype=dtype))
+                    ds.attrs["kind"] = kind
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, stage_dir / final)
+        _fsync_dir(stage_dir)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final, [record_checksum(r) for r in records]
+
+
+class ShardReader:
+    """Reads rows from immutable shards, keeping recently used files open."""
+
+    def __init__(self, max_open: int = 64):
+        self.max_open = max_open
+        self._open: dict[Path, h5py.File] = {}
+
+    def file(self, path: Path) -> h5py.File:
+        f = self._open.pop(path, None)
+        if f is None:
+            f = h5py.File(path, "r", locking=False)
+            if len(self._open) >= self.max_open:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
+        self._open[path] = f  # most recently used last
+        return f
+
+    def row(self, path: Path, row: int) -> Record:
+        f = self.file(path)
+        out: Record = {}
+        for name, obj in f.items():
+            if name == "utt":
+                continue
+            kind = obj.attrs["kind"]
+            if kind in ("array", "strings"):
+                lo, hi = obj["offsets"][row : row + 2]
+                data = obj["data"]
+                out[name] = (np.asarray(data.asstr()[lo:hi], dtype=str) if kind == "strings" else data[lo:hi])
+            elif kind == "string":
+                out[name] = obj.asstr()[row]
+            else:
+                out[name] = {"bool": bool, "int": int, "float": float}[kind](obj[row])
+        return out
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    bad: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # stage -> shard -> utts
+    errors: dict[str, str] = field(default_factory=dict)  # "stage/shard" -> why
+    unreferenced: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "ok": self.ok, "bad": self.bad, "errors": self.errors,
+                "unreferenced": self.unreferenced}
+
+
+class ShardStore:
+    """The cache directory: `<root>/index.sqlite` and `<root>/<stage>/shard-*.h5`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.index = CacheIndex(self.root)
+        self.reader = ShardReader()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.index.close()
+
+    def shard_path(self, stage: str, shard: str) -> Path:
+        return self.root / stage / shard
+
+    def read(self, stage: str, utt: str) -> Record:
+        e = self.index.entry(stage, utt)
+        if e is None:
+            raise KeyError(f"no {stage!r} entry for utterance {utt!r} in {self.root}")
+        return self.reader.row(self.shard_path(stage, e.shard), e.row)
+
+    def shard_files(self, stage: str) -> list[Path]:
+        d = self.root / stage
+        return sorted(d.glob("shard-*.h5")) + sorted(d.glob(".tmp-*")) if d.is_dir() else []
+
+    def stage_dirs(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    # -- maintenance -----------------------------------------------------------------------
+    def verify(self, drop_bad: bool = True) -> VerifyReport:
+        """Re-read every entry and compare checksums; bad entries leave the index so extract redoes them."""
+        report = VerifyReport()
+        self.reader.close()
+        for stage in self.index.stages():
+            by_shard: dict[str, list[Entry]] = defaultdict(list)
+            for e in self.index.entries(stage).values():
+                by_shard[e.shard].append(e)
+            for shard, entries in sorted(by_shard.items()):
+                path = self.shard_path(stage, shard)
+                report.checked += len(entries)
+                try:
+                    ids = self.reader.file(path)["utt"].asstr()[...]
+                except Exception as err:  # noqa: BLE001 - unreadable shard: all its rows are bad
+                    report.errors[f"{stage}/{shard}"] = f"{type(err).__name__}: {err}"
+                    bad = [e.utt for e in entries]
+                else:
+                    bad = [e.utt for e in entries if not self._row_ok(path, ids, e)]
+                if bad:
+                    report.bad.setdefault(stage, {})[shard] = sorted(bad)
+                    if drop_bad:
+                        self.index.drop(stage, bad)
+            self.reader.close()
+        for stage in self.stage_dirs():
+            referenced = self.index.referenced_shards(stage)
+            report.unreferenced += [f"{stage}/{p.name}" for p in self.shard_files(stage) if p.name not in referenced]
+        return report
+
+    def _row_ok(self, path: Path, ids: np.ndarray, e: Entry) -> bool:
+        try:
+            return ids[e.row] == e.utt and record_checksum(self.reader.row(path, e.row)) == e.checksum
+        except Exception:  # noqa: BLE001 - any read failure (bad lzf block, short read) is corruption
+            return False
+
+    def compact(self, shard_size: int = 512) -> dict[str, int]:
+        """Rewrite each stage's live rows into full shards and drop the old files; returns shards per stage."""
+        self.reader.close()
+        result: dict[str, int] = {}
+        for stage in self.index.stages():
+            entries = sorted(self.index.entries(stage).values(), key=lambda e: (e.shard, e.row))
+            old = {e.shard for e in entries}
+            written = 0
+            for start in range(0, len(entries), shard_size):
+                group = entries[start : start + shard_size]
+                records = [self.reader.row(self.shard_path(stage, e.shard), e.row) for e in group]
+                shard, sums = write_shard(self.root / stage, [e.utt for e in group], records)
+                self.index.commit(
+                    [Entry(stage, e.utt, shard, i, e.fingerprint, s) for i, (e, s) in enumerate(zip(group, sums))], []
+                )
+                written += 1
+            self.reader.close()
+            for shard in old - self.index.referenced_shards(stage):
+                self.shard_path(stage, shard).unlink(missing_ok=True)
+            result[stage] = written
+        return result
+
+    def gc(self) -> list[str]:
+        """Delete shard files no index entry points at (superseded rows, leftovers of a crash)."""
+        self.reader.close()
+        removed: list[str] = []
+        for stage in self.stage_dirs():
+            referenced = self.index.referenced_shards(stage)
+            for p in self.shard_files(stage):
+                if p.name not in referenced:
+                    p.unlink(missing_ok=True)
+                    removed.append(f"{stage}/{p.name}")
+        return removed
+
+    def iter_rows(self, stage: str, utts: Iterable[str]) -> Iterable[tuple[str, Record]]:
+        entries = self.index.entries(stage)
+        for u in utts:
+            e = entries[u]
+            yield u, self.reader.row(self.shard_path(stage, e.shard), e.row)

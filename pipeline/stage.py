@@ -1,0 +1,107 @@
+"""The stage contract: a name, upstream stages, typed parameters, a version and a pure batch compute.
+
+A stage never sees HDF5, Dask or fingerprints; the runner hands it `Item`s and stores what it returns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from msf.pipeline.audio_io import load_waveform
+from msf.pipeline.corpus import Utterance
+
+# A stored entry: named numpy arrays, numbers and strings (never pickles).
+Record = dict[str, Any]
+
+
+class StageParams(BaseModel):
+    """Typed, validated stage parameters; unknown keys are an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class UtteranceError(Exception):
+    """One utterance cannot be processed by a stage; the message is recorded and shown to the user."""
+
+
+@dataclass
+class Item:
+    """One utterance as a stage sees it: the manifest row and the records of its upstream stages."""
+
+    utt: Utterance
+    inputs: Mapping[str, Record] = field(default_factory=dict)
+    audio_hash: str = ""
+
+    @cached_property
+    def waveform(self) -> np.ndarray:
+        """16 kHz mono float32, decoded on first use."""
+        return load_waveform(self.utt.audio)
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ("audio",)
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[StageParams]] = StageParams
+    # Utterance fields whose values enter the fingerprint (e.g. the transcript for `align`).
+    reads: ClassVar[tuple[str, ...]] = ()
+    # Parameters that cannot change results (device, concurrency) stay out of the fingerprint.
+    volatile: ClassVar[frozenset[str]] = frozenset()
+    # Per-profile parameter defaults; "default" is the Params defaults themselves.
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    batch_size: ClassVar[int] = 16
+
+    def __init__(self, params: StageParams):
+        self.params = params
+
+    def setup(self) -> None:
+        """Load models; called once per worker process, before the first compute."""
+
+    @abstractmethod
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        """One record (or the Exception that explains its failure) per item, in order."""
+
+    @classmethod
+    def fingerprint_params(cls, params: StageParams) -> dict[str, Any]:
+        return params.model_dump(mode="json", exclude=set(cls.volatile))
+
+
+REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def stage_class(name: str) -> type[Stage]:
+    import msf.pipeline.stages  # noqa: F401  (registers the built-in stages)
+
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}") from None
+
+
+def stage_order(requested: list[str]) -> list[str]:
+    """The requested stages and everything upstream of them, upstream first (like make)."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise ValueError(f"stage cycle: {' -> '.join(path + (name,))}")
+        for up in stage_class(name).needs:
+            visit(up, path + (name,))
+        order.append(name)
+
+    for name in requested:
+        visit(name, ())
+    return order

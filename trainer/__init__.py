@@ -1,0 +1,1 @@
+"""The MSF-SER model, data loading from the cache and the training loop."""
