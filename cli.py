@@ -35,7 +35,7 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, CorpusError, CacheBusy, KeyError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, CorpusError, CacheBusy, KeyError, ValueError, FileNotFoundError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         ERR.print(f"[bold red]error:[/] {msg}", highlight=False)
         raise typer.Exit(2) from None
@@ -243,6 +243,24 @@ def cache_gc(cache: Path = typer.Option(...)) -> None:
     OUT.print(f"removed {len(removed)} unreferenced file(s)")
 
 
+@corpus_app.command("demo")
+def corpus_demo(
+    out: Path = typer.Argument(..., help="Directory to write manifest.csv, truth.jsonl and wavs/ into."),
+    n: int = typer.Option(300, help="Number of utterances."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
+    workers: Optional[int] = typer.Option(None, help="Synthesis processes (default: all cores)."),
+) -> None:
+    """Synthesise the demo corpus with eSpeak NG: known word timings, emphasis and V/A/D labels."""
+    import time
+
+    from msf.pipeline.corpora.demo import build_demo_corpus
+
+    with user_errors():
+        t0 = time.perf_counter()
+        build_demo_corpus(out, n=n, seed=seed, workers=workers)
+    ERR.print(f"{n} utterances in {time.perf_counter() - t0:.1f} s -> {out}/manifest.csv")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory."),
@@ -251,7 +269,7 @@ def demo(
     workers: int = typer.Option(2, help="Local Dask workers for extraction."),
 ) -> None:
     """The whole product on a synthetic corpus: build it, extract with the offline profile, report."""
-    from msf.pipeline.demo import run_demo
+    from msf.trainer.demo import run_demo
 
     with user_errors():
         run_demo(out, n=n, seed=seed, workers=workers)

@@ -4,6 +4,7 @@
     cache = "cache/demo"
     profile = "offline"          # or "default" (the paper's production models)
     workers = 2
+    plugins = ["my_lab.stages"]  # modules registering extra stages
     [stages.emphasis]
     threshold = 0.6
 
@@ -37,6 +38,8 @@ class MsfConfig(BaseModel):
     workers: int = Field(1, ge=1)
     scheduler: str | None = None
     shard_size: int = Field(256, ge=1)
+    # Modules that define and register extra stages (imported here and on every worker).
+    plugins: list[str] = Field(default_factory=list)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def cache_dir(self) -> Path:
@@ -96,8 +99,9 @@ def load_config(
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"configuration: {problems}") from None
-    from msf.pipeline.stage import stage_class
+    from msf.pipeline.stage import load_plugins, stage_class
 
+    load_plugins(config.plugins)
     for name in config.stages:
         try:
             stage_class(name)

@@ -119,10 +119,10 @@ class CorpusBuilder:
 
 def load_corpus(spec: str) -> Corpus:
     """Dispatch on the corpus spec: a manifest path, or `msp-podcast:`, `iemocap:`, `demo:` + path."""
-    from msf.pipeline.corpora import iemocap, manifest, msp_podcast
+    from msf.pipeline.corpora import demo, iemocap, manifest, msp_podcast
 
     kind, _, rest = spec.partition(":")
-    readers = {"msp-podcast": msp_podcast.read, "iemocap": iemocap.read, "demo": manifest.read_demo}
+    readers = {"msp-podcast": msp_podcast.read, "iemocap": iemocap.read, "demo": demo.read}
     if rest and kind in readers:
         return readers[kind](Path(rest).expanduser(), spec)
     path = Path(spec).expanduser()

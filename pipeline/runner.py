@@ -23,7 +23,9 @@ from msf.pipeline.corpus import Corpus, Utterance, load_corpus
 from msf.pipeline.fingerprint import canonical_json, fingerprint_for
 from msf.pipeline.lock import CacheLock
 from msf.pipeline.shard_store import ShardFormatError, ShardReader, ShardStore, normalise, write_shard
-from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, stage_class, stage_order
+from msf.pipeline.stage import (
+    Item, Record, Stage, StageParams, UtteranceError, load_plugins, stage_class, stage_order,
+)
 
 log = logging.getLogger("msf")
 STDERR = Console(stderr=True)
@@ -83,7 +85,10 @@ def _compute_batch(stage: Stage, batch: list[Item]) -> list[Record | Exception]:
         return results
 
 
-def run_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem]) -> TaskResult:
+def run_task(
+    root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem], plugins: list[str] = ()  # type: ignore[assignment]
+) -> TaskResult:
+    load_plugins(list(plugins))
     stage = _stage_instance(stage_name, params)
     reader = _READERS.setdefault(root, ShardReader())
     prepared: list[tuple[TaskItem, Item]] = []
@@ -176,6 +181,7 @@ class Extraction:
     def __init__(self, config: MsfConfig, corpus: Corpus | None = None):
         if corpus is None and config.corpus is None:
             raise ValueError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
+        load_plugins(config.plugins)
         self.config = config
         self.corpus = corpus or load_corpus(config.corpus)  # type: ignore[arg-type]
         self.root = config.cache_dir()
@@ -275,7 +281,8 @@ class Extraction:
         task = bar.add_task(name, total=len(todo))
         params = plan.params.model_dump(mode="json")
         futures = {
-            client.submit(run_task, str(self.root), name, params, g, pure=False): g for g in groups
+            client.submit(run_task, str(self.root), name, params, g, self.config.plugins, pure=False): g
+            for g in groups
         }
         for fut in as_completed(list(futures)):
             group = futures[fut]

@@ -89,6 +89,17 @@ def stage_class(name: str) -> type[Stage]:
         raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}") from None
 
 
+def load_plugins(modules: list[str]) -> None:
+    """Import modules that register extra stages with @register."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            raise ImportError(f"cannot import stage plugin {m!r}: {e}") from None
+
+
 def stage_order(requested: list[str]) -> list[str]:
     """The requested stages and everything upstream of them, upstream first (like make)."""
     order: list[str] = []

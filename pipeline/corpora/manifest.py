@@ -64,11 +64,3 @@ def read(
         )
     return b.build(path.parent.name if path.name.startswith("manifest") else path.stem, spec or str(path))
 
-
-def read_demo(root: Path, spec: str) -> Corpus:
-    """The synthetic demo corpus: its manifest plus `truth.jsonl` for the `provided` aligner."""
-    manifest = root / "manifest.csv"
-    if not manifest.is_file():
-        raise CorpusError(f"no demo corpus at {root}: build one with `msf corpus demo {root}`")
-    truth = str((root / "truth.jsonl").resolve())
-    return read(manifest, spec, extra={"truth": truth}, label_range=(1.0, 7.0))
