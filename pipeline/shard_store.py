@@ -104,6 +104,20 @@ def _array_dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
     group.create_dataset(name, data=data, **kwargs)
 
 
+def _field_kind(name: str, records: list[Record]) -> str:
+    """One kind per field across rows; mutates empty float arrays into empty string lists when needed."""
+    kinds = {_kind(r[name]) for r in records}
+    if kinds == {"array", "strings"} and all(len(r[name]) == 0 for r in records if r[name].dtype.kind not in "USO"):
+        # np.asarray([]) is float64: an empty word list is still a list of words
+        for r in records:
+            if r[name].dtype.kind not in "USO":
+                r[name] = r[name].astype(str)
+        kinds = {"strings"}
+    if len(kinds) != 1:
+        raise ShardFormatError(f"field {name!r} mixes kinds {sorted(kinds)} across rows")
+    return kinds.pop()
+
+
 def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> tuple[str, list[str]]:
     """Write records as one new shard; returns its file name and each row's checksum."""
     if not records:
@@ -113,6 +127,7 @@ def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> t
     for uid, r in zip(utt_ids, records):
         if sorted(r) != names:
             raise ShardFormatError(f"record for {uid} has fields {sorted(r)}, expected {names}")
+    kinds = {name: _field_kind(name, records) for name in names}
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = f"shard-{uuid.uuid4().hex}.h5"
     tmp = stage_dir / f".tmp-{final}"
@@ -122,10 +137,7 @@ def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> t
             f.create_dataset("utt", data=np.asarray(utt_ids, dtype=object), dtype=STR)
             for name in names:
                 values = [r[name] for r in records]
-                kinds = {_kind(v) for v in values}
-                if len(kinds) != 1:
-                    raise ShardFormatError(f"field {name!r} mixes kinds {sorted(kinds)} across rows")
-                kind = kinds.pop()
+                kind = kinds[name]
                 if kind in ("array", "strings"):
                     trailing = {v.shape[1:] for v in values}
                     dtypes = {v.dtype.str for v in values if kind == "array"}

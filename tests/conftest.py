@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # toy_stages importable as a plugin here and in subprocesses
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, channels: int = 1,
+               seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+    data = np.stack([x] * channels, axis=1) if channels > 1 else x
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data.astype(np.float32), sr, subtype="PCM_16")
+    return path
+
+
+def write_manifest(root: Path, n: int, seed: int = 0, start: int = 0) -> Path:
+    """n tone utterances of varied length; returns the manifest path (appends when it exists)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = root / "manifest.csv"
+    new = not manifest.exists()
+    with open(manifest, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["id", "audio", "transcript", "speaker", "split", "valence", "arousal", "dominance"])
+        for i in range(start, start + n):
+            write_tone(root / "wavs" / f"u{i:04d}.wav", seconds=0.3 + 1.2 * rng.random(),
+                       freq=120 + 300 * rng.random(), seed=i)
+            w.writerow([f"u{i:04d}", f"wavs/u{i:04d}.wav", f"utterance number {i}", f"spk{i % 3}",
+                        ["train", "dev", "test"][i % 3], 4.0, 3.5, 5.0])
+    return manifest
+
+
+@pytest.fixture
+def tone_corpus(tmp_path: Path) -> Path:
+    return write_manifest(tmp_path / "corpus", 12)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from msf.pipeline.corpora.demo import build_demo_corpus
+
+    return build_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", n=80, seed=0, workers=2, progress=False)

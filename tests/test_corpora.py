@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_tone
+
+from msf.pipeline.corpora.iemocap import refold, split_for_fold
+from msf.pipeline.corpus import CorpusError, load_corpus
+
+
+def test_csv_manifest_reports_bad_rows_and_loads_the_rest(tmp_path: Path) -> None:
+    write_tone(tmp_path / "a.wav")
+    write_tone(tmp_path / "b.wav")
+    (tmp_path / "m.csv").write_text(
+        "id,audio,transcript,speaker,split,valence,arousal,dominance\n"
+        "a,a.wav,hello there,s1,train,4,3,5\n"
+        "a,b.wav,duplicate,s1,train,4,3,5\n"
+        "c,b.wav,,s2,dev,high,3,5\n"
+        "d,missing.wav,,s2,test,,,\n"
+        ",b.wav,,s2,test,1,1,1\n"
+    )
+    c = load_corpus(str(tmp_path / "m.csv"))
+    assert [u.id for u in c.utterances] == ["a", "d"]
+    assert c.utterances[0].labels == (4.0, 3.0, 5.0)
+    assert c.utterances[0].transcript == "hello there"
+    assert c.utterances[1].labels is None and c.utterances[1].transcript is None
+    msgs = [str(p) for p in c.problems]
+    assert any("m.csv:3" in m and "duplicate utterance id 'a'" in m for m in msgs)
+    assert any("m.csv:4" in m and "valence label 'high' is not a number" in m for m in msgs)
+    assert any("m.csv:5" in m and "audio file not found" in m and "(kept)" in m for m in msgs)
+    assert any("m.csv:6" in m and "empty utterance id" in m for m in msgs)
+
+
+def test_jsonl_manifest(tmp_path: Path) -> None:
+    write_tone(tmp_path / "w" / "x.wav")
+    lines = [{"id": "x", "audio": "w/x.wav", "speaker": "s", "split": "train", "valence": 2.5,
+              "arousal": 3, "dominance": 4}, "not json", {"id": "y"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines))
+    c = load_corpus(str(tmp_path / "m.jsonl"))
+    assert [u.id for u in c.utterances] == ["x"]
+    assert Path(c.utterances[0].audio) == (tmp_path / "w" / "x.wav").resolve()
+    assert len(c.problems) == 2
+
+
+def test_manifest_missing_required_column(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("name,path\nx,y.wav\n")
+    with pytest.raises(CorpusError, match="lacks required column"):
+        load_corpus(str(tmp_path / "m.csv"))
+
+
+def test_unknown_spec() -> None:
+    with pytest.raises(CorpusError, match="unknown corpus spec"):
+        load_corpus("nowhere")
+
+
+def test_msp_podcast_layout(tmp_path: Path) -> None:
+    root = tmp_path / "MSP"
+    (root / "Labels").mkdir(parents=True)
+    (root / "Transcripts").mkdir()
+    for name in ("MSP-PODCAST_0001_0001.wav", "MSP-PODCAST_0001_0002.wav", "MSP-PODCAST_0002_0001.wav"):
+        write_tone(root / "Audios" / name)
+    (root / "Transcripts" / "MSP-PODCAST_0001_0001.txt").write_text("so that was great\n")
+    (root / "Labels" / "labels_consensus.csv").write_text(
+        "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"
+        "MSP-PODCAST_0001_0001.wav,H,4.2,5.8,4.0,127,Female,Train\n"
+        "MSP-PODCAST_0001_0002.wav,N,3.0,4.0,3.6,127,Female,Development\n"
+        "MSP-PODCAST_0002_0001.wav,A,6.0,2.2,9.5,88,Male,Test1\n"
+        "MSP-PODCAST_0002_0002.wav,A,6.0,2.2,5.5,88,Male,Holdout\n"
+    )
+    c = load_corpus(f"msp-podcast:{root}")
+    assert [(u.id, u.split, u.speaker) for u in c.utterances] == [
+        ("MSP-PODCAST_0001_0001", "train", "127"), ("MSP-PODCAST_0001_0002", "dev", "127")]
+    u = c.utterances[0]
+    assert (u.valence, u.arousal, u.dominance) == (5.8, 4.2, 4.0)
+    assert u.transcript == "so that was great" and c.utterances[1].transcript is None
+    msgs = " ".join(str(p) for p in c.problems)
+    assert "dominance label 9.5 is outside the corpus scale [1, 7]" in msgs
+    assert "unknown Split_Set 'Holdout'" in msgs
+
+
+def _iemocap(root: Path) -> None:
+    for s in range(1, 6):
+        sess = root / f"Session{s}"
+        dialog = f"Ses0{s}F_impro01"
+        ev = sess / "dialog" / "EmoEvaluation"
+        ev.mkdir(parents=True)
+        tr = sess / "dialog" / "transcriptions"
+        tr.mkdir(parents=True)
+        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+        tlines = []
+        for k, spk in enumerate("FM"):
+            utt = f"{dialog}_{spk}00{k}"
+            write_tone(sess / "sentences" / "wav" / dialog / f"{utt}.wav")
+            lines += [f"[6.2901 - 8.2357]\t{utt}\tneu\t[2.5000, {2 + k}.0000, 3.5000]", "C-E1:\tNeutral;\t()", ""]
+            tlines.append(f"{utt} [006.2901-008.2357]: Excuse me number {k}.")
+            wd = sess / "sentences" / "ForcedAlignment" / dialog
+            wd.mkdir(parents=True, exist_ok=True)
+            (wd / f"{utt}.wdseg").write_text(" SFrm  EFrm    SegAScr Word\n    0     30    -1000 <s>\n    31    80    -2000 EXCUSE\n")
+        (ev / f"{dialog}.txt").write_text("\n".join(lines))
+        (tr / f"{dialog}.txt").write_text("\n".join(tlines))
+
+
+def test_iemocap_layout_and_folds(tmp_path: Path) -> None:
+    _iemocap(tmp_path / "IEMOCAP")
+    c = load_corpus(f"iemocap:{tmp_path / 'IEMOCAP'}")
+    assert len(c.utterances) == 10 and not c.problems
+    u = c.by_id()["Ses01F_impro01_M001"]
+    assert (u.valence, u.arousal, u.dominance) == (2.5, 3.0, 3.5)
+    assert u.speaker == "Ses01M" and u.transcript == "Excuse me number 1."
+    assert u.extra["session"] == "1" and u.extra["wdseg"].endswith("Ses01F_impro01_M001.wdseg")
+    assert u.split == "test"  # fold 1 by default
+    for fold in range(1, 6):
+        splits = {x.extra["session"]: x.split for x in refold(c.utterances, fold)}
+        assert sorted(splits.values()) == ["dev", "test", "train", "train", "train"]
+        assert splits[str(fold)] == "test"
+    with pytest.raises(ValueError):
+        split_for_fold(1, 6)

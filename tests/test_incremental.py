@@ -1,0 +1,87 @@
+"""Fingerprints: an unchanged rerun computes nothing; a change recomputes exactly what it touches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import toy_stages  # noqa: F401  (registers toy_energy, toy_summary)
+from conftest import write_manifest, write_tone
+
+from msf.pipeline.config import load_config
+from msf.pipeline.runner import Extraction
+
+STAGES = ["toy_summary"]  # pulls in toy_energy and audio upstream, like make
+
+
+def run(corpus: Path, cache: Path, *sets: str) -> dict[str, int]:
+    cfg = load_config(None, list(sets), corpus=str(corpus), cache=cache,
+                      plugins=["toy_stages"], shard_size=5)
+    ex = Extraction(cfg)
+    try:
+        reports = ex.run(STAGES, progress=False)
+    finally:
+        ex.close()
+    return {k: r.computed for k, r in reports.items()}
+
+
+def test_reruns_compute_exactly_what_changed(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 12)
+    cache = tmp_path / "cache"
+    assert run(corpus, cache) == {"audio": 12, "toy_energy": 12, "toy_summary": 12}
+    assert run(corpus, cache) == {"audio": 0, "toy_energy": 0, "toy_summary": 0}
+    # a downstream parameter: only that stage
+    assert run(corpus, cache, "toy_summary.scale=2") == {"audio": 0, "toy_energy": 0, "toy_summary": 12}
+    # an upstream parameter: that stage and everything downstream, nothing upstream
+    assert run(corpus, cache, "toy_summary.scale=2", "toy_energy.gain=0.5") == {
+        "audio": 0, "toy_energy": 12, "toy_summary": 12}
+    # back to the first settings: the index points at the newest shards, so these recompute too
+    assert run(corpus, cache) == {"audio": 0, "toy_energy": 12, "toy_summary": 12}
+    # one added audio file: exactly one entry per stage
+    write_manifest(tmp_path / "c", 1, start=12)
+    assert run(corpus, cache) == {"audio": 1, "toy_energy": 1, "toy_summary": 1}
+    # one changed audio file (same path, new content): exactly one entry per stage
+    write_tone(tmp_path / "c" / "wavs" / "u0003.wav", seconds=0.9, freq=333, seed=99)
+    assert run(corpus, cache) == {"audio": 1, "toy_energy": 1, "toy_summary": 1}
+    assert run(corpus, cache) == {"audio": 0, "toy_energy": 0, "toy_summary": 0}
+
+
+def test_a_touched_but_identical_file_is_not_recomputed(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 4)
+    cache = tmp_path / "cache"
+    run(corpus, cache)
+    wav = tmp_path / "c" / "wavs" / "u0001.wav"
+    wav.write_bytes(wav.read_bytes())  # new mtime, same content: re-hashed, same fingerprint
+    assert run(corpus, cache) == {"audio": 0, "toy_energy": 0, "toy_summary": 0}
+
+
+def test_stored_values_follow_the_parameters(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 3)
+    cache = tmp_path / "cache"
+    run(corpus, cache)
+    ex = Extraction(load_config(None, [], corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
+    base = ex.store.read("toy_summary", "u0001")
+    ex.close()
+    run(corpus, cache, "toy_summary.scale=3")
+    ex = Extraction(load_config(None, [], corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
+    tripled = ex.store.read("toy_summary", "u0001")
+    assert abs(tripled["mean"] - 3 * base["mean"]).max() < 1e-5
+    assert tripled["tags"].tolist() == ["u0001", "dev"] and tripled["speaker"] == "spk1"
+    assert ex.status(STAGES)["toy_summary"] == {"total": 3, "fresh": 0, "stale": 3, "missing": 0, "failed": 0}
+    ex.close()
+
+
+def test_bad_files_are_recorded_and_retried_while_the_rest_completes(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 5)
+    (tmp_path / "c" / "wavs" / "u0002.wav").write_text("this is not audio")
+    (tmp_path / "c" / "wavs" / "u0004.wav").unlink()
+    cache = tmp_path / "cache"
+    assert run(corpus, cache) == {"audio": 3, "toy_energy": 3, "toy_summary": 3}
+    ex = Extraction(load_config(None, [], corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
+    failures = {(f.stage, f.utt): f.error for f in ex.store.index.failures()}
+    assert "not a readable audio file" in failures[("audio", "u0002")]
+    assert "audio file not found" in failures[("audio", "u0004")]
+    assert failures[("toy_energy", "u0002")].startswith("upstream stage 'audio' failed: not a readable")
+    assert ex.status(STAGES)["audio"] == {"total": 5, "fresh": 3, "stale": 0, "missing": 0, "failed": 2}
+    ex.close()
+    write_tone(tmp_path / "c" / "wavs" / "u0004.wav", seed=4)  # fixed: retried and completed next run
+    assert run(corpus, cache) == {"audio": 1, "toy_energy": 1, "toy_summary": 1}

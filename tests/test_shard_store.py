@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msf.pipeline.cache_index import Entry
+from msf.pipeline.shard_store import ShardFormatError, ShardStore, record_checksum, write_shard
+
+
+def _records(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "frames": rng.standard_normal((int(rng.integers(0, 400)), 64)).astype(np.float16),
+            "words": np.asarray(["héllo", "world"][: i % 3]),
+            "duration": float(rng.random()),
+            "n": i,
+            "flag": bool(i % 2),
+            "text": f"utterance {i} ✓",
+        }
+        for i in range(n)
+    ]
+
+
+def _store(tmp_path: Path, n: int = 20) -> tuple[ShardStore, list[dict]]:
+    store = ShardStore(tmp_path / "cache")
+    recs = _records(n)
+    ids = [f"u{i}" for i in range(n)]
+    shard, sums = write_shard(store.root / "feat", ids, recs)
+    store.index.commit([Entry("feat", u, shard, i, "fp", s) for i, (u, s) in enumerate(zip(ids, sums))], [])
+    return store, recs
+
+
+def test_round_trip_ragged_strings_scalars(tmp_path: Path) -> None:
+    store, recs = _store(tmp_path)
+    for i, r in enumerate(recs):
+        got = store.read("feat", f"u{i}")
+        assert got["frames"].dtype == np.float16 and got["frames"].shape == r["frames"].shape
+        assert got["frames"].tobytes() == r["frames"].tobytes()
+        assert got["words"].tolist() == r["words"].tolist()
+        assert got["duration"] == r["duration"] and got["n"] == i and got["flag"] is r["flag"]
+        assert got["text"] == r["text"]
+        assert record_checksum(got) == store.index.entry("feat", f"u{i}").checksum
+    files = [p.name for p in (store.root / "feat").iterdir()]
+    assert len(files) == 1 and files[0].startswith("shard-")  # no temporary file left behind
+
+
+def test_mixed_field_sets_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ShardFormatError, match="has fields"):
+        write_shard(tmp_path, ["a", "b"], [{"x": 1.0}, {"y": 1.0}])
+    with pytest.raises(ShardFormatError, match="trailing shape"):
+        write_shard(tmp_path, ["a", "b"], [{"x": np.zeros((2, 3))}, {"x": np.zeros((2, 4))}])
+    assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_verify_names_truncated_and_flipped_shards(tmp_path: Path) -> None:
+    store, _ = _store(tmp_path)
+    path = next((store.root / "feat").glob("shard-*.h5"))
+    assert store.verify().ok
+    data = bytearray(path.read_bytes())
+    # flip bytes inside the frames data (the largest dataset, near the middle of the file)
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    path.write_bytes(bytes(data))
+    report = store.verify()
+    assert not report.ok and path.name in report.bad["feat"]
+    assert len(store.index.entries("feat")) == 20 - len(report.bad["feat"][path.name])
+    # truncated: the whole shard is unreadable, all its remaining entries are named
+    store2, _ = _store(tmp_path / "b")
+    p2 = next((store2.root / "feat").glob("shard-*.h5"))
+    p2.write_bytes(p2.read_bytes()[:1000])
+    r2 = store2.verify()
+    assert r2.bad["feat"][p2.name] == sorted(f"u{i}" for i in range(20))
+    assert f"feat/{p2.name}" in r2.errors
+    assert store2.index.entries("feat") == {}
+
+
+def test_compact_and_gc(tmp_path: Path) -> None:
+    store, recs = _store(tmp_path)
+    # supersede half the rows with a second shard, leave a stray temporary file
+    ids = [f"u{i}" for i in range(10)]
+    shard, sums = write_shard(store.root / "feat", ids, recs[:10])
+    store.index.commit([Entry("feat", u, shard, i, "fp2", s) for i, (u, s) in enumerate(zip(ids, sums))], [])
+    (store.root / "feat" / ".tmp-shard-dead.h5").write_bytes(b"partial")
+    assert store.gc() == ["feat/.tmp-shard-dead.h5"]  # both real shards are still referenced
+    assert store.compact(shard_size=8) == {"feat": 3}
+    assert len(list((store.root / "feat").glob("shard-*.h5"))) == 3
+    for i, r in enumerate(recs):
+        assert store.read("feat", f"u{i}")["frames"].tobytes() == r["frames"].tobytes()
+    assert store.index.entry("feat", "u3").fingerprint == "fp2"
+    assert store.verify().ok

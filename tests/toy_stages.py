@@ -1,0 +1,81 @@
+"""Small deterministic stages for testing the framework (registered as a plugin module)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from msf.pipeline.stage import Item, Record, Stage, StageParams, register
+
+
+class EnergyParams(StageParams):
+    hop: int = 160
+    gain: float = 1.0
+
+
+@register
+class ToyEnergy(Stage):
+    """Ragged (T, 2) float16 frames: log energy and zero-crossing rate."""
+
+    name = "toy_energy"
+    needs = ("audio",)
+    Params = EnergyParams
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        out: list[Record | Exception] = []
+        for item in batch:
+            x = item.waveform
+            hop = self.params.hop  # type: ignore[attr-defined]
+            frames = x[: len(x) // hop * hop].reshape(-1, hop)
+            energy = np.log(np.mean(frames**2, axis=1) + 1e-9) * self.params.gain  # type: ignore[attr-defined]
+            zcr = np.mean(np.abs(np.diff(np.sign(frames), axis=1)) > 0, axis=1)
+            out.append({"frames": np.stack([energy, zcr], axis=1).astype(np.float16), "hop": hop})
+        return out
+
+
+class SummaryParams(StageParams):
+    scale: float = 1.0
+
+
+@register
+class ToySummary(Stage):
+    name = "toy_summary"
+    needs = ("toy_energy",)
+    Params = SummaryParams
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        return [
+            {
+                "mean": np.asarray(it.inputs["toy_energy"]["frames"], np.float32).mean(0) * self.params.scale,  # type: ignore[attr-defined]
+                "n_frames": int(len(it.inputs["toy_energy"]["frames"])),
+                "speaker": it.utt.speaker,
+                "tags": np.asarray([it.utt.id, it.utt.split]),
+            }
+            for it in batch
+        ]
+
+
+class SlowParams(StageParams):
+    delay: float = 0.0
+    device: str = "cpu"
+
+
+@register
+class ToySlow(Stage):
+    """Like toy_energy, but slow on purpose (for interruption tests); delay cannot change results."""
+
+    name = "toy_slow"
+    needs = ("audio",)
+    Params = SlowParams
+    volatile = frozenset({"delay", "device"})
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        time.sleep(self.params.delay * len(batch))  # type: ignore[attr-defined]
+        out: list[Record | Exception] = []
+        for item in batch:
+            x = item.waveform
+            frames = x[: len(x) // 320 * 320].reshape(-1, 320)
+            out.append({"frames": np.stack([frames.mean(1), frames.std(1)], 1).astype(np.float16),
+                        "rms": float(np.sqrt(np.mean(x**2)))})
+        return out
