@@ -23,7 +23,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(corpus_app, name="corpus")
 
 OUT = Console()
-ERR = Console(stderr=True)
+ERR = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 
 
 @contextmanager

@@ -1,0 +1,106 @@
+"""The command-line contract: JSON shapes, failures listing, show, cache maintenance, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import write_manifest
+from typer.testing import CliRunner
+
+from msf.cli import app
+from msf.pipeline.lock import CacheLock
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    r = runner.invoke(app, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_extract_status_show_json(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 6)
+    (tmp_path / "c" / "wavs" / "u0005.wav").write_bytes(b"")
+    cache = str(tmp_path / "cache")
+    code, out, _ = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "audio", "--json")
+    assert code == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stages"]["audio"]["computed"] == 5 and summary["stages"]["audio"]["failed"] == 1
+    assert set(summary["stages"]["audio"]) == {"computed", "reused", "failed", "seconds"}
+
+    code, out, _ = invoke("status", "--cache", cache, "--json")
+    assert json.loads(out) == {"stages": {"audio": {"total": 6, "fresh": 5, "stale": 0, "missing": 0, "failed": 1}}}
+    code, out, _ = invoke("status", "--cache", cache, "--failed", "--json")
+    failed = json.loads(out)["failed"]
+    assert failed == [{"utterance": "u0005", "stage": "audio", "error": failed[0]["error"]}]
+    assert "empty (0 bytes)" in failed[0]["error"]
+    code, out, _ = invoke("status", "--cache", cache, "--failed")
+    assert code == 0 and "u0005" in out and "empty" in out
+
+    code, out, _ = invoke("show", "--cache", cache, "--stage", "audio", "u0001", "--json")
+    rec = json.loads(out)
+    assert rec["sample_rate"] == 16000 and rec["channels"] == 1 and 0.3 <= rec["duration"] <= 1.5
+
+    code, out, _ = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "audio", "--json")
+    again = json.loads(out.strip().splitlines()[-1])["stages"]["audio"]
+    assert (again["computed"], again["reused"], again["failed"]) == (0, 5, 1)  # the failure is retried
+
+
+def test_toy_stages_via_cli_and_set(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 4)
+    cache = str(tmp_path / "cache")
+    base = ["extract", "--corpus", str(corpus), "--cache", cache, "--set", 'plugins=["toy_stages"]', "--json"]
+    code, out, err = invoke(*base, "--stage", "toy_summary")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["stages"]["toy_summary"]["computed"] == 4
+    code, out, _ = invoke(*base, "--stage", "toy_summary", "--set", "toy_summary.scale=5")
+    s = json.loads(out.splitlines()[-1])["stages"]
+    assert (s["audio"]["computed"], s["toy_energy"]["computed"], s["toy_summary"]["computed"]) == (0, 0, 4)
+    code, out, _ = invoke("show", "--cache", cache, "--stage", "toy_energy", "u0002", "--json")
+    assert json.loads(out)["frames"]["dtype"] == "float16"
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 2)
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "x"), "--set", "audio.nope=1")
+    assert code == 2 and "stage 'audio' parameters: nope: Extra inputs are not permitted" in err
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--stage", "nosuch", "--cache", str(tmp_path / "x"))
+    assert code == 2 and "unknown stage 'nosuch'" in err and "Traceback" not in err
+    code, _, err = invoke("extract", "--corpus", "demo:/no/such/dir")
+    assert code == 2 and "msf corpus demo /no/such/dir" in err
+    code, _, err = invoke("status", "--cache", str(tmp_path / "empty"))
+    assert code == 2 and "no msf cache" in err
+
+
+def test_second_writer_gets_a_clear_message(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 2)
+    cache = tmp_path / "cache"
+    with CacheLock(cache):
+        code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(cache))
+    assert code == 2 and "is in use by msf process" in err and "--wait" in err
+    code, _, _ = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--json")
+    assert code == 0
+
+
+def test_cache_verify_compact_gc(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 10)
+    cache = tmp_path / "cache"
+    invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--set", "shard_size=3", "--stage", "audio")
+    shards = sorted((cache / "audio").glob("shard-*.h5"))
+    assert len(shards) == 4
+    code, out, _ = invoke("cache", "verify", "--cache", str(cache))
+    assert code == 0 and "all intact" in out
+    shards[0].write_bytes(shards[0].read_bytes()[:500])
+    code, out, _ = invoke("cache", "verify", "--cache", str(cache), "--json")
+    report = json.loads(out)
+    assert code == 1 and list(report["bad"]["audio"]) == [shards[0].name]
+    hit = report["bad"]["audio"][shards[0].name]
+    code, out, _ = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--stage", "audio", "--json")
+    assert json.loads(out.splitlines()[-1])["stages"]["audio"]["computed"] == len(hit)
+    code, out, _ = invoke("cache", "gc", "--cache", str(cache))
+    assert "removed 1" in out and not shards[0].exists()
+    code, out, _ = invoke("cache", "compact", "--cache", str(cache), "--shard-size", "100")
+    assert "audio: 1 shard(s)" in out and len(list((cache / "audio").glob("shard-*.h5"))) == 1
+    code, out, _ = invoke("status", "--cache", str(cache), "--json")
+    assert json.loads(out)["stages"]["audio"]["fresh"] == 10
