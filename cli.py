@@ -177,26 +177,29 @@ def show(
     OUT.print(table)
 
 
-def _maintenance(cache: Path):  # -> ShardStore under the cache lock
+@contextmanager
+def _locked_store(cache: Path) -> Iterator[Any]:
+    """The cache's ShardStore, under the writer lock, with user errors made clear."""
     from msf.pipeline.config import ConfigError
+    from msf.pipeline.lock import CacheLock
     from msf.pipeline.shard_store import ShardStore
 
-    if not (cache / "index.sqlite").is_file():
-        raise ConfigError(f"no msf cache at {cache}")
-    return ShardStore(cache)
+    with user_errors():
+        if not (cache / "index.sqlite").is_file():
+            raise ConfigError(f"no msf cache at {cache}")
+        with CacheLock(cache):
+            store = ShardStore(cache)
+            try:
+                yield store
+            finally:
+                store.close()
 
 
 @cache_app.command("verify")
 def cache_verify(cache: Path = typer.Option(..., help="Cache directory."), as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-read every entry against its checksum; corrupt ones are dropped so the next extract redoes them."""
-    from msf.pipeline.lock import CacheLock
-
-    with user_errors(), CacheLock(cache):
-        store = _maintenance(cache)
-        try:
-            report = store.verify()
-        finally:
-            store.close()
+    with _locked_store(cache) as store:
+        report = store.verify()
     if as_json:
         print(json.dumps(report.to_dict()))
     else:
@@ -217,14 +220,8 @@ def cache_verify(cache: Path = typer.Option(..., help="Cache directory."), as_js
 @cache_app.command("compact")
 def cache_compact(cache: Path = typer.Option(...), shard_size: int = typer.Option(512)) -> None:
     """Rewrite live entries into full shards and delete the old ones."""
-    from msf.pipeline.lock import CacheLock
-
-    with user_errors(), CacheLock(cache):
-        store = _maintenance(cache)
-        try:
-            result = store.compact(shard_size)
-        finally:
-            store.close()
+    with _locked_store(cache) as store:
+        result = store.compact(shard_size)
     for stage, n in result.items():
         OUT.print(f"{stage}: {n} shard(s)")
 
@@ -232,14 +229,8 @@ def cache_compact(cache: Path = typer.Option(...), shard_size: int = typer.Optio
 @cache_app.command("gc")
 def cache_gc(cache: Path = typer.Option(...)) -> None:
     """Delete shard files that no index entry references."""
-    from msf.pipeline.lock import CacheLock
-
-    with user_errors(), CacheLock(cache):
-        store = _maintenance(cache)
-        try:
-            removed = store.gc()
-        finally:
-            store.close()
+    with _locked_store(cache) as store:
+        removed = store.gc()
     OUT.print(f"removed {len(removed)} unreferenced file(s)")
 
 
