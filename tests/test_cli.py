@@ -104,3 +104,22 @@ def test_cache_verify_compact_gc(tmp_path: Path) -> None:
     assert "audio: 1 shard(s)" in out and len(list((cache / "audio").glob("shard-*.h5"))) == 1
     code, out, _ = invoke("status", "--cache", str(cache), "--json")
     assert json.loads(out)["stages"]["audio"]["fresh"] == 10
+
+
+def test_msf_toml_in_working_directory_and_overrides(tmp_path: Path, monkeypatch) -> None:
+    corpus = write_manifest(tmp_path / "c", 3)
+    (tmp_path / "msf.toml").write_text(
+        f'corpus = "{corpus}"\ncache = "{tmp_path / "cache"}"\nplugins = ["toy_stages"]\nshard_size = 2\n'
+        "[stages.toy_summary]\nscale = 2.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out, err = invoke("extract", "--stage", "toy_summary", "--json")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["stages"]["toy_summary"]["computed"] == 3
+    code, out, _ = invoke("extract", "--stage", "toy_summary", "--set", "toy_summary.scale=2.0", "--json")
+    assert json.loads(out.splitlines()[-1])["stages"]["toy_summary"]["computed"] == 0  # same value: nothing
+    code, out, _ = invoke("extract", "--stage", "toy_summary", "--set", "toy_summary.scale=4", "--json")
+    assert json.loads(out.splitlines()[-1])["stages"]["toy_summary"]["computed"] == 3
+    (tmp_path / "msf.toml").write_text("corpus = [unclosed\n")
+    code, _, err = invoke("extract")
+    assert code == 2 and "msf.toml" in err
