@@ -32,10 +32,12 @@ def user_errors() -> Iterator[None]:
     from msf.pipeline.config import ConfigError
     from msf.pipeline.corpus import CorpusError
     from msf.pipeline.lock import CacheBusy
+    from msf.pipeline.model_loading import ModelUnavailable
 
     try:
         yield
-    except (ConfigError, CorpusError, CacheBusy, KeyError, ValueError, FileNotFoundError, ImportError) as e:
+    except (ConfigError, CorpusError, CacheBusy, ModelUnavailable, KeyError, ValueError, FileNotFoundError,
+            ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         ERR.print(f"[bold red]error:[/] {msg}", highlight=False)
         raise typer.Exit(2) from None

@@ -23,6 +23,7 @@ from msf.pipeline.corpus import Corpus, Utterance, load_corpus
 from msf.pipeline.fingerprint import canonical_json, fingerprint_for
 from msf.pipeline.lock import CacheLock
 from msf.pipeline.shard_store import ShardFormatError, ShardReader, ShardStore, normalise, write_shard
+from msf.pipeline.model_loading import ModelUnavailable
 from msf.pipeline.stage import (
     Item, Record, Stage, StageParams, UtteranceError, load_plugins, stage_class, stage_order,
 )
@@ -288,6 +289,10 @@ class Extraction:
             group = futures[fut]
             try:
                 res: TaskResult = fut.result()
+            except ModelUnavailable:
+                for other in futures:  # no model, no stage: one clear error instead of N failures
+                    other.cancel()
+                raise
             except Exception as e:  # noqa: BLE001 - a crashed task fails its items, not the run
                 res = TaskResult(failed=[(t.utt["id"], t.fingerprint, f"task failed: {describe_error(e)}")
                                          for t in group])

@@ -71,6 +71,9 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert code == 2 and "msf corpus demo /no/such/dir" in err
     code, _, err = invoke("status", "--cache", str(tmp_path / "empty"))
     assert code == 2 and "no msf cache" in err
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "m"), "--stage", "align",
+                          "--set", "align.model=/no/such/model")
+    assert code == 2 and "align model '/no/such/model' cannot be loaded offline" in err and "Traceback" not in err
 
 
 def test_second_writer_gets_a_clear_message(tmp_path: Path) -> None:
@@ -79,7 +82,7 @@ def test_second_writer_gets_a_clear_message(tmp_path: Path) -> None:
     with CacheLock(cache):
         code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(cache))
     assert code == 2 and "is in use by msf process" in err and "--wait" in err
-    code, _, _ = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--json")
+    code, _, _ = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--stage", "audio", "--json")
     assert code == 0
 
 

@@ -52,6 +52,10 @@ def read(
             continue
         audio = Path(str(row["audio"]))
         transcript = row.get("transcript")
+        hints = dict(extra or {})
+        if row.get("alignment"):  # a TextGrid or .wdseg for align.backend=provided
+            alignment = Path(str(row["alignment"]))
+            hints["alignment"] = str(alignment if alignment.is_absolute() else path.parent / alignment)
         b.add(
             where,
             str(row.get("id") or ""),
@@ -60,7 +64,7 @@ def read(
             speaker=str(row.get("speaker") or ""),
             split=str(row.get("split") or ""),
             transcript=str(transcript) if transcript not in (None, "") else None,
-            extra=dict(extra or {}),
+            extra=hints,
         )
     return b.build(path.parent.name if path.name.startswith("manifest") else path.stem, spec or str(path))
 

