@@ -207,7 +207,7 @@ class Extraction:
             fps = {}
             for u in self.corpus.utterances:
                 ah = self.audio_hashes[u.audio]
-                fields = {f: getattr(u, f, None) if f != "extra" else u.extra for f in cls.reads}
+                fields = {f: getattr(u, f) for f in cls.reads}
                 upstream = {up: plans[up].fingerprints[u.id] for up in cls.needs}
                 fps[u.id] = fingerprint_for(cls, params, ah, fields, upstream)
             plans[name] = StagePlan(cls, params, fps)
