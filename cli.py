@@ -53,13 +53,19 @@ def _report_problems(problems: list[Any]) -> None:
         ERR.print(f"  … and {len(problems) - 20} more")
 
 
+def _require_cache(cache: Path) -> None:
+    from msf.pipeline.config import ConfigError
+
+    if not (cache / "index.sqlite").is_file():
+        raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
+
+
 def _open_cache(cache: Path):  # -> Extraction
     from msf.pipeline.config import ConfigError, MsfConfig
     from msf.pipeline.runner import Extraction
     from msf.pipeline.shard_store import ShardStore
 
-    if not (cache / "index.sqlite").is_file():
-        raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
+    _require_cache(cache)
     store = ShardStore(cache)
     raw = store.index.get_meta("config")
     stages = json.loads(store.index.get_meta("stages") or "[]")
@@ -159,12 +165,10 @@ def show(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One cached entry: arrays as shape and dtype, scalars and strings as values."""
-    from msf.pipeline.config import ConfigError
     from msf.pipeline.shard_store import ShardStore
 
     with user_errors():
-        if not (cache / "index.sqlite").is_file():
-            raise ConfigError(f"no msf cache at {cache}")
+        _require_cache(cache)
         store = ShardStore(cache)
         try:
             record = {k: _describe(v) for k, v in store.read(stage, utt).items()}
@@ -182,13 +186,11 @@ def show(
 @contextmanager
 def _locked_store(cache: Path) -> Iterator[Any]:
     """The cache's ShardStore, under the writer lock, with user errors made clear."""
-    from msf.pipeline.config import ConfigError
     from msf.pipeline.lock import CacheLock
     from msf.pipeline.shard_store import ShardStore
 
     with user_errors():
-        if not (cache / "index.sqlite").is_file():
-            raise ConfigError(f"no msf cache at {cache}")
+        _require_cache(cache)
         with CacheLock(cache):
             store = ShardStore(cache)
             try:

@@ -29,6 +29,11 @@ class ConfigError(ValueError):
     pass
 
 
+def validation_problems(e: ValidationError) -> str:
+    """pydantic's errors as one line: `key: message; key: message`."""
+    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+
+
 class MsfConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,8 +61,7 @@ class MsfConfig(BaseModel):
         try:
             return stage.Params(**values)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"stage {stage.name!r} parameters: {problems}") from None
+            raise ConfigError(f"stage {stage.name!r} parameters: {validation_problems(e)}") from None
 
 
 def parse_value(raw: str) -> Any:
@@ -97,8 +101,7 @@ def load_config(
     try:
         config = MsfConfig(**data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"configuration: {problems}") from None
+        raise ConfigError(f"configuration: {validation_problems(e)}") from None
     from msf.pipeline.stage import load_plugins, stage_class
 
     load_plugins(config.plugins)
