@@ -23,9 +23,9 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 
 def test_same_seed_same_bytes_different_seed_different_corpus(tmp_path: Path) -> None:
-    a = build_demo_corpus(tmp_path / "a", n=12, seed=3, workers=2, progress=False)
-    b = build_demo_corpus(tmp_path / "b", n=12, seed=3, workers=1, progress=False)  # parallelism is irrelevant
-    c = build_demo_corpus(tmp_path / "c", n=12, seed=4, workers=2, progress=False)
+    a = build_demo_corpus(tmp_path / "a", n=20, seed=3, workers=2, progress=False)
+    b = build_demo_corpus(tmp_path / "b", n=20, seed=3, workers=1, progress=False)  # parallelism is irrelevant
+    c = build_demo_corpus(tmp_path / "c", n=20, seed=4, workers=2, progress=False)
     assert _same_tree(a, b)
     assert (a / "manifest.csv").read_bytes() != (c / "manifest.csv").read_bytes()
     assert (a / "wavs" / "demo_00000.wav").read_bytes() != (c / "wavs" / "demo_00000.wav").read_bytes()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from msf.pipeline.corpus import Corpus, CorpusError
 
 SAMPLE_RATE = 16_000
 PUNCT = ".,?!"
+BLOCK = 16  # utterances per fresh eSpeak process; part of the corpus definition (see build_demo_corpus)
 
 # Key words and their lexical sentiment in [-1, 1].
 KEYWORDS: dict[str, float] = {
@@ -221,18 +223,18 @@ def build_demo_corpus(out: Path, n: int = 300, seed: int = 0, workers: int | Non
     specs = draw_specs(n, seed)
     workers = workers or min(os.cpu_count() or 1, 8)
     truths: list[dict] = []
+    # eSpeak keeps state between syntheses (pitch flutter phase, noise generators) that no API call
+    # resets, so an utterance's samples depend on what the same process spoke before. Each block
+    # of BLOCK utterances is therefore spoken by a fresh spawned process: the bytes depend on the
+    # seed only, never on the worker count, the scheduling or what the caller's process did.
+    blocks = list(_chunks(specs, BLOCK))
     with Progress(console=STDERR, disable=not progress) as bar:
         task = bar.add_task("synthesising", total=n)
-        if workers == 1:
-            for chunk in _chunks(specs, 16):
-                truths += _synthesise_many(chunk, str(wav_dir))
-                bar.advance(task, len(chunk))
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                for chunk, res in zip(_chunks(specs, 16),
-                                      pool.map(_synthesise_many, _chunks(specs, 16), [str(wav_dir)] * n)):
-                    truths += res
-                    bar.advance(task, len(chunk))
+        with ProcessPoolExecutor(min(workers, len(blocks)), mp_context=multiprocessing.get_context("spawn"),
+                                 max_tasks_per_child=1) as pool:
+            for block, res in zip(blocks, pool.map(_synthesise_many, blocks, [str(wav_dir)] * len(blocks))):
+                truths += res
+                bar.advance(task, len(block))
     with open(out / "manifest.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["id", "audio", "transcript", "speaker", "split", "valence", "arousal", "dominance"])

@@ -84,6 +84,7 @@ class Espeak:
         for param, value in ((RATE, rate), (PITCH, pitch), (RANGE, pitch_range), (VOLUME, volume)):
             self._lib.espeak_SetParameter(param, int(value), 0)
         self._chunks, self._events = [], []
+        self._lib.espeak_ng_SetRandSeed(1)  # breathy variants draw noise from it
         text = ssml.encode("utf-8")
         self._lib.espeak_Synth(text, len(text) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8 | SSML, None, None)
         self._lib.espeak_Synchronize()
