@@ -183,6 +183,33 @@ def show(
     OUT.print(table)
 
 
+@app.command()
+def inspect(
+    utt: str = typer.Argument(..., help="Utterance id."),
+    cache: Path = typer.Option(..., help="Cache directory."),
+    out: Path = typer.Option(..., help="PNG to write."),
+) -> None:
+    """Plot one utterance: waveform, F0 and intensity, word boundaries, emphasised words highlighted."""
+    from msf.pipeline.emphasis_figure import draw_emphasis
+    from msf.pipeline.stages.emphasis import EmphasisStage
+
+    with user_errors():
+        ex, _ = _open_cache(cache)
+        try:
+            u = next((u for u in ex.corpus.utterances if u.id == utt), None)
+            if u is None:
+                raise KeyError(f"no utterance {utt!r} in the corpus of {cache}")
+            align, emphasis = ex.store.read("align", utt), ex.store.read("emphasis", utt)
+            params = ex.config.params_for(EmphasisStage)
+            from msf.pipeline.audio_io import load_waveform
+
+            title = f"{utt}: {align['transcript']}"
+            draw_emphasis(load_waveform(u.audio), align, emphasis, params, title, out)  # type: ignore[arg-type]
+        finally:
+            ex.close()
+    OUT.print(f"wrote {out}")
+
+
 @contextmanager
 def _locked_store(cache: Path) -> Iterator[Any]:
     """The cache's ShardStore, under the writer lock, with user errors made clear."""

@@ -31,3 +31,24 @@ def load_whisper(model: str, device: str = "cpu", compute_type: str = "int8", ro
             f"CTranslate2 Whisper directory (--set {role}.model=PATH) or use the offline profile "
             f"(--profile offline, the bundled tiny.en)."
         ) from None
+
+
+def load_transformers(model: str, loader: str, param: str, offline: str | None) -> tuple[object, Path | str]:
+    """`transformers.<loader>.from_pretrained` from a local directory or the local hub cache, never
+    the network; returns the model (eval mode) and where it came from. `param` is the --set key that
+    names the model; `offline` names what the offline profile uses instead (None: nothing)."""
+    import transformers
+
+    path = Path(model).expanduser()
+    source: Path | str = path if path.is_dir() else model
+    try:
+        m = getattr(transformers, loader).from_pretrained(str(source), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to load means the same thing to the user
+        way_out = (f"use the offline profile (--profile offline: {offline})" if offline
+                   else "choose another backend; the offline profile has no model for this one")
+        raise ModelUnavailable(
+            f"{param.split('.')[0]} model {model!r} cannot be loaded offline ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}). Either pass a local directory holding it (--set {param}=PATH) or {way_out}."
+        ) from None
+    m.eval()
+    return m, source

@@ -6,6 +6,7 @@ results per transaction, so an interrupted run keeps everything committed and re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -86,6 +87,19 @@ def _compute_batch(stage: Stage, batch: list[Item]) -> list[Record | Exception]:
         return results
 
 
+def _batches(stage: Stage, prepared: list[tuple[TaskItem, Item]]) -> Iterator[list[tuple[TaskItem, Item]]]:
+    if stage.group_by:  # one whole group per compute() call
+        groups: dict[str, list[tuple[TaskItem, Item]]] = {}
+        for p in prepared:
+            groups.setdefault(str(getattr(p[1].utt, stage.group_by)), []).append(p)
+        yield from groups.values()
+        return
+    # Length-bucketed batches: similar durations together, so padding wastes little.
+    prepared = sorted(prepared, key=lambda p: p[1].inputs.get("audio", {}).get("duration", 0.0))
+    for start in range(0, len(prepared), stage.batch_size):
+        yield prepared[start : start + stage.batch_size]
+
+
 def run_task(
     root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem], plugins: list[str] = ()  # type: ignore[assignment]
 ) -> TaskResult:
@@ -101,13 +115,10 @@ def run_task(
             result.failed.append((ti.utt["id"], ti.fingerprint, f"cannot read upstream entry: {describe_error(e)}"))
             continue
         prepared.append((ti, Item(Utterance.from_dict(ti.utt), inputs, ti.audio_hash)))
-    # Length-bucketed batches: similar durations together, so padding wastes little.
-    prepared.sort(key=lambda p: p[1].inputs.get("audio", {}).get("duration", 0.0))
     ok_ids: list[str] = []
     ok_records: list[Record] = []
     ok_fps: list[str] = []
-    for start in range(0, len(prepared), stage.batch_size):
-        chunk = prepared[start : start + stage.batch_size]
+    for chunk in _batches(stage, prepared):
         try:
             outputs = _compute_batch(stage, [it for _, it in chunk])
         except Exception as e:  # noqa: BLE001
@@ -210,8 +221,26 @@ class Extraction:
                 fields = {f: getattr(u, f) for f in cls.reads}
                 upstream = {up: plans[up].fingerprints[u.id] for up in cls.needs}
                 fps[u.id] = fingerprint_for(cls, params, ah, fields, upstream)
+            if cls.group_by:
+                fps = self._group_fingerprints(cls.group_by, fps)
             plans[name] = StagePlan(cls, params, fps)
         return plans
+
+    def groups(self, field: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for u in self.corpus.utterances:
+            out.setdefault(str(getattr(u, field)), []).append(u.id)
+        return out
+
+    def _group_fingerprints(self, field: str, fps: dict[str, str]) -> dict[str, str]:
+        """Each member's fingerprint also covers its group's: any member's change touches them all."""
+        out = {}
+        for members in self.groups(field).values():
+            group = hashlib.blake2b(canonical_json(sorted((m, fps[m]) for m in members)).encode(),
+                                    digest_size=16).hexdigest()
+            out.update({m: hashlib.blake2b(f"{fps[m]}:{group}".encode(), digest_size=16).hexdigest()
+                        for m in members})
+        return out
 
     def status(self, stages: list[str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -255,30 +284,37 @@ class Extraction:
         upstream_failures = {up: {f.utt: f.error for f in index.failures(up)} for up in plan.stage.needs}
         existing_shards = {s for s in {e.shard for e in entries.values()} if self.store.shard_path(name, s).exists()}
         todo: list[TaskItem] = []
+        ready: dict[str, TaskItem] = {}  # every item whose inputs are fresh (group stages need them all)
         blocked: list[Failure] = []
         for u in self.corpus.utterances:
             fp = plan.fingerprints[u.id]
             e = entries.get(u.id)
-            if e is not None and e.fingerprint == fp and e.shard in existing_shards:
-                report.reused += 1
-                continue
+            fresh = e is not None and e.fingerprint == fp and e.shard in existing_shards
             upstream: dict[str, tuple[str, int]] = {}
             for up in plan.stage.needs:
                 ue = upstream_entries[up].get(u.id)
                 if ue is None or ue.fingerprint != plans[up].fingerprints[u.id]:
-                    why = upstream_failures[up].get(u.id, "no fresh entry")
-                    blocked.append(Failure(name, u.id, fp, f"upstream stage {up!r} failed: {why}", time.time()))
+                    if not fresh:
+                        why = upstream_failures[up].get(u.id, "no fresh entry")
+                        blocked.append(Failure(name, u.id, fp, f"upstream stage {up!r} failed: {why}", time.time()))
                     break
                 upstream[up] = (ue.shard, ue.row)
             else:
-                todo.append(TaskItem(u.to_dict(), fp, self.audio_hashes[u.audio], upstream))
+                ready[u.id] = TaskItem(u.to_dict(), fp, self.audio_hashes[u.audio], upstream)
+                if not fresh:
+                    todo.append(ready[u.id])
+            if fresh:
+                report.reused += 1
         if blocked:
             index.commit([], blocked)
             report.failed += len(blocked)
-        sizes = index.audio_sizes()
-        todo.sort(key=lambda t: sizes.get(t.utt["audio"], 0))  # similar lengths share a task
-        shard_size = self.config.shard_size
-        groups = [todo[i : i + shard_size] for i in range(0, len(todo), shard_size)]
+        if plan.stage.group_by:
+            groups = self._whole_groups(plan, todo, ready, report)
+        else:
+            sizes = index.audio_sizes()
+            todo.sort(key=lambda t: sizes.get(t.utt["audio"], 0))  # similar lengths share a task
+            shard_size = self.config.shard_size
+            groups = [todo[i : i + shard_size] for i in range(0, len(todo), shard_size)]
         task = bar.add_task(name, total=len(todo))
         params = plan.params.model_dump(mode="json")
         futures = {
@@ -305,6 +341,24 @@ class Extraction:
             bar.advance(task, len(group))
         report.seconds = round(time.perf_counter() - t0, 3)
         return report
+
+
+    def _whole_groups(self, plan: StagePlan, todo: list[TaskItem], ready: dict[str, TaskItem],
+                      report: StageReport) -> list[list[TaskItem]]:
+        """Tasks of whole groups: a group with anything to compute is computed with all its ready
+        members, since its statistics need them; groups are packed up to shard_size per task."""
+        stale = {t.utt["id"] for t in todo}
+        tasks: list[list[TaskItem]] = [[]]
+        for members in self.groups(plan.stage.group_by).values():  # type: ignore[arg-type]
+            if not stale.intersection(members):
+                continue
+            items = [ready[m] for m in members if m in ready]
+            report.reused -= sum(1 for t in items if t.utt["id"] not in stale)
+            todo.extend(t for t in items if t.utt["id"] not in stale)
+            if tasks[-1] and len(tasks[-1]) + len(items) > self.config.shard_size:
+                tasks.append([])
+            tasks[-1].extend(items)
+        return [t for t in tasks if t]
 
 
 @contextmanager

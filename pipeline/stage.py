@@ -56,6 +56,10 @@ class Stage(ABC):
     # Per-profile parameter defaults; "default" is the Params defaults themselves.
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     batch_size: ClassVar[int] = 16
+    # An utterance field (e.g. "speaker") whose groups a stage needs whole: statistics over a
+    # speaker's utterances. Each compute() call then gets one complete group, and every entry's
+    # fingerprint covers the group's members, so a change to one member recomputes its group.
+    group_by: ClassVar[str | None] = None
 
     def __init__(self, params: StageParams):
         self.params = params

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
-from msf.pipeline.model_loading import BUNDLED_TINY_EN, load_whisper
+from msf.pipeline.model_loading import BUNDLED_TINY_EN, ModelUnavailable, load_transformers, load_whisper
 
 PUNCT = ".,;:!?\"'()[]{}«»…-"
 WHISPER_WINDOW_S = 30.0
@@ -23,9 +23,10 @@ def clean_word(token: str) -> str:
 
 
 class AlignParams(StageParams):
-    # `ctc` and `whisperx` (see DESIGN) are not built yet; only these are accepted.
-    backend: Literal["whisper", "provided"] = "whisper"
+    backend: Literal["whisper", "ctc", "provided", "whisperx"] = "whisper"
     model: str = "large-v3"
+    # The wav2vec2-CTC model of the `ctc` backend (hub id or local directory); whisperX's English default.
+    ctc_model: str = "facebook/wav2vec2-base-960h"
     compute_type: str = "int8"
     language: str = "en"
     device: str = "cpu"
@@ -85,6 +86,104 @@ def read_textgrid(path: Path) -> Record:
     return _record(words, start, end, [1.0] * len(words), "provided:textgrid")
 
 
+def _reference(item: Item) -> list[str]:
+    words = [clean_word(t) for t in (item.utt.transcript or "").split() if clean_word(t)]
+    if not words:
+        raise UtteranceError("this align backend aligns a given transcript, and the utterance has none "
+                             "(use align.backend=whisper to transcribe it)")
+    return words
+
+
+class CtcAligner:
+    """whisperX's method without whisperX: wav2vec2-CTC character emissions, then the best CTC path
+    of the reference characters (Viterbi), grouped back into words."""
+
+    def __init__(self, model: str, device: str):
+        import transformers
+
+        self.model, source = load_transformers(model, "AutoModelForCTC", "align.ctc_model", offline=None)
+        self.model.to(device)  # type: ignore[attr-defined]
+        self.device = device
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        self.features = transformers.AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
+        self.vocab = self.tokenizer.get_vocab()
+        self.upper = sum(k.isupper() for k in self.vocab) > sum(k.islower() for k in self.vocab)
+        self.blank = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.samples_per_frame = int(np.prod(self.model.config.conv_stride))  # type: ignore[attr-defined]
+
+    def emissions(self, audio: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = self.features(audio, sampling_rate=16000, return_tensors="pt").input_values.to(self.device)
+        with torch.inference_mode():
+            logits = self.model(x).logits[0].float()  # type: ignore[operator]
+        return torch.log_softmax(logits, dim=-1).cpu().numpy()
+
+    def align(self, audio: np.ndarray, words: list[str]) -> Record:
+        from msf.pipeline.ctc_viterbi import token_spans
+
+        # Characters the model has no token for are skipped (digits, accents); a word left with no
+        # characters at all takes the gap between its neighbours, with score 0.
+        targets: list[int] = []
+        owner: list[int] = []
+        for i, w in enumerate(words):
+            for ch in (w.upper() if self.upper else w):
+                if ch in self.vocab:
+                    targets.append(self.vocab[ch])
+                    owner.append(i)
+        if not targets:
+            raise UtteranceError(f"no character of the transcript is in the vocabulary of {self.model.name_or_path}")  # type: ignore[attr-defined]
+        lp = self.emissions(audio)
+        try:
+            spans = token_spans(lp, targets, self.blank)
+        except ValueError as e:
+            raise UtteranceError(f"CTC alignment failed: {e}") from None
+        sec = self.samples_per_frame / 16000
+        start = [float("nan")] * len(words)
+        end = [float("nan")] * len(words)
+        probs: list[list[float]] = [[] for _ in words]
+        for sp in spans:
+            i = owner[sp.token]
+            start[i] = sp.start * sec if np.isnan(start[i]) else start[i]
+            end[i] = sp.end * sec
+            probs[i].append(sp.score)
+        for i in range(len(words)):
+            if np.isnan(start[i]):
+                start[i] = end[i - 1] if i and not np.isnan(end[i - 1]) else 0.0
+                nxt = [s for s in start[i + 1 :] if not np.isnan(s)]
+                end[i] = max(start[i], nxt[0] if nxt else len(audio) / 16000)
+        return _record(words, start, end, [float(np.mean(p)) if p else 0.0 for p in probs], "ctc")
+
+
+class WhisperxAligner:
+    """The whisperX package's own aligner, only when it is installed (an optional extra)."""
+
+    def __init__(self, language: str, device: str):
+        try:
+            import whisperx  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise ModelUnavailable(
+                f"align.backend=whisperx needs the optional package whisperx ({e}); install it with "
+                "`pip install 'msf[whisperx]'`, or use align.backend=ctc, which runs the same method"
+            ) from None
+        self.whisperx = whisperx
+        self.device = device
+        try:
+            self.model, self.meta = whisperx.load_align_model(language_code=language, device=device)
+        except Exception as e:  # noqa: BLE001
+            raise ModelUnavailable(f"whisperx could not load its alignment model ({type(e).__name__}: {e}); "
+                                   "use align.backend=ctc with a local wav2vec2-CTC model") from None
+
+    def align(self, audio: np.ndarray, words: list[str]) -> Record:
+        seg = [{"text": " ".join(words), "start": 0.0, "end": len(audio) / 16000}]
+        res = self.whisperx.align(seg, self.model, self.meta, audio, self.device)
+        ws = [w for w in res.get("word_segments", []) if clean_word(w.get("word", ""))]
+        if [clean_word(w["word"]) for w in ws] != words or any("start" not in w for w in ws):
+            raise UtteranceError("whisperx did not time every reference word")
+        return _record(words, [w["start"] for w in ws], [w["end"] for w in ws],
+                       [w.get("score", 0.0) for w in ws], "whisperx")
+
+
 @register
 class AlignStage(Stage):
     name = "align"
@@ -101,12 +200,24 @@ class AlignStage(Stage):
         self._model = None
         if p.backend == "whisper":
             self._model = load_whisper(p.model, p.device, p.compute_type, role="align")
+        elif p.backend == "ctc":
+            self._ctc = CtcAligner(p.ctc_model, p.device)
+        elif p.backend == "whisperx":
+            self._whisperx = WhisperxAligner(p.language, p.device)
 
     def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        backend = self.params.backend  # type: ignore[attr-defined]
         out: list[Record | Exception] = []
         for item in batch:
             try:
-                out.append(self._provided(item) if self.params.backend == "provided" else self._whisper(item))  # type: ignore[attr-defined]
+                if backend == "provided":
+                    out.append(self._provided(item))
+                elif backend in ("ctc", "whisperx"):
+                    text = _reference(item)
+                    aligner = self._ctc if backend == "ctc" else self._whisperx
+                    out.append(aligner.align(item.waveform, text))
+                else:
+                    out.append(self._whisper(item))
             except UtteranceError as e:
                 out.append(e)
         return out

@@ -1,0 +1,46 @@
+"""`msf inspect`: one utterance's waveform, F0 and intensity contours, word boundaries and emphasis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from msf.pipeline.stage import Record
+from msf.pipeline.stages.emphasis import Contours, EmphasisParams
+
+
+def draw_emphasis(wave: np.ndarray, align: Record, emphasis: Record, params: EmphasisParams, title: str,
+                  out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a display
+    import matplotlib.pyplot as plt
+
+    c = Contours(wave, params.pitch_floor, params.pitch_ceiling)
+    t = np.arange(len(wave)) / 16000
+    fig, (ax_w, ax_f, ax_i) = plt.subplots(3, 1, figsize=(12, 7), sharex=True, height_ratios=[1.2, 1, 1])
+    ax_w.plot(t, wave, lw=0.4, color="0.3")
+    ax_f.plot(c.f0_t, c.f0, ".", ms=2.5, color="tab:blue")
+    ax_f.axhline(emphasis["speaker_f0_hz"], ls=":", color="tab:blue", lw=1, label="speaker median F0")
+    ax_i.plot(c.int_t, c.intensity, lw=1, color="tab:orange")
+    for w, s, e, score, flag in zip(align["words"], align["start"], align["end"], emphasis["score"],
+                                    emphasis["emphasized"]):
+        for ax in (ax_w, ax_f, ax_i):
+            if flag:
+                ax.axvspan(s, e, color="tab:red", alpha=0.18, lw=0)
+            ax.axvline(s, color="0.6", lw=0.6)
+            ax.axvline(e, color="0.6", lw=0.6, ls="--")
+        ax_w.text((s + e) / 2, ax_w.get_ylim()[1] * 0.85, f"{w}\n{score:.2f}", ha="center", va="top", fontsize=8,
+                  color="tab:red" if flag else "black", fontweight="bold" if flag else "normal")
+    ax_w.set_ylabel("waveform")
+    ax_f.set_ylabel("F0 (Hz)")
+    ax_f.legend(loc="upper right", fontsize=8)
+    ax_i.set_ylabel("intensity (dB)")
+    ax_i.set_xlabel("time (s); red: emphasised words; labels: word and emphasis score")
+    ax_w.set_title(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

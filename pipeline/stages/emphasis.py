@@ -1,0 +1,204 @@
+"""`emphasis`: which words the speaker stresses, from pitch, loudness and duration over the word alignment.
+
+Per word: F0 mean/max/range in semitones relative to the speaker's median F0, intensity mean/max in
+dB relative to the utterance, duration per syllable (or character), and the z-scores of these within
+the utterance. The soft score contrasts each word with the other words of its utterance (a stressed
+word is higher, louder and longer than its neighbours), scaled by the size of a typical stress, so
+that an utterance with no stressed word scores low everywhere instead of always crowning its maximum.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
+
+SR = 16_000
+FRAME_S = 0.01
+FEATURES = ("f0_mean_st", "f0_max_st", "f0_range_st", "intensity_mean_db", "intensity_max_db", "duration_norm")
+
+
+class EmphasisParams(StageParams):
+    threshold: float = 0.5  # flag a word when its soft score reaches this
+    pitch_floor: float = 60.0  # Hz, parselmouth pitch search range
+    pitch_ceiling: float = 500.0
+    duration_unit: Literal["syllables", "characters"] = "syllables"
+    # The size of a typical stress relative to the other words of the utterance; a word that differs
+    # by this much on all three cues has evidence 1. Values from the prosody literature on English
+    # lexical/contrastive stress: 2-4 semitones, 3-6 dB, 30-50 % longer.
+    stress_pitch_st: float = 3.0
+    stress_loudness_db: float = 5.0
+    stress_lengthening: float = 1.4
+    # score = sigmoid(sharpness * (evidence - midpoint)); evidence is the mean of the three cues.
+    midpoint: float = 0.9
+    sharpness: float = 8.0
+    min_word_s: float = 0.03  # shorter words carry no usable prosody: score 0
+
+
+def syllables(word: str) -> int:
+    """Vowel groups: a crude count, but consistent for a word, which is all the normalisation needs."""
+    return max(1, len(re.findall(r"[aeiouy]+", word.lower())))
+
+
+def semitones(hz: np.ndarray, ref_hz: float) -> np.ndarray:
+    return 12.0 * np.log2(hz / ref_hz)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Within-utterance z-scores; 0 where a feature is constant (one word) or undefined."""
+    finite = np.isfinite(x)
+    out = np.zeros_like(x)
+    if finite.sum() >= 2:
+        sd = x[finite].std()
+        if sd > 1e-6:
+            out[finite] = (x[finite] - x[finite].mean()) / sd
+    return out
+
+
+def _contrast(x: np.ndarray) -> np.ndarray:
+    """Each word minus the median of the *other* words (0 when there are none or it is undefined)."""
+    out = np.zeros_like(x)
+    for i in range(len(x)):
+        others = np.delete(x, i)
+        others = others[np.isfinite(others)]
+        if np.isfinite(x[i]) and len(others):
+            out[i] = x[i] - np.median(others)
+    return out
+
+
+class Contours:
+    """F0 (Hz, NaN unvoiced) and intensity (dB) on a 10 ms grid, from parselmouth."""
+
+    def __init__(self, wave: np.ndarray, floor: float, ceiling: float):
+        import parselmouth
+
+        snd = parselmouth.Sound(wave.astype(np.float64), sampling_frequency=SR)
+        pitch = snd.to_pitch(time_step=FRAME_S, pitch_floor=floor, pitch_ceiling=ceiling)
+        self.f0_t = pitch.xs()
+        f0 = pitch.selected_array["frequency"]
+        self.f0 = np.where(f0 > 0, f0, np.nan)
+        if snd.duration > 6.4 / floor:  # parselmouth needs a few pitch periods for intensity
+            inten = snd.to_intensity(minimum_pitch=floor, time_step=FRAME_S)
+            self.int_t, self.intensity = inten.xs(), inten.values[0]
+        else:
+            self.int_t, self.intensity = np.array([snd.duration / 2]), np.array([20 * np.log10(
+                np.sqrt(np.mean(wave**2)) / 2e-5 + 1e-12)])
+
+    def f0_in(self, start: float, end: float) -> np.ndarray:
+        v = self.f0[(self.f0_t >= start) & (self.f0_t < end)]
+        return v[np.isfinite(v)]
+
+    def intensity_in(self, start: float, end: float) -> np.ndarray:
+        v = self.intensity[(self.int_t >= start) & (self.int_t < end)]
+        if not len(v):  # a word shorter than a frame: the nearest frame
+            v = self.intensity[[int(np.argmin(np.abs(self.int_t - (start + end) / 2)))]]
+        return v
+
+
+class _Utterance:
+    """One utterance's words and contours, and its prosody summary before speaker normalisation."""
+
+    def __init__(self, item: Item, p: EmphasisParams):
+        a = item.inputs["align"]
+        self.words = [str(w) for w in a["words"]]
+        if not self.words:
+            raise UtteranceError("no aligned words")
+        self.start = np.asarray(a["start"], np.float64)
+        self.end = np.asarray(a["end"], np.float64)
+        self.c = Contours(item.waveform, p.pitch_floor, p.pitch_ceiling)
+        span = max(float(self.end.max() - self.start.min()), 1e-3)
+        self.loudness_db = float(np.mean(self.c.intensity_in(float(self.start.min()), float(self.end.max()))))
+        self.rate = sum(syllables(w) for w in self.words) / span
+        voiced = self.c.f0[np.isfinite(self.c.f0)]
+        self.f0_median = float(np.median(voiced)) if len(voiced) else float("nan")
+
+
+@dataclass(frozen=True)
+class SpeakerStats:
+    """Medians over a speaker's utterances (the group the runner hands over whole)."""
+
+    f0_hz: float
+    loudness_db: float
+    rate: float
+
+    @classmethod
+    def of(cls, utts: list[_Utterance]) -> "SpeakerStats":
+        voiced = [u.c.f0[np.isfinite(u.c.f0)] for u in utts]
+        f0 = np.concatenate(voiced) if voiced else np.zeros(0)
+        return cls(
+            f0_hz=float(np.median(f0)) if len(f0) else float("nan"),
+            loudness_db=float(np.median([u.loudness_db for u in utts])) if utts else float("nan"),
+            rate=float(np.median([u.rate for u in utts])) if utts else float("nan"),
+        )
+
+
+@register
+class EmphasisStage(Stage):
+    name = "emphasis"
+    needs = ("audio", "align")
+    version = "1"
+    Params = EmphasisParams
+    group_by = "speaker"  # F0, loudness and rate are relative to the speaker's medians over the corpus
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        p: EmphasisParams = self.params  # type: ignore[assignment]
+        prepared: list[_Utterance | Exception] = []
+        for item in batch:
+            try:
+                prepared.append(_Utterance(item, p))
+            except UtteranceError as e:
+                prepared.append(e)
+            except Exception as e:  # noqa: BLE001 - one unreadable file must not cost its speaker
+                prepared.append(UtteranceError(f"pitch/intensity analysis failed: {type(e).__name__}: {e}"))
+        speaker = SpeakerStats.of([u for u in prepared if isinstance(u, _Utterance)])
+        return [u if isinstance(u, Exception) else self._record(u, speaker) for u in prepared]
+
+    def _record(self, u: _Utterance, speaker: SpeakerStats) -> Record:
+        p: EmphasisParams = self.params  # type: ignore[assignment]
+        ref = speaker.f0_hz if np.isfinite(speaker.f0_hz) else 100.0  # no voicing anywhere: any reference
+        n = len(u.words)
+        f = {k: np.full(n, np.nan) for k in FEATURES}
+        voiced = np.zeros(n, bool)
+        for i, (w, s, e) in enumerate(zip(u.words, u.start, u.end)):
+            f0 = u.c.f0_in(s, e)
+            if len(f0):
+                st = semitones(f0, ref)
+                f["f0_mean_st"][i], f["f0_max_st"][i] = st.mean(), st.max()
+                f["f0_range_st"][i] = st.max() - st.min()
+                voiced[i] = True
+            db = u.c.intensity_in(s, e)
+            f["intensity_mean_db"][i] = db.mean() - u.loudness_db
+            f["intensity_max_db"][i] = db.max() - u.loudness_db
+            units = syllables(w) if p.duration_unit == "syllables" else max(1, len(w))
+            f["duration_norm"][i] = max(e - s, 1e-3) / units
+        # Cues: pitch and loudness as contrasts with the other words, duration as a log ratio; an
+        # unvoiced word has no pitch cue (0), not a missing score.
+        evidence = (
+            np.clip(_contrast(f["f0_mean_st"]) / p.stress_pitch_st, -2, 2)
+            + np.clip(_contrast(f["intensity_mean_db"]) / p.stress_loudness_db, -2, 2)
+            + np.clip(_contrast(np.log(f["duration_norm"])) / np.log(p.stress_lengthening), -2, 2)
+        ) / 3.0
+        score = 1.0 / (1.0 + np.exp(-p.sharpness * (evidence - p.midpoint)))
+        score[(u.end - u.start) < p.min_word_s] = 0.0
+        if n == 1:  # nothing to contrast with: no evidence either way
+            score[:] = 0.0
+        rec: Record = {k: np.nan_to_num(v, nan=0.0).astype(np.float32) for k, v in f.items()}
+        rec.update({f"z_{k}": zscore(v).astype(np.float32) for k, v in f.items()})
+        rec.update({
+            "words": np.asarray(u.words, dtype=str),
+            "voiced": voiced,
+            "score": score.astype(np.float32),
+            "emphasized": score >= p.threshold,
+            # The utterance relative to its speaker, for describers: median pitch (st), loudness (dB),
+            # speaking rate (ratio), and the speaker's own reference values.
+            "pitch_st": float(semitones(np.array([u.f0_median]), ref)[0]) if np.isfinite(u.f0_median) else 0.0,
+            "loudness_db": u.loudness_db - speaker.loudness_db,
+            "rate_ratio": u.rate / speaker.rate,
+            "speaker_f0_hz": float(ref),
+            "rate_syl_s": u.rate,
+        })
+        return rec
