@@ -1,3 +1,3 @@
 """The built-in stages; importing this package registers them."""
 
-from msf.pipeline.stages import align, audio, emphasis  # noqa: F401
+from msf.pipeline.stages import acoustic, align, audio, emphasis  # noqa: F401

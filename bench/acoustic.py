@@ -1,0 +1,165 @@
+"""Acoustic extraction throughput and memory, side by side, with the same model for every row.
+
+Rows (audio seconds per wall second, median of --repeats):
+  pipeline    `msf extract --stage acoustic` (Dask runner, length-bucketed batches, HDF5 shards)
+  bare        a bare forward loop over the same audio and the same batches, features discarded
+  per-file    the common practice: one utterance at a time, one .npy file per utterance
+Peak RSS of `msf extract` at 1x and 10x the corpus (the 10x manifest lists every file ten times).
+The same pipeline/bare comparison on a WavLM-large-sized random model over a subset, and on a GPU
+when torch sees one.
+
+    python bench/acoustic.py [--minutes 10] [--repeats 3] [--large-seconds 60] [--out DIR]
+
+Random weights (no download needed) have the same cost as trained ones. Last stdout line: JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from msf.pipeline.audio_io import load_waveform
+from msf.pipeline.config import MsfConfig
+from msf.pipeline.corpora.demo import build_demo_corpus
+from msf.pipeline.runner import Extraction
+from msf.pipeline.stages.acoustic import AcousticParams, TransformersEncoder
+
+SMALL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+             conv_dim=(512,) * 7)
+
+
+def save_model(d: Path, size: dict) -> Path:
+    import transformers as tf
+
+    if not (d / "config.json").exists():
+        torch.manual_seed(0)
+        tf.WavLMModel(tf.WavLMConfig(feat_extract_norm="layer", do_stable_layer_norm=True, **size)).save_pretrained(d)
+        tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(d)
+    return d
+
+
+def manifest_subset(corpus: Path, out: Path, seconds: float, copies: int = 1) -> tuple[Path, float]:
+    """The first files of the demo manifest adding up to `seconds` of audio, each listed `copies` times."""
+    import soundfile as sf
+
+    rows, total = [], 0.0
+    for r in csv.DictReader(open(corpus / "manifest.csv")):
+        if total >= seconds:
+            break
+        r["audio"] = str(corpus / r["audio"])
+        total += sf.info(r["audio"]).duration
+        rows.append(r)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for c in range(copies):
+            for r in rows:
+                w.writerow(r | {"id": f"{r['id']}_{c}" if copies > 1 else r["id"]})
+    return out, total * copies
+
+
+def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: int) -> float:
+    """Seconds for the acoustic stage alone (audio decoded and validated beforehand)."""
+    cfg = MsfConfig(corpus=str(manifest), cache=cache, workers=1,
+                    stages={"acoustic": {"model": str(model), "device": device, "batch_size": batch}})
+    ex = Extraction(cfg)
+    ex.run(["audio"], progress=False)
+    t0 = time.perf_counter()
+    ex.run(["acoustic"], progress=False)
+    ex.close()
+    return time.perf_counter() - t0
+
+
+def bare_loop(manifest: Path, model: Path, device: str, batch: int) -> float:
+    enc = TransformersEncoder(AcousticParams(model=str(model), device=device))
+    batch = batch or (1 if device == "cpu" else 16)
+    waves = sorted((load_waveform(r["audio"]) for r in csv.DictReader(open(manifest))), key=len)
+    t0 = time.perf_counter()
+    for i in range(0, len(waves), batch):
+        for f in enc.forward(waves[i : i + batch]):
+            f.astype(np.float16)
+    return time.perf_counter() - t0
+
+
+def per_file(manifest: Path, model: Path, device: str, out: Path) -> float:
+    enc = TransformersEncoder(AcousticParams(model=str(model), device=device))
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for r in csv.DictReader(open(manifest)):
+        f = enc.forward([load_waveform(r["audio"])])[0]
+        np.save(out / f"{r['id']}.npy", f.astype(np.float16))
+    return time.perf_counter() - t0
+
+
+def peak_rss_mb(manifest: Path, cache: Path, model: Path) -> float:
+    code = ("import resource,sys; from msf.pipeline.config import MsfConfig; from msf.pipeline.runner import Extraction;"
+            f"ex=Extraction(MsfConfig(corpus={str(manifest)!r}, cache={str(cache)!r}, workers=1,"
+            f" stages={{'acoustic': {{'model': {str(model)!r}}}}})); ex.run(['acoustic'], progress=False); ex.close();"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--large-seconds", type=float, default=60.0)
+    ap.add_argument("--batch", type=int, default=0, help="0: the stage's automatic size (1 on CPU, 16 on GPU)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-acoustic-"))
+    n = int(args.minutes * 60 / 4.0) + 20  # demo utterances average about 4.5 s
+    corpus = build_demo_corpus(root / "corpus", n=n, seed=0, progress=False)
+    small = save_model(root / "wavlm-small", SMALL)
+    m1, audio_s = manifest_subset(corpus, root / "m1.csv", args.minutes * 60)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    res: dict[str, float] = {}
+    rows = []
+    for device in devices:
+        for label, model, manifest, secs in (("small", small, m1, audio_s),):
+            pipe = [secs / pipeline_run(manifest, root / f"cache-{device}-{k}", model, device, args.batch)
+                    for k in range(args.repeats)]
+            bare = [secs / bare_loop(manifest, model, device, args.batch) for _ in range(args.repeats)]
+            pf = [secs / per_file(manifest, model, device, root / f"npy-{device}-{k}") for k in range(args.repeats)]
+            bare8 = [secs / bare_loop(manifest, model, device, 8) for _ in range(args.repeats)]
+            rows.append((f"{label}/{device}", np.median(pipe), np.median(bare), np.median(pf), np.median(bare8)))
+        large = save_model(root / "wavlm-large-sized", LARGE)
+        ml, large_s = manifest_subset(corpus, root / "ml.csv", args.large_seconds)
+        pipe = [large_s / pipeline_run(ml, root / f"cache-large-{device}-{k}", large, device, args.batch)
+                for k in range(max(1, args.repeats - 1))]
+        bare = [large_s / bare_loop(ml, large, device, args.batch) for _ in range(max(1, args.repeats - 1))]
+        rows.append((f"large-sized/{device}", np.median(pipe), np.median(bare), float("nan"), float("nan")))
+    m10, _ = manifest_subset(corpus, root / "m10.csv", args.minutes * 60, copies=10)
+    rss1 = peak_rss_mb(m1, root / "rss-1x", small)
+    rss10 = peak_rss_mb(m10, root / "rss-10x", small)
+    print(f"{audio_s / 60:.1f} min of demo audio; WavLM-architecture random models; batch {args.batch}; "
+          f"{os.cpu_count()} CPUs; audio seconds per wall second (median of {args.repeats})")
+    print(f"{'model/device':<20}{'pipeline':>10}{'bare':>10}{'per-file':>10}{'bare b=8':>10}{'pipe/bare':>11}"
+          f"{'pipe/per-file':>15}")
+    for name, p, b, f, b8 in rows:
+        print(f"{name:<20}{p:>10.1f}{b:>10.1f}{f:>10.1f}{b8:>10.1f}{p / b:>11.2f}{p / f:>15.2f}")
+    print(f"peak RSS of msf extract: 1x {rss1:.0f} MB, 10x {rss10:.0f} MB (ratio {rss10 / rss1:.2f})")
+    res = {"pipeline_vs_bare": round(rows[0][1] / rows[0][2], 3), "pipeline_vs_per_file": round(rows[0][1] / rows[0][3], 3),
+           "pipeline_audio_s_per_s": round(rows[0][1], 2), "bare_audio_s_per_s": round(rows[0][2], 2),
+           "per_file_audio_s_per_s": round(rows[0][3], 2),
+           "bare_batch8_audio_s_per_s": round(rows[0][4], 2), "large_pipeline_vs_bare": round(rows[1][1] / rows[1][2], 3),
+           "rss_mb_1x": round(rss1), "rss_mb_10x": round(rss10), "rss_ratio_10x": round(rss10 / rss1, 3),
+           "audio_minutes": round(audio_s / 60, 2), "devices": devices}
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

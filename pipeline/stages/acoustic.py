@@ -1,0 +1,183 @@
+"""`acoustic`: frame features from a self-supervised speech encoder (transformers) or a Whisper encoder
+(CTranslate2), batched by length, long audio in overlapping chunks, stored as float16 T x D (one
+layer) or T x L x D (several, for a learned weighted sum)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from msf.pipeline.model_loading import BUNDLED_TINY_EN, load_transformers, load_whisper
+from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
+
+SR = 16_000
+
+
+class AcousticParams(StageParams):
+    backend: Literal["transformers", "whisper"] = "transformers"
+    model: str = "microsoft/wavlm-large"
+    # Hidden-state indices to keep (0 = the CNN/embedding output, -1 = the last layer), or "all".
+    layers: list[int] | Literal["all"] = [-1]
+    chunk_s: float = 30.0  # longer audio is encoded in chunks of this length ...
+    overlap_s: float = 2.0  # ... overlapping by this much; each frame comes from the chunk it is central in
+    dtype: Literal["float16", "float32"] = "float16"
+    compute_type: str = "int8"  # CTranslate2 (whisper backend)
+    device: str = "cpu"
+    # 0 = automatic: 1 on CPU, where padding only costs time and memory (bench/acoustic.py: batches
+    # of 8 run at about 0.6x the speed of single files), 16 on a GPU, which batching keeps busy.
+    batch_size: int = 0
+
+
+class _Encoder:
+    frame_rate: float  # frames per second
+
+    def forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        """Frames (T x L x D float32) for each chunk of 16 kHz audio."""
+        raise NotImplementedError
+
+
+class TransformersEncoder(_Encoder):
+    def __init__(self, p: AcousticParams):
+        import transformers
+
+        self.model, source = load_transformers(p.model, "AutoModel", "acoustic.model",
+                                               offline="the Whisper tiny.en encoder bundled with msf")
+        self.model.to(p.device)  # type: ignore[attr-defined]
+        self.device = p.device
+        try:
+            self.extractor = transformers.AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
+        except Exception:  # noqa: BLE001 - some checkpoints ship no preprocessor: wav2vec2's standard one
+            self.extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+        cfg = self.model.config  # type: ignore[attr-defined]
+        self.frame_rate = SR / float(np.prod(cfg.conv_stride))
+        # Group-norm feature encoders (wav2vec2-base, HuBERT-base) normalise over time, padding
+        # included, so a padded batch changes their output: they run one utterance at a time.
+        self.pad_ok = getattr(cfg, "feat_extract_norm", "layer") == "layer"
+        self.layers = p.layers
+
+    def forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.pad_ok and len(chunks) > 1:
+            return [f for c in chunks for f in self.forward([c])]
+        import torch
+
+        inp = self.extractor(chunks, sampling_rate=SR, return_tensors="pt", padding=True,
+                             return_attention_mask=self.pad_ok)
+        kwargs = {"input_values": inp.input_values.to(self.device)}
+        if self.pad_ok and "attention_mask" in inp:
+            kwargs["attention_mask"] = inp.attention_mask.to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**kwargs, output_hidden_states=True).hidden_states  # type: ignore[operator]
+        index = list(range(len(hidden))) if self.layers == "all" else list(self.layers)
+        try:
+            stacked = torch.stack([hidden[i] for i in index], dim=2).float().cpu().numpy()  # B x T x L x D
+        except IndexError:
+            raise ValueError(f"acoustic.layers={self.layers} but the model has {len(hidden)} hidden states "
+                             f"(0..{len(hidden) - 1}, or negative from the end)") from None
+        lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(c) for c in chunks]))  # type: ignore[attr-defined]
+        return [stacked[b, : int(n)] for b, n in enumerate(lengths)]
+
+
+class WhisperEncoder(_Encoder):
+    """The encoder of a CTranslate2 Whisper model: 50 frames per second, its final layer only."""
+
+    frame_rate = 50.0
+
+    def __init__(self, p: AcousticParams):
+        if p.layers not in ([-1], "all"):
+            raise ValueError("acoustic.backend=whisper gives the encoder's last layer only: use layers=[-1]")
+        self.whisper = load_whisper(p.model, p.device, p.compute_type, role="acoustic")
+
+    def forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        from faster_whisper.audio import pad_or_trim
+
+        feats = np.stack([pad_or_trim(self.whisper.feature_extractor(c)) for c in chunks])
+        out = self.whisper.encode(feats)  # B x 1500 x D StorageView, for 30 s windows
+        if out.device != "cpu":
+            import ctranslate2
+
+            out = out.to_device(ctranslate2.Device.cpu)
+        arr = np.array(out, dtype=np.float32)
+        return [arr[b, : int(np.ceil(len(c) / SR * self.frame_rate)), None, :] for b, c in enumerate(chunks)]
+
+
+def chunk_bounds(n: int, chunk: int, overlap: int, hop: int = 1) -> list[tuple[int, int, int, int]]:
+    """(start, end, keep_from, keep_to) in samples: chunks of `chunk` samples overlapping by
+    `overlap`, starting on multiples of `hop` (so their frames fall on the whole file's frame
+    grid); each keeps the span where it is the most central chunk, and the kept spans tile [0, n)."""
+    if n <= chunk:
+        return [(0, n, 0, n)]
+    step = max(hop, (chunk - overlap) // hop * hop)
+    starts = list(range(0, n - overlap, step))
+    out = []
+    for k, s in enumerate(starts):
+        keep_from = 0 if k == 0 else out[-1][3]
+        keep_to = n if k == len(starts) - 1 else s + step + (overlap // 2) // hop * hop
+        out.append((s, min(s + chunk, n), keep_from, keep_to))
+    return out
+
+
+@register
+class AcousticStage(Stage):
+    name = "acoustic"
+    needs = ("audio",)
+    version = "1"
+    Params = AcousticParams
+    volatile = frozenset({"device", "batch_size"})
+    profiles = {"offline": {"backend": "whisper", "model": BUNDLED_TINY_EN}}
+
+    def __init__(self, params: StageParams):
+        super().__init__(params)
+        p: AcousticParams = params  # type: ignore[assignment]
+        self.batch_size = p.batch_size or (1 if p.device == "cpu" else 16)
+
+    def setup(self) -> None:
+        p: AcousticParams = self.params  # type: ignore[assignment]
+        self.encoder: _Encoder = WhisperEncoder(p) if p.backend == "whisper" else TransformersEncoder(p)
+        self._chunk_s = min(p.chunk_s, 30.0) if p.backend == "whisper" else p.chunk_s  # Whisper's window
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        p: AcousticParams = self.params  # type: ignore[assignment]
+        chunk, overlap = int(self._chunk_s * SR), int(p.overlap_s * SR)
+        if overlap >= chunk:
+            raise ValueError("acoustic.overlap_s must be shorter than chunk_s")
+        waves: list[np.ndarray | Exception] = []
+        for item in batch:
+            try:
+                waves.append(item.waveform)
+            except Exception as e:  # noqa: BLE001
+                waves.append(UtteranceError(f"cannot read audio: {e}"))
+        # Short files go through in one padded forward; long ones chunk by chunk, so memory is
+        # bounded by the chunk length, not the file length.
+        short = [i for i, w in enumerate(waves) if isinstance(w, np.ndarray) and len(w) <= chunk]
+        frames: dict[int, np.ndarray] = {}
+        if short:
+            for i, f in zip(short, self.encoder.forward([waves[i] for i in short])):  # type: ignore[misc]
+                frames[i] = f
+        for i, w in enumerate(waves):
+            if isinstance(w, np.ndarray) and len(w) > chunk:
+                frames[i] = self._long(w, chunk, overlap)
+        out: list[Record | Exception] = []
+        dtype = np.float16 if p.dtype == "float16" else np.float32
+        for i, w in enumerate(waves):
+            if isinstance(w, Exception):
+                out.append(w)
+                continue
+            f = frames[i]
+            if len(f) == 0:
+                out.append(UtteranceError(f"too short for the encoder: {len(w) / SR:.3f} s gives no frame"))
+                continue
+            f = f[:, 0, :] if f.shape[1] == 1 else f
+            out.append({"frames": f.astype(dtype), "frame_rate": self.encoder.frame_rate})
+        return out
+
+    def _long(self, wave: np.ndarray, chunk: int, overlap: int) -> np.ndarray:
+        hop = int(round(SR / self.encoder.frame_rate))
+        parts = []
+        for s, e, keep_from, keep_to in chunk_bounds(len(wave), chunk, overlap, hop):
+            f = self.encoder.forward([wave[s:e]])[0]
+            # chunk frame j is the file's frame s/hop + j; keep those starting inside the kept span
+            lo = -(-(keep_from - s) // hop)
+            hi = -(-(keep_to - s) // hop)
+            parts.append(f[lo:hi])
+        return np.concatenate(parts)
