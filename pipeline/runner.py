@@ -40,11 +40,11 @@ _STAGES: dict[tuple[str, str], Stage] = {}  # models load once per worker proces
 _READERS: dict[str, ShardReader] = {}
 
 
-def _stage_instance(name: str, params: dict[str, Any]) -> Stage:
+def _stage_instance(name: str, params: dict[str, Any], root: str) -> Stage:
     key = (name, canonical_json(params))
     if key not in _STAGES:
         cls = stage_class(name)
-        stage = cls(cls.Params(**params))
+        stage = cls(cls.Params(**params), workdir=Path(root) / "_work" / name)
         stage.setup()
         _STAGES[key] = stage
     return _STAGES[key]
@@ -104,7 +104,7 @@ def run_task(
     root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem], plugins: list[str] = ()  # type: ignore[assignment]
 ) -> TaskResult:
     load_plugins(list(plugins))
-    stage = _stage_instance(stage_name, params)
+    stage = _stage_instance(stage_name, params, root)
     reader = _READERS.setdefault(root, ShardReader())
     prepared: list[tuple[TaskItem, Item]] = []
     result = TaskResult()

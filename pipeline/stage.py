@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -61,8 +62,10 @@ class Stage(ABC):
     # fingerprint covers the group's members, so a change to one member recomputes its group.
     group_by: ClassVar[str | None] = None
 
-    def __init__(self, params: StageParams):
+    def __init__(self, params: StageParams, workdir: Path | None = None):
         self.params = params
+        # A directory the stage may keep its own files in (the LLM answer cache), inside the cache.
+        self.workdir = workdir
 
     def setup(self) -> None:
         """Load models; called once per worker process, before the first compute."""

