@@ -21,6 +21,7 @@ class ChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = 1 << 16  # headers and body in one write: no Nagle/delayed-ACK stalls
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -1,0 +1,81 @@
+"""LLM description throughput against a local chat-completions server with a fixed latency.
+
+Requests per second at concurrency 1, 8 and 32 (median of --repeats), against the 1/latency ideal of
+one connection; then `msf extract --stage describe` twice on a demo corpus: the second run's request
+count must be 0 (fingerprints plus the answer cache).
+
+    python bench/describe.py [--latency-ms 200] [--repeats 3] [--n 24]
+
+Last stdout line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from chat_server import ChatServer  # noqa: E402  (the same scripted server the tests use)
+
+from msf.pipeline.config import MsfConfig  # noqa: E402
+from msf.pipeline.corpora.demo import build_demo_corpus  # noqa: E402
+from msf.pipeline.llm_client import AnswerCache, ChatEndpoint  # noqa: E402
+from msf.pipeline.runner import Extraction  # noqa: E402
+
+ANSWER = ("answer", "The speaker sounds relaxed and friendly, sharing an opinion without pressing it.")
+
+
+def throughput(url: str, concurrency: int, n: int, root: Path) -> float:
+    cache = AnswerCache(root / f"answers-{concurrency}-{time.monotonic_ns()}.sqlite")
+    ep = ChatEndpoint(url, "bench", 0.0, "MSF_BENCH_KEY", 30.0, 2, concurrency, 100, cache)
+    prompts = [f"prompt {i} {time.monotonic_ns()}" for i in range(n)]
+    t0 = time.perf_counter()
+    out = ep.complete_all(prompts)
+    dt = time.perf_counter() - t0
+    assert all(isinstance(o, str) for o in out), out[:3]
+    return n / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--latency-ms", type=float, default=200.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n", type=int, default=24, help="demo utterances for the rerun check")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="msf-bench-describe-"))
+    rps: dict[int, float] = {}
+    with ChatServer(lambda n, p: ANSWER, latency_s=args.latency_ms / 1000) as server:
+        for c in (1, 8, 32):
+            rps[c] = float(np.median([throughput(server.url, c, max(16, 8 * c), root) for _ in range(args.repeats)]))
+        corpus = build_demo_corpus(root / "corpus", n=args.n, seed=0, progress=False)
+        cfg = MsfConfig(corpus=f"demo:{corpus}", cache=root / "cache", profile="offline", workers=1,
+                        stages={"align": {"backend": "provided"},
+                                "describe": {"backend": "openai", "base_url": server.url, "model": "bench",
+                                             "concurrency": 8}})
+        counts = []
+        for _ in range(2):
+            before = len(server.requests)
+            ex = Extraction(cfg)
+            ex.run(["describe"], progress=False)
+            ex.close()
+            counts.append(len(server.requests) - before)
+    ideal = 1000 / args.latency_ms
+    print(f"local chat-completions server, fixed latency {args.latency_ms:g} ms; median of {args.repeats}")
+    print(f"{'concurrency':>12}{'requests/s':>12}{'x c=1':>8}{'of c x ideal':>14}")
+    for c, r in rps.items():
+        print(f"{c:>12}{r:>12.1f}{r / rps[1]:>8.1f}{r / (c * ideal):>14.2f}")
+    print(f"msf extract --stage describe on {args.n} utterances: first run {counts[0]} requests, "
+          f"second run {counts[1]}")
+    print(json.dumps({"rps_c1": round(rps[1], 2), "rps_c8": round(rps[8], 2), "rps_c32": round(rps[32], 2),
+                      "speedup_c32": round(rps[32] / rps[1], 2), "first_run_requests": counts[0],
+                      "second_run_requests": counts[1], "latency_ms": args.latency_ms}))
+
+
+if __name__ == "__main__":
+    main()
