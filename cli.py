@@ -54,26 +54,15 @@ def _report_problems(problems: list[Any]) -> None:
 
 
 def _require_cache(cache: Path) -> None:
-    from msf.pipeline.config import ConfigError
+    from msf.pipeline.runner import require_cache
 
-    if not (cache / "index.sqlite").is_file():
-        raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
+    require_cache(cache)
 
 
-def _open_cache(cache: Path):  # -> Extraction
-    from msf.pipeline.config import ConfigError, MsfConfig
+def _open_cache(cache: Path):  # -> tuple[Extraction, list[str]]
     from msf.pipeline.runner import Extraction
-    from msf.pipeline.shard_store import ShardStore
 
-    _require_cache(cache)
-    store = ShardStore(cache)
-    raw = store.index.get_meta("config")
-    stages = json.loads(store.index.get_meta("stages") or "[]")
-    store.close()
-    if raw is None:
-        raise ConfigError(f"the cache {cache} has no recorded extraction settings")
-    config = MsfConfig.model_validate_json(raw).model_copy(update={"cache": cache})
-    return Extraction(config), stages
+    return Extraction.from_cache(cache)
 
 
 @app.command()
@@ -281,6 +270,86 @@ def corpus_demo(
         t0 = time.perf_counter()
         build_demo_corpus(out, n=n, seed=seed, workers=workers)
     ERR.print(f"{n} utterances in {time.perf_counter() - t0:.1f} s -> {out}/manifest.csv")
+
+
+@app.command()
+def train(
+    features: Path = typer.Option(..., help="Cache directory with the extracted features."),
+    out: Path = typer.Option(..., help="Run directory (resumed when it holds the same run)."),
+    sources: str = typer.Option("audio,gs,les,es", help="Comma-separated: audio, gs, les, es."),
+    fusion: str = typer.Option("fm-moe", help="fm-moe or concat."),
+    fold: int = typer.Option(None, help="IEMOCAP leave-one-session-out fold (1-5)."),
+    device: str = typer.Option("cpu"),
+    seed: int = typer.Option(0),
+    epochs: int = typer.Option(60),
+) -> None:
+    """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves and usage statistics."""
+    from msf.trainer.train import TrainConfig, train as run_training
+
+    with user_errors():
+        cfg = TrainConfig(features=features, sources=sources, fusion=fusion, fold=fold, device=device, seed=seed,
+                          epochs=epochs)
+        metrics = run_training(cfg, out)
+    print(json.dumps(metrics))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., help="Run directory."),
+    features: Path = typer.Option(..., help="Cache directory to evaluate on."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """CCC of a trained run on the dev and test utterances of a cache."""
+    from msf.trainer.data import FeatureSet, parse_sources
+    from msf.trainer.train import evaluate as run_eval, load_run
+
+    with user_errors():
+        model, cfg = load_run(run, device)
+        data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold)
+        result = {s: run_eval(model, data, s, device).ccc for s in ("dev", "test") if data.splits[s].ids}
+    print(json.dumps(result))
+
+
+@app.command()
+def predict(
+    audio: list[Path] = typer.Argument(..., help="Audio files."),
+    run: Path = typer.Option(..., help="Run directory."),
+    transcript: str = typer.Option(None, help="The words spoken (else Whisper transcribes them)."),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Valence, arousal and dominance for new audio, through the same stages as the run's features."""
+    from msf.trainer.predict import predict as run_predict
+
+    with user_errors():
+        results = run_predict(audio, run, transcript, device, progress=not as_json)
+    if as_json:
+        print(json.dumps(results))
+        return
+    table = Table("audio", *TARGET_COLUMNS, title=f"predictions of {run}")
+    for r in results:
+        table.add_row(r["audio"], *([f"{r[t]:.2f}" for t in TARGET_COLUMNS] if "error" not in r
+                                    else [r["error"], "", ""]))
+    OUT.print(table)
+
+
+TARGET_COLUMNS = ("valence", "arousal", "dominance")
+
+
+@app.command()
+def ablate(
+    features: Path = typer.Option(..., help="Cache directory with the extracted features."),
+    out: Path = typer.Option(..., help="Directory for the variants' runs and ablation.json."),
+    fold: int = typer.Option(None, help="IEMOCAP fold."),
+    device: str = typer.Option("cpu"),
+    seed: int = typer.Option(0),
+) -> None:
+    """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
+    from msf.trainer.ablate import ablate as run_ablation, table
+
+    with user_errors():
+        results = run_ablation(features, out, fold=fold, device=device, seed=seed)
+    OUT.print(table(results))
 
 
 @app.command()

@@ -187,6 +187,13 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
         cluster.close()
 
 
+def require_cache(cache: Path) -> None:
+    from msf.pipeline.config import ConfigError
+
+    if not (cache / "index.sqlite").is_file():
+        raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
+
+
 class Extraction:
     """One cache, one corpus, one resolved configuration."""
 
@@ -199,6 +206,25 @@ class Extraction:
         self.root = config.cache_dir()
         self.store = ShardStore(self.root)
         self._hashes: dict[str, str] | None = None
+
+    @classmethod
+    def from_cache(cls, cache: Path) -> tuple["Extraction", list[str]]:
+        """The extraction a cache was made by (its recorded settings and corpus), and its stages."""
+        from msf.pipeline.config import ConfigError
+
+        require_cache(Path(cache))
+        store = ShardStore(Path(cache))
+        raw = store.index.get_meta("config")
+        stages = json.loads(store.index.get_meta("stages") or "[]")
+        store.close()
+        if raw is None:
+            raise ConfigError(f"the cache {cache} has no recorded extraction settings")
+        return cls(MsfConfig.model_validate_json(raw).model_copy(update={"cache": Path(cache)})), stages
+
+    def fresh(self, stage: str) -> dict[str, Entry]:
+        """Entries of a stage whose fingerprint matches the current corpus and settings."""
+        fps = self.plan([stage])[stage].fingerprints
+        return {u: e for u, e in self.store.index.entries(stage).items() if fps.get(u) == e.fingerprint}
 
     def close(self) -> None:
         self.store.close()
@@ -313,8 +339,9 @@ class Extraction:
         else:
             sizes = index.audio_sizes()
             todo.sort(key=lambda t: sizes.get(t.utt["audio"], 0))  # similar lengths share a task
-            shard_size = self.config.shard_size
-            groups = [todo[i : i + shard_size] for i in range(0, len(todo), shard_size)]
+            # Shard-sized tasks, but never fewer tasks than workers: a small corpus still uses them all.
+            size = max(1, min(self.config.shard_size, -(-len(todo) // max(1, len(client.nthreads())))))
+            groups = [todo[i : i + size] for i in range(0, len(todo), size)]
         task = bar.add_task(name, total=len(todo))
         params = plan.params.model_dump(mode="json")
         futures = {

@@ -54,3 +54,17 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from msf.pipeline.corpora.demo import build_demo_corpus
 
     return build_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", n=80, seed=0, workers=2, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_features(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo corpus extracted with the offline profile (its provided alignment): a real cache."""
+    from msf.pipeline.config import MsfConfig
+    from msf.pipeline.runner import Extraction
+
+    cache = tmp_path_factory.mktemp("demo-features") / "cache"
+    ex = Extraction(MsfConfig(corpus=f"demo:{demo_corpus}", cache=cache, profile="offline", workers=2,
+                              stages={"align": {"backend": "provided"}}))
+    ex.run(["acoustic", "global", "local", "extended"], progress=False)
+    ex.close()
+    return cache

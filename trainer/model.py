@@ -1,0 +1,133 @@
+"""The MSF-SER model: acoustic branch, gated intra-modal text fusion, and FM-MoE (or concatenation).
+
+acoustic frames -> [learned layer weights] -> projection -> temporal encoder -> attentive pooling -> a
+GS, LES, ES  -> projections -> gates (softmax over the present sources) -> t
+FM-MoE: a' = (1 + gamma(t)) * a + beta(t); K expert MLPs over a'; per target (V, A, D) a router
+        softmax(W_d [a', t]) mixes the experts; a linear head per target.
+concat: [a, projections...] -> MLP -> V, A, D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+TEXT = ("gs", "les", "es")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    frame_shape: tuple[int, ...]  # (D,) or (L, D)
+    vector_dims: dict[str, int]  # text source -> input dim
+    sources: tuple[str, ...]
+    fusion: str = "fm-moe"
+    hidden: int = 128
+    experts: int = 4
+    dropout: float = 0.2
+    frame_pool: int = 4  # average frames in groups of this many before the temporal encoder (50 -> 12.5/s)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class AttentivePooling(nn.Module):
+    def __init__(self, h: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        w = self.score(x).squeeze(-1).masked_fill(pad, float("-inf")).softmax(-1)
+        return (w.unsqueeze(-1) * x).sum(1)
+
+
+class MsfSer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden
+        self.register_buffer("label_mean", torch.zeros(3))  # predictions are offsets from the training mean
+        layers = cfg.frame_shape[0] if len(cfg.frame_shape) == 2 else 1
+        self.layer_logits = nn.Parameter(torch.zeros(layers))  # the learned weighted sum of layers
+        self.acoustic_in = nn.Sequential(nn.LayerNorm(cfg.frame_shape[-1]), nn.Linear(cfg.frame_shape[-1], h),
+                                         nn.Dropout(cfg.dropout))
+        self.temporal = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(h, nhead=4, dim_feedforward=2 * h, dropout=cfg.dropout, batch_first=True),
+            num_layers=1, enable_nested_tensor=False)
+        self.pool = AttentivePooling(h)
+        self.text = [s for s in TEXT if s in cfg.sources]
+        self.proj = nn.ModuleDict({s: nn.Sequential(nn.LayerNorm(cfg.vector_dims[s]), nn.Dropout(cfg.dropout),
+                                                    nn.Linear(cfg.vector_dims[s], h), nn.GELU())
+                                   for s in self.text})
+        if cfg.fusion == "concat":
+            self.head = nn.Sequential(nn.Linear(h * (1 + len(self.text)), h), nn.GELU(), nn.Dropout(cfg.dropout),
+                                      nn.Linear(h, 3))
+            return
+        if self.text:
+            self.gate = nn.Linear(h * len(self.text), len(self.text))
+            self.film = nn.Linear(h, 2 * h)
+            nn.init.zeros_(self.film.weight)  # start as the identity modulation
+            nn.init.zeros_(self.film.bias)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Dropout(cfg.dropout),
+                                                   nn.Linear(h, h)) for _ in range(cfg.experts))
+        router_in = h * (2 if self.text else 1)
+        self.routers = nn.ModuleList(nn.Linear(router_in, cfg.experts) for _ in range(3))
+        self.heads = nn.ModuleList(nn.Linear(h, 1) for _ in range(3))
+
+    def acoustic(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if frames.dim() == 4:  # B x T x L x D: softmax-weighted sum of layers
+            frames = (frames * self.layer_logits.softmax(0)[None, None, :, None]).sum(2)
+        k = self.cfg.frame_pool
+        if k > 1:  # emotion lives in syllable-scale prosody: a coarser grid loses little and is k x cheaper
+            frames = nn.functional.avg_pool1d(frames.transpose(1, 2), k, k, ceil_mode=True).transpose(1, 2)
+            lengths = (lengths + k - 1) // k
+        pad = torch.arange(frames.shape[1], device=frames.device)[None] >= lengths[:, None]
+        x = self.temporal(self.acoustic_in(frames), src_key_padding_mask=pad)
+        return self.pool(x, pad)
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor, vectors: dict[str, torch.Tensor],
+                les_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Predictions B x 3 (V, A, D) and auxiliaries: gate weights, router probabilities."""
+        a = self.acoustic(frames, lengths)
+        p = {s: self.proj[s](vectors[s]) for s in self.text}
+        aux: dict[str, torch.Tensor] = {}
+        if self.cfg.fusion == "concat":
+            if "les" in p:
+                p["les"] = p["les"] * les_mask[:, None]
+            return self.head(torch.cat([a] + [p[s] for s in self.text], -1)) + self.label_mean, aux
+        if self.text:
+            logits = self.gate(torch.cat([p[s] for s in self.text], -1))
+            if "les" in p:  # no emphasised word: LES takes no part
+                logits = logits.masked_fill((~les_mask)[:, None] & (torch.tensor(
+                    [s == "les" for s in self.text], device=a.device))[None], float("-inf"))
+            gates = logits.softmax(-1)
+            t = (gates.unsqueeze(-1) * torch.stack([p[s] for s in self.text], 1)).sum(1)
+            gamma, beta = self.film(t).chunk(2, -1)
+            a = (1 + gamma) * a + beta
+            aux["gates"] = gates
+            route_in = torch.cat([a, t], -1)
+        else:
+            route_in = a
+        expert_out = torch.stack([e(a) for e in self.experts], 1)  # B x K x H
+        preds, probs = [], []
+        for router, head in zip(self.routers, self.heads):
+            r = router(route_in).softmax(-1)
+            probs.append(r)
+            preds.append(head((r.unsqueeze(-1) * expert_out).sum(1)))
+        aux["router"] = torch.stack(probs, 1)  # B x 3 x K
+        return torch.cat(preds, -1) + self.label_mean, aux
+
+
+def ccc(pred: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """Concordance correlation coefficient per column."""
+    pm, gm = pred.mean(0), gold.mean(0)
+    pv, gv = pred.var(0, unbiased=False), gold.var(0, unbiased=False)
+    cov = ((pred - pm) * (gold - gm)).mean(0)
+    return 2 * cov / (pv + gv + (pm - gm) ** 2 + 1e-8)
+
+
+def load_balance(router: torch.Tensor) -> torch.Tensor:
+    """K * sum_k mean_prob_k^2 per router, averaged: 1 when the experts are used evenly."""
+    usage = router.mean(0)  # 3 x K
+    return (usage.shape[-1] * (usage**2).sum(-1)).mean()

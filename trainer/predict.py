@@ -1,0 +1,60 @@
+"""`msf predict`: new audio through the same stages, with the settings the run's features were made with."""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msf.pipeline.runner import STDERR, Extraction
+from msf.trainer.data import STAGE_OF, TARGETS, make_batch
+from msf.trainer.train import load_run
+
+
+def predict(audio: list[Path], run: Path, transcript: str | None = None, device: str = "cpu",
+            progress: bool = True) -> list[dict[str, Any]]:
+    model, cfg = load_run(run, device)
+    source, _ = Extraction.from_cache(cfg.features)
+    config = source.config
+    source.close()
+    stages = dict(config.stages)
+    if stages.get("align", {}).get("backend") == "provided":
+        # A corpus's own alignment does not exist for new audio: the offline profile's aligner instead.
+        stages["align"] = {**stages["align"], "backend": "whisper"}
+        STDERR.print("align: the features used the corpus's provided alignment; new audio is aligned with whisper")
+    missing = [str(a) for a in audio if not Path(a).is_file()]
+    if missing:
+        raise FileNotFoundError(f"audio not found: {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(prefix="msf-predict-") as tmp:
+        manifest = Path(tmp) / "manifest.csv"
+        ids = [f"{i:04d}_{Path(a).stem}" for i, a in enumerate(audio)]
+        with open(manifest, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "audio", "transcript", "speaker", "split"])
+            for i, a in zip(ids, audio):
+                w.writerow([i, str(Path(a).resolve()), transcript or "", "predict", "test"])
+        ex = Extraction(config.model_copy(update={"corpus": str(manifest), "cache": Path(tmp) / "cache",
+                                                  "stages": stages, "workers": 1, "scheduler": None}))
+        needed = [STAGE_OF[s] for s in cfg.sources.split(",")]
+        ex.run(needed, progress=progress)
+        failures = {f.utt: f"{f.stage}: {f.error}" for f in ex.store.index.failures()}
+        ok = [i for i in ids if i not in failures]
+        results: dict[str, dict[str, Any]] = {i: {"error": failures[i]} for i in failures if i in ids}
+        if ok:
+            frames = [np.asarray(ex.store.read("acoustic", i)["frames"], np.float32) for i in ok]
+            vectors = {s: np.stack([ex.store.read(STAGE_OF[s], i)["embedding"] for i in ok]).astype(np.float32)
+                       for s in cfg.sources.split(",") if s != "audio"}
+            mask = np.array([bool(ex.store.read("local", i)["mask"]) if "les" in vectors else True for i in ok])
+            b = make_batch(frames, vectors, mask, np.zeros((len(ok), 3), np.float32), ok)
+            with torch.inference_mode():
+                pred, _ = model(torch.from_numpy(b.frames).to(device), torch.from_numpy(b.lengths).to(device),
+                                {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},
+                                torch.from_numpy(b.les_mask).to(device))
+            for i, p in zip(ok, pred.float().cpu().numpy()):
+                results[i] = {t: round(float(v), 4) for t, v in zip(TARGETS, p)}
+        ex.close()
+    return [{"audio": str(a), **results[i]} for i, a in zip(ids, audio)]

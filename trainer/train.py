@@ -1,0 +1,213 @@
+"""Training, evaluation and checkpoints: CCC loss plus router load balance, early stopping on dev mean
+CCC, resumable from the last checkpoint, a run directory with everything needed to reuse the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from msf.pipeline.runner import STDERR
+from msf.trainer.data import TARGETS, Batch, FeatureSet, parse_sources
+from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    features: Path
+    sources: str = "audio,gs,les,es"
+    fusion: str = "fm-moe"
+    fold: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    epochs: int = 60
+    patience: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    hidden: int = 128
+    experts: int = 4
+    dropout: float = 0.2
+    balance_weight: float = 0.01
+    in_memory: bool | None = None  # None: when the frames fit in memory
+
+
+@dataclass
+class Evaluation:
+    ccc: dict[str, float]
+    gates: dict[str, float]
+    router: list[list[float]]  # per target, mean probability of each expert
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
+    return (torch.from_numpy(b.frames).to(device, non_blocking=True), torch.from_numpy(b.lengths).to(device),
+            {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},  # type: ignore[return-value]
+            torch.from_numpy(b.les_mask).to(device), torch.from_numpy(b.labels).to(device))
+
+
+def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    model.eval()
+    preds, golds, aux_all = [], [], {}
+    with torch.inference_mode():
+        for b in data.batches(split, batch_size, shuffle=False):
+            frames, lengths, vectors, mask, labels = _tensors(b, device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                p, aux = model(frames, lengths, vectors, mask)
+            preds.append(p.float().cpu().numpy())
+            golds.append(labels.cpu().numpy())
+            for k, v in aux.items():
+                aux_all.setdefault(k, []).append(v.float().cpu().numpy())
+    return np.concatenate(preds), np.concatenate(golds), {k: np.concatenate(v) for k, v in aux_all.items()}
+
+
+def evaluate(model: MsfSer, data: FeatureSet, split: str, device: str) -> Evaluation:
+    pred, gold, aux = predict_split(model, data, split, device)
+    c = ccc(torch.from_numpy(pred), torch.from_numpy(gold)).numpy()
+    out = {f"ccc_{t}": round(float(v), 4) for t, v in zip(TARGETS, c)}
+    out["ccc_mean"] = round(float(c.mean()), 4)
+    gates = {s: round(float(g), 4) for s, g in zip(model.text, aux["gates"].mean(0))} if "gates" in aux else {}
+    router = aux["router"].mean(0).round(4).tolist() if "router" in aux else []
+    return Evaluation(out, gates, router)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # a crash never leaves a half-written checkpoint under the real name
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+
+
+def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet | None = None) -> dict[str, Any]:
+    """Train (or resume) into OUT; returns the metrics written to OUT/metrics.json."""
+    sources = parse_sources(cfg.sources)
+    if cfg.fusion not in ("fm-moe", "concat"):
+        raise ValueError(f"--fusion must be fm-moe or concat, not {cfg.fusion!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.model_dump(mode="json")
+    last = out / "last.pt"
+    if (out / "config.json").exists() and last.exists():
+        if json.loads((out / "config.json").read_text()) != resolved:
+            raise ValueError(f"{out} holds a run with other settings; choose another --out or delete it")
+    (out / "config.json").write_text(json.dumps(resolved, indent=2))
+    seed_everything(cfg.seed)
+    data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.in_memory)
+    if data.skipped:
+        STDERR.print("skipped utterances: " + ", ".join(f"{n} ({why})" for why, n in data.skipped.items()))
+    mcfg = ModelConfig(tuple(data.frame_shape), {s: d for s, d in data.vector_dims.items()}, sources, cfg.fusion,
+                       cfg.hidden, cfg.experts, cfg.dropout)
+    model = MsfSer(mcfg)
+    model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
+    model.to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"epoch": 0, "best": -1e9, "best_epoch": 0, "history": []}
+    if last.exists():  # resume exactly where the last finished epoch left off
+        ck = load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = json.loads(ck["state"])
+        torch.set_rng_state(ck["torch_rng"])
+        STDERR.print(f"resuming {out} after epoch {state['epoch']}")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=STDERR, disable=not progress) as bar:
+        task = bar.add_task(f"train {cfg.sources} {cfg.fusion}", total=cfg.epochs, completed=state["epoch"], info="")
+        while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] < cfg.patience:
+            model.train()
+            t0, losses = time.perf_counter(), []
+            rng = np.random.default_rng([cfg.seed, state["epoch"]])  # the epoch's order depends on the seed only
+            for b in data.batches("train", cfg.batch_size, shuffle=True, rng=rng):
+                frames, lengths, vectors, mask, labels = _tensors(b, cfg.device)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
+                    pred, aux = model(frames, lengths, vectors, mask)
+                loss = 1 - ccc(pred.float(), labels).mean()
+                if "router" in aux:
+                    loss = loss + cfg.balance_weight * load_balance(aux["router"].float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                losses.append(loss.item())
+            dev = evaluate(model, data, "dev", cfg.device).ccc
+            state["epoch"] += 1
+            state["history"].append({"epoch": state["epoch"], "loss": float(np.mean(losses)), **dev,
+                                     "seconds": round(time.perf_counter() - t0, 3)})
+            if dev["ccc_mean"] > state["best"]:
+                state["best"], state["best_epoch"] = dev["ccc_mean"], state["epoch"]
+                _save_atomic({"model": model.state_dict(), "model_config": json.dumps(mcfg.to_json())},
+                             out / "best.pt")
+            _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(state),
+                          "torch_rng": torch.get_rng_state()}, last)
+            bar.update(task, completed=state["epoch"], info=f"dev CCC {dev['ccc_mean']:.3f} (best {state['best']:.3f})")
+    model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    return finish(model, data, cfg.device, out, state["history"])
+
+
+def finish(model: MsfSer, data: FeatureSet, device: str, out: Path, history: list[dict]) -> dict[str, Any]:
+    """metrics.json (dev and test CCC), usage.json (gate and router statistics), curves.png."""
+    metrics: dict[str, Any] = {}
+    usage: dict[str, Any] = {}
+    for split in ("dev", "test"):
+        if data.splits[split].ids:
+            ev = evaluate(model, data, split, device)
+            metrics[split] = {**ev.ccc, "n": len(data.splits[split].ids)}
+            usage[split] = {"gates": ev.gates, "router": dict(zip(TARGETS, ev.router))}
+    metrics["skipped"] = data.skipped
+    if history:
+        metrics["best_epoch"] = max(history, key=lambda h: h["ccc_mean"])["epoch"]
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        plot_curves(history, out / "curves.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "usage.json").write_text(json.dumps(usage, indent=2))
+    return metrics
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ep = [h["epoch"] for h in history]
+    a.plot(ep, [h["loss"] for h in history])
+    a.set(title="training loss", xlabel="epoch")
+    for t in (*TARGETS, "mean"):
+        b.plot(ep, [h[f"ccc_{t}"] for h in history], label=t, lw=2 if t == "mean" else 1)
+    b.set(title="dev CCC", xlabel="epoch")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_run(run: Path, device: str = "cpu") -> tuple[MsfSer, TrainConfig]:
+    cfg = TrainConfig.model_validate_json((run / "config.json").read_text())
+    best = load_checkpoint(run / "best.pt")
+    mc = json.loads(best["model_config"])
+    mcfg = ModelConfig(**{**mc, "frame_shape": tuple(mc["frame_shape"]), "sources": tuple(mc["sources"])})
+    model = MsfSer(mcfg).to(device)
+    model.load_state_dict(best["model"])
+    model.eval()
+    return model, cfg
