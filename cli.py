@@ -119,12 +119,14 @@ def status(
         try:
             counts = ex.status(stages)
             failures = ex.store.index.failures() if failed else []
+            problems = ex.corpus_problems() if failed else []
         finally:
             ex.close()
     if as_json:
         data: dict[str, Any] = {"stages": counts}
         if failed:
             data["failed"] = [{"utterance": f.utt, "stage": f.stage, "error": f.error} for f in failures]
+            data["corpus_problems"] = problems
         print(json.dumps(data))
         return
     table = Table("stage", "total", "fresh", "stale", "missing", "failed", title=f"cache {cache}")
@@ -136,6 +138,8 @@ def status(
         for f in failures:
             ft.add_row(f.utt, f.stage, f.error)
         OUT.print(ft)
+        for p in problems:
+            OUT.print(f"manifest: {p}", highlight=False, markup=False)
 
 
 def _describe(value: Any) -> Any:
@@ -342,13 +346,14 @@ def ablate(
     out: Path = typer.Option(..., help="Directory for the variants' runs and ablation.json."),
     fold: int = typer.Option(None, help="IEMOCAP fold."),
     device: str = typer.Option("cpu"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="First training seed."),
+    seeds: int = typer.Option(3, help="Seeds per variant; the table gives their mean."),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
     from msf.trainer.ablate import ablate as run_ablation, table
 
     with user_errors():
-        results = run_ablation(features, out, fold=fold, device=device, seed=seed)
+        results = run_ablation(features, out, seeds=seeds, seed=seed, fold=fold, device=device)
     OUT.print(table(results))
 
 

@@ -43,6 +43,8 @@ class MsfConfig(BaseModel):
     workers: int = Field(1, ge=1)
     scheduler: str | None = None
     shard_size: int = Field(256, ge=1)
+    # A generic manifest's label scale, e.g. [1, 7]: rows outside it are refused and reported.
+    label_range: tuple[float, float] | None = None
     # Modules that define and register extra stages (imported here and on every worker).
     plugins: list[str] = Field(default_factory=list)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -117,8 +117,9 @@ class CorpusBuilder:
         return Corpus(name, spec, self.utterances, self.problems, self.label_range)
 
 
-def load_corpus(spec: str) -> Corpus:
-    """Dispatch on the corpus spec: a manifest path, or `msp-podcast:`, `iemocap:`, `demo:` + path."""
+def load_corpus(spec: str, label_range: tuple[float, float] | None = None) -> Corpus:
+    """Dispatch on the corpus spec: a manifest path, or `msp-podcast:`, `iemocap:`, `demo:` + path.
+    `label_range` declares a generic manifest's label scale (the named corpora know theirs)."""
     from msf.pipeline.corpora import demo, iemocap, manifest, msp_podcast
 
     kind, _, rest = spec.partition(":")
@@ -127,7 +128,7 @@ def load_corpus(spec: str) -> Corpus:
         return readers[kind](Path(rest).expanduser(), spec)
     path = Path(spec).expanduser()
     if path.suffix.lower() in (".csv", ".jsonl"):
-        return manifest.read(path, spec)
+        return manifest.read(path, spec, label_range=label_range)
     raise CorpusError(
         f"unknown corpus spec {spec!r}: give a manifest (.csv or .jsonl) or one of "
         "msp-podcast:PATH, iemocap:PATH, demo:PATH"

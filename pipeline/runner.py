@@ -202,7 +202,7 @@ class Extraction:
             raise ValueError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
         load_plugins(config.plugins)
         self.config = config
-        self.corpus = corpus or load_corpus(config.corpus)  # type: ignore[arg-type]
+        self.corpus = corpus or load_corpus(config.corpus, config.label_range)  # type: ignore[arg-type]
         self.root = config.cache_dir()
         self.store = ShardStore(self.root)
         self._hashes: dict[str, str] | None = None
@@ -220,6 +220,9 @@ class Extraction:
         if raw is None:
             raise ConfigError(f"the cache {cache} has no recorded extraction settings")
         return cls(MsfConfig.model_validate_json(raw).model_copy(update={"cache": Path(cache)})), stages
+
+    def corpus_problems(self) -> list[str]:
+        return json.loads(self.store.index.get_meta("corpus_problems") or "[]")
 
     def fresh(self, stage: str) -> dict[str, Entry]:
         """Entries of a stage whose fingerprint matches the current corpus and settings."""
@@ -291,6 +294,8 @@ class Extraction:
         with CacheLock(self.root, wait_s=wait_s):
             self.store.index.set_meta("config", self.config.model_dump_json())
             self.store.index.set_meta("stages", json.dumps(stage_order(stages)))
+            # Refused manifest rows never reach a stage: keep them where `msf status --failed` looks.
+            self.store.index.set_meta("corpus_problems", json.dumps([str(p) for p in self.corpus.problems]))
             plans = self.plan(stages)
             reports: dict[str, StageReport] = {}
             with dask_client(self.config.workers, self.config.scheduler) as client, _progress(progress) as bar:

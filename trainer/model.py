@@ -3,7 +3,7 @@
 acoustic frames -> [learned layer weights] -> projection -> temporal encoder -> attentive pooling -> a
 GS, LES, ES  -> projections -> gates (softmax over the present sources) -> t
 FM-MoE: a' = (1 + gamma(t)) * a + beta(t); K expert MLPs over a'; per target (V, A, D) a router
-        softmax(W_d [a', t]) mixes the experts; a linear head per target.
+        softmax(W_d [a', t]) mixes the experts, added to a' (a residual MoE layer); a linear head per target.
 concat: [a, projections...] -> MLP -> V, A, D.
 """
 
@@ -114,7 +114,7 @@ class MsfSer(nn.Module):
         for router, head in zip(self.routers, self.heads):
             r = router(route_in).softmax(-1)
             probs.append(r)
-            preds.append(head((r.unsqueeze(-1) * expert_out).sum(1)))
+            preds.append(head(a + (r.unsqueeze(-1) * expert_out).sum(1)))  # residual, as MoE layers are
         aux["router"] = torch.stack(probs, 1)  # B x 3 x K
         return torch.cat(preds, -1) + self.label_mean, aux
 

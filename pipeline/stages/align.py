@@ -30,6 +30,12 @@ class AlignParams(StageParams):
     compute_type: str = "int8"
     language: str = "en"
     device: str = "cpu"
+    # Whisper forced alignment: a mean word probability below this means the transcript is not what
+    # is said (matching transcripts score about 0.7-0.95 on the demo corpus, unrelated ones 0.03).
+    min_score: float = 0.2
+    # ASR: skip what Silero VAD (bundled with faster-whisper) hears as non-speech, where Whisper would
+    # otherwise hallucinate words ("you") into noise.
+    vad: bool = True
 
 
 def _record(words: list[str], start: list[float], end: list[float], score: list[float], source: str) -> Record:
@@ -247,9 +253,11 @@ class AlignStage(Stage):
             return self._forced(item.waveform, text)
         segments, _ = self._model.transcribe(  # type: ignore[union-attr]
             item.waveform, language=self.params.language, word_timestamps=True, beam_size=5,  # type: ignore[attr-defined]
-            condition_on_previous_text=False,
+            condition_on_previous_text=False, vad_filter=self.params.vad,  # type: ignore[attr-defined]
         )
         words = [w for s in segments for w in (s.words or []) if clean_word(w.word)]
+        if not words:
+            raise UtteranceError("no speech found: the transcriber heard no words (and there is no transcript)")
         return _record([clean_word(w.word) for w in words], [w.start for w in words], [w.end for w in words],
                        [w.probability for w in words], "whisper:asr")
 
@@ -272,5 +280,9 @@ class AlignStage(Stage):
         reference = [clean_word(t) for t in text.split() if clean_word(t)]
         if [clean_word(a["word"]) for a in words] != reference:
             raise UtteranceError("forced alignment split the transcript into different words than the reference")
+        score = float(np.mean([a["probability"] for a in words]))
+        if score < self.params.min_score:  # type: ignore[attr-defined]
+            raise UtteranceError(f"the transcript does not match the audio: mean word probability {score:.3f} "
+                                 f"< align.min_score={self.params.min_score:g}")  # type: ignore[attr-defined]
         return _record(reference, [a["start"] for a in words], [a["end"] for a in words],
                        [a["probability"] for a in words], "whisper:forced")
