@@ -13,7 +13,7 @@ Behaviour = tuple
 
 
 class ChatServer:
-    def __init__(self, script: Callable[[int, str], Behaviour], latency_s: float = 0.0):
+    def __init__(self, script: Callable[[int, str], Behaviour], latency_s: float = 0.0, port: int = 0):
         self.script, self.latency_s = script, latency_s
         self.requests: list[tuple[float, dict, dict]] = []  # time, headers, body
         self.lock = threading.Lock()
@@ -27,6 +27,9 @@ class ChatServer:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802
+                if getattr(server, "_stopped", False):  # gone: drop even kept-alive connections
+                    self.close_connection = True
+                    return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     n = len(server.requests)
@@ -61,7 +64,7 @@ class ChatServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): that is the point of a hang
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -71,5 +74,11 @@ class ChatServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()
+
+    def stop(self) -> None:
+        """The endpoint goes away: no more connections are accepted."""
+        if not getattr(self, "_stopped", False):
+            self._stopped = True
+            self.httpd.shutdown()
+            self.httpd.server_close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -42,18 +43,20 @@ def test_train_writes_a_complete_run(demo_features: Path, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_kill9_during_training_then_resume_equals_an_uninterrupted_run(demo_features: Path, tmp_path: Path) -> None:
-    options = dict(FAST, epochs=6)
+    options = dict(FAST, epochs=7)
     clean = train(TrainConfig(features=demo_features, **options), tmp_path / "clean", progress=False)
     run = tmp_path / "killed"
     code = (f"from pathlib import Path; from msf.trainer.train import TrainConfig, train; "
             f"train(TrainConfig(features=Path({str(demo_features)!r}), **{options!r}), Path({str(run)!r}), progress=False)")
-    for _ in range(2):  # killed twice, at different epochs
+    rng = random.Random(3)
+    for _ in range(5):  # killed five times, each after one more finished epoch
         proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
         seen = json.loads(torch.load(run / "last.pt", weights_only=True)["state"])["epoch"] if (run / "last.pt").exists() else 0
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if (run / "last.pt").exists():  # the rename is atomic: it always loads whole
                 if json.loads(torch.load(run / "last.pt", weights_only=True)["state"])["epoch"] > seen:
+                    time.sleep(rng.uniform(0, 0.4))  # somewhere in the next epoch
                     break
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)

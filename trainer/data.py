@@ -66,12 +66,15 @@ class FeatureSet:
                 utts = refold(utts, fold)
             stages = [STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])
             fresh = {st: ex.fresh(st) for st in dict.fromkeys(stages)}
+            stored = {st: ex.store.index.entries(st) for st in fresh}
             failed = {f.utt for st in fresh for f in ex.store.index.failures(st)}
             self.skipped: dict[str, int] = {}
             keep = []
             for u in utts:
                 why = ("no labels" if u.labels is None else "no split" if u.split not in ("train", "dev", "test")
                        else "failed extraction" if u.id in failed
+                       else "stale: extracted with other settings; rerun msf extract"
+                       if any(u.id not in fresh[st] and u.id in stored[st] for st in fresh)
                        else "not extracted" if any(u.id not in fresh[st] for st in fresh) else None)
                 if why:
                     self.skipped[why] = self.skipped.get(why, 0) + 1

@@ -3,7 +3,8 @@
 acoustic frames -> [learned layer weights] -> projection -> temporal encoder -> attentive pooling -> a
 GS, LES, ES  -> projections -> gates (softmax over the present sources) -> t
 FM-MoE: a' = (1 + gamma(t)) * a + beta(t); K expert MLPs over a'; per target (V, A, D) a router
-        softmax(W_d [a', t]) mixes the experts, added to a' (a residual MoE layer); a linear head per target.
+        softmax(W_d [a', t]) mixes the experts, added to the unmodulated a (a residual MoE branch, so text
+        can steer the experts without scrambling the acoustic evidence); a linear head per target.
 concat: [a, projections...] -> MLP -> V, A, D.
 """
 
@@ -89,7 +90,7 @@ class MsfSer(nn.Module):
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor, vectors: dict[str, torch.Tensor],
                 les_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Predictions B x 3 (V, A, D) and auxiliaries: gate weights, router probabilities."""
-        a = self.acoustic(frames, lengths)
+        a = a_raw = self.acoustic(frames, lengths)
         p = {s: self.proj[s](vectors[s]) for s in self.text}
         aux: dict[str, torch.Tensor] = {}
         if self.cfg.fusion == "concat":
@@ -114,7 +115,7 @@ class MsfSer(nn.Module):
         for router, head in zip(self.routers, self.heads):
             r = router(route_in).softmax(-1)
             probs.append(r)
-            preds.append(head(a + (r.unsqueeze(-1) * expert_out).sum(1)))  # residual, as MoE layers are
+            preds.append(head(a_raw + (r.unsqueeze(-1) * expert_out).sum(1)))  # residual over the unmodulated a
         aux["router"] = torch.stack(probs, 1)  # B x 3 x K
         return torch.cat(preds, -1) + self.label_mean, aux
 
