@@ -43,12 +43,13 @@ def test_train_writes_a_complete_run(demo_features: Path, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_kill9_during_training_then_resume_equals_an_uninterrupted_run(demo_features: Path, tmp_path: Path) -> None:
-    options = dict(FAST, epochs=7)
+    options = dict(FAST, epochs=10)
     clean = train(TrainConfig(features=demo_features, **options), tmp_path / "clean", progress=False)
     run = tmp_path / "killed"
     code = (f"from pathlib import Path; from msf.trainer.train import TrainConfig, train; "
             f"train(TrainConfig(features=Path({str(demo_features)!r}), **{options!r}), Path({str(run)!r}), progress=False)")
     rng = random.Random(3)
+    kills = 0
     for _ in range(5):  # killed five times, each after one more finished epoch
         proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
         seen = json.loads(torch.load(run / "last.pt", weights_only=True)["state"])["epoch"] if (run / "last.pt").exists() else 0
@@ -59,9 +60,12 @@ def test_kill9_during_training_then_resume_equals_an_uninterrupted_run(demo_feat
                     time.sleep(rng.uniform(0, 0.4))  # somewhere in the next epoch
                     break
             time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
         proc.wait()
         torch.load(run / "last.pt", weights_only=True)  # never half-written
+    assert kills >= 4
     resumed = train(TrainConfig(features=demo_features, **options), run, progress=False)
     assert resumed["test"] == clean["test"] and resumed["dev"] == clean["dev"]
 
@@ -72,12 +76,21 @@ def test_predict_new_audio(demo_features: Path, demo_corpus: Path, tmp_path: Pat
     from msf.cli import app
 
     train(TrainConfig(features=demo_features, sources="audio,gs", **FAST), tmp_path / "run", progress=False)
-    wavs = sorted((demo_corpus / "wavs").glob("*.wav"))[:2]
-    res = CliRunner().invoke(app, ["predict", *map(str, wavs), "--run", str(tmp_path / "run"),
-                                   "--transcript", "the music was lovely", "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert [o["audio"] for o in out] == list(map(str, wavs))
-    assert all(1 <= o[k] <= 7 for o in out for k in ("valence", "arousal", "dominance"))
+    import csv
+
+    rows = list(csv.DictReader(open(demo_corpus / "manifest.csv")))[:2]
+    wavs = [str(demo_corpus / r["audio"]) for r in rows]
+    out = []
+    for wav, transcript in ((wavs[0], rows[0]["transcript"]), (wavs[1], None)):  # given, then transcribed
+        args = ["predict", wav, "--run", str(tmp_path / "run"), "--json"]
+        res = CliRunner().invoke(app, args + (["--transcript", transcript] if transcript else []))
+        assert res.exit_code == 0, res.output
+        out += json.loads(res.stdout.strip().splitlines()[-1])
+    assert [o["audio"] for o in out] == wavs
+    assert all(1 <= o[k] <= 7 for o in out for k in ("valence", "arousal", "dominance")), out
+    res = CliRunner().invoke(app, ["predict", wavs[0], "--run", str(tmp_path / "run"), "--json",
+                                   "--transcript", "the quarterly revenue report shows strong growth"])
+    wrong = json.loads(res.stdout.strip().splitlines()[-1])[0]
+    assert wrong["error"].startswith("align: the transcript does not match the audio")
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.wav"), "--run", str(tmp_path / "run")])
     assert res.exit_code == 2 and "audio not found" in res.output

@@ -41,7 +41,10 @@ def predict(audio: list[Path], run: Path, transcript: str | None = None, device:
                                                   "stages": stages, "workers": 1, "scheduler": None}))
         needed = [STAGE_OF[s] for s in cfg.sources.split(",")]
         ex.run(needed, progress=progress)
-        failures = {f.utt: f"{f.stage}: {f.error}" for f in ex.store.index.failures()}
+        failures: dict[str, str] = {}
+        for f in ex.store.index.failures():  # the root cause, not the stages it blocked downstream
+            if not f.error.startswith("upstream stage") or f.utt not in failures:
+                failures[f.utt] = f"{f.stage}: {f.error}"
         ok = [i for i in ids if i not in failures]
         results: dict[str, dict[str, Any]] = {i: {"error": failures[i]} for i in failures if i in ids}
         if ok:
