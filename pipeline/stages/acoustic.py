@@ -26,7 +26,7 @@ class AcousticParams(StageParams):
     compute_type: str = "int8"  # CTranslate2 (whisper backend)
     device: str = "cpu"
     # 0 = automatic: 1 on CPU, where padding only costs time and memory (bench/acoustic.py: batches
-    # of 8 run at about 0.6x the speed of single files), 16 on a GPU, which batching keeps busy.
+    # of 8 run at about 0.7x the speed of single files), 16 on a GPU, which batching keeps busy.
     batch_size: int = 0
 
 
