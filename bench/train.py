@@ -25,6 +25,7 @@ from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.runner import Extraction
 from msf.trainer.data import FeatureSet, parse_sources
 from msf.trainer.model import ModelConfig, MsfSer, ccc, load_balance
+from msf.trainer.train import to_tensors
 
 SOURCES = parse_sources("audio,gs,les,es")
 
@@ -51,11 +52,9 @@ def epoch(data: FeatureSet, model: MsfSer | None, opt: torch.optim.Optimizer | N
     t0, steps = time.perf_counter(), 0
     for b in data.batches("train", 32, shuffle=True, rng=rng):
         if model is not None:
-            frames = torch.from_numpy(b.frames).to(device)
-            pred, aux = model(frames, torch.from_numpy(b.lengths).to(device),
-                              {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},
-                              torch.from_numpy(b.les_mask).to(device))
-            loss = 1 - ccc(pred, torch.from_numpy(b.labels).to(device)).mean() + 0.01 * load_balance(aux["router"])
+            frames, lengths, vectors, les_mask, labels = to_tensors(b, device)
+            pred, aux = model(frames, lengths, vectors, les_mask)
+            loss = 1 - ccc(pred, labels).mean() + 0.01 * load_balance(aux["router"])
             opt.zero_grad()  # type: ignore[union-attr]
             loss.backward()
             opt.step()  # type: ignore[union-attr]

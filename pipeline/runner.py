@@ -224,10 +224,11 @@ class Extraction:
     def corpus_problems(self) -> list[str]:
         return json.loads(self.store.index.get_meta("corpus_problems") or "[]")
 
-    def fresh(self, stage: str) -> dict[str, Entry]:
-        """Entries of a stage whose fingerprint matches the current corpus and settings."""
-        fps = self.plan([stage])[stage].fingerprints
-        return {u: e for u, e in self.store.index.entries(stage).items() if fps.get(u) == e.fingerprint}
+    def fresh(self, stages: list[str]) -> dict[str, dict[str, Entry]]:
+        """Per stage, the entries whose fingerprint matches the current corpus and settings (one plan)."""
+        plans = self.plan(stages)
+        return {st: {u: e for u, e in self.store.index.entries(st).items()
+                     if plans[st].fingerprints.get(u) == e.fingerprint} for st in stages}
 
     def close(self) -> None:
         self.store.close()

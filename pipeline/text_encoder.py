@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from msf.pipeline.model_loading import BUNDLED_MINILM, load_transformers
-from msf.pipeline.stage import StageParams
+from msf.pipeline.stage import Stage, StageParams
 
 OFFLINE_TEXT = {"model": BUNDLED_MINILM}
 
@@ -52,3 +52,15 @@ class TextEncoder:
         for t in self.tokens(texts)[0]:
             out.append((t.mean(axis=0) if self.p.pooling == "mean" else t[0]).astype(np.float32))
         return out
+
+
+class TextStage(Stage):
+    """What GS, LES and ES share: the encoder (loaded once per worker), its profile and volatiles."""
+
+    Params = TextEncoderParams
+    volatile = frozenset({"device"})
+    profiles = {"offline": OFFLINE_TEXT}
+    batch_size = 32
+
+    def setup(self) -> None:
+        self.encoder = TextEncoder(self.params, f"{self.name}.model")  # type: ignore[arg-type]

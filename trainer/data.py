@@ -65,7 +65,7 @@ class FeatureSet:
                     raise ValueError("--fold applies to IEMOCAP caches (leave-one-session-out)")
                 utts = refold(utts, fold)
             stages = [STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])
-            fresh = {st: ex.fresh(st) for st in dict.fromkeys(stages)}
+            fresh = ex.fresh(list(dict.fromkeys(stages)))
             stored = {st: ex.store.index.entries(st) for st in fresh}
             failed = {f.utt for st in fresh for f in ex.store.index.failures(st)}
             self.skipped: dict[str, int] = {}

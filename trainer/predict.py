@@ -12,7 +12,7 @@ import torch
 
 from msf.pipeline.runner import STDERR, Extraction
 from msf.trainer.data import STAGE_OF, TARGETS, make_batch
-from msf.trainer.train import load_run
+from msf.trainer.train import load_run, to_tensors
 
 
 def predict(audio: list[Path], run: Path, transcript: str | None = None, device: str = "cpu",
@@ -53,10 +53,9 @@ def predict(audio: list[Path], run: Path, transcript: str | None = None, device:
                        for s in cfg.sources.split(",") if s != "audio"}
             mask = np.array([bool(ex.store.read("local", i)["mask"]) if "les" in vectors else True for i in ok])
             b = make_batch(frames, vectors, mask, np.zeros((len(ok), 3), np.float32), ok)
+            frames, lengths, vecs, les_mask, _ = to_tensors(b, device)
             with torch.inference_mode():
-                pred, _ = model(torch.from_numpy(b.frames).to(device), torch.from_numpy(b.lengths).to(device),
-                                {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},
-                                torch.from_numpy(b.les_mask).to(device))
+                pred, _ = model(frames, lengths, vecs, les_mask)
             for i, p in zip(ok, pred.float().cpu().numpy()):
                 results[i] = {t: round(float(v), 4) for t, v in zip(TARGETS, p)}
         ex.close()

@@ -56,7 +56,8 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
+def to_tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
+    """frames, lengths, vectors (a dict), LES mask, labels on the device."""
     return (torch.from_numpy(b.frames).to(device, non_blocking=True), torch.from_numpy(b.lengths).to(device),
             {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},  # type: ignore[return-value]
             torch.from_numpy(b.les_mask).to(device), torch.from_numpy(b.labels).to(device))
@@ -68,7 +69,7 @@ def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batc
     preds, golds, aux_all = [], [], {}
     with torch.inference_mode():
         for b in data.batches(split, batch_size, shuffle=False):
-            frames, lengths, vectors, mask, labels = _tensors(b, device)
+            frames, lengths, vectors, mask, labels = to_tensors(b, device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 p, aux = model(frames, lengths, vectors, mask)
             preds.append(p.float().cpu().numpy())
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
             t0, losses = time.perf_counter(), []
             rng = np.random.default_rng([cfg.seed, state["epoch"]])  # the epoch's order depends on the seed only
             for b in data.batches("train", cfg.batch_size, shuffle=True, rng=rng):
-                frames, lengths, vectors, mask, labels = _tensors(b, cfg.device)
+                frames, lengths, vectors, mask, labels = to_tensors(b, cfg.device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
                     pred, aux = model(frames, lengths, vectors, mask)
                 loss = 1 - ccc(pred.float(), labels).mean()

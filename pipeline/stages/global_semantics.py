@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from msf.pipeline.stage import Item, Record, Stage, UtteranceError, register
-from msf.pipeline.text_encoder import OFFLINE_TEXT, TextEncoder, TextEncoderParams
+from msf.pipeline.stage import Item, Record, UtteranceError, register
+from msf.pipeline.text_encoder import TextStage
 
 
 def transcript_of(item: Item) -> str:
@@ -15,18 +15,11 @@ def transcript_of(item: Item) -> str:
 
 
 @register
-class GlobalStage(Stage):
+class GlobalStage(TextStage):
     name = "global"
     needs = ("audio", "align")
     version = "1"
-    Params = TextEncoderParams
     reads = ("transcript",)
-    volatile = frozenset({"device"})
-    profiles = {"offline": OFFLINE_TEXT}
-    batch_size = 32
-
-    def setup(self) -> None:
-        self.encoder = TextEncoder(self.params, "global.model")  # type: ignore[arg-type]
 
     def compute(self, batch: list[Item]) -> list[Record | Exception]:
         texts: list[str | Exception] = []

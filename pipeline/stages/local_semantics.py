@@ -7,8 +7,8 @@ from typing import Literal
 
 import numpy as np
 
-from msf.pipeline.stage import Item, Record, Stage, register
-from msf.pipeline.text_encoder import OFFLINE_TEXT, TextEncoder, TextEncoderParams
+from msf.pipeline.stage import Item, Record, register
+from msf.pipeline.text_encoder import TextEncoderParams, TextStage
 
 
 class LocalParams(TextEncoderParams):
@@ -18,17 +18,11 @@ class LocalParams(TextEncoderParams):
 
 
 @register
-class LocalStage(Stage):
+class LocalStage(TextStage):
     name = "local"
     needs = ("audio", "align", "emphasis")
     version = "1"
     Params = LocalParams
-    volatile = frozenset({"device"})
-    profiles = {"offline": OFFLINE_TEXT}
-    batch_size = 32
-
-    def setup(self) -> None:
-        self.encoder = TextEncoder(self.params, "local.model")  # type: ignore[arg-type]
 
     def compute(self, batch: list[Item]) -> list[Record | Exception]:
         p: LocalParams = self.params  # type: ignore[assignment]
