@@ -28,19 +28,24 @@ ERR = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep an
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Expected failures become one clear line and exit code 2, never a traceback wall."""
-    from msf.pipeline.config import ConfigError
-    from msf.pipeline.corpus import CorpusError
-    from msf.pipeline.lock import CacheBusy
-    from msf.pipeline.model_loading import ModelUnavailable
+    """msf's own errors (a user mistake, an unusable input) become one clear line and exit 2; anything
+    else is a bug in msf: it says so, with the traceback, and exits 1."""
+    from msf.pipeline.errors import MsfError
 
     try:
         yield
-    except (ConfigError, CorpusError, CacheBusy, ModelUnavailable, KeyError, ValueError, FileNotFoundError,
-            ImportError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        ERR.print(f"[bold red]error:[/] {msg}", highlight=False)
+    except MsfError as e:
+        ERR.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception:  # noqa: BLE001 - a bug: never dressed up as a user mistake
+        import traceback
+
+        ERR.print("[bold red]internal error[/] (a bug in msf; please report it with the traceback below):",
+                  highlight=False)
+        ERR.print(traceback.format_exc(), highlight=False, markup=False)
+        raise typer.Exit(1) from None
 
 
 def _report_problems(problems: list[Any]) -> None:
@@ -184,6 +189,7 @@ def inspect(
 ) -> None:
     """Plot one utterance: waveform, F0 and intensity, word boundaries, emphasised words highlighted."""
     from msf.pipeline.emphasis_figure import draw_emphasis
+    from msf.pipeline.errors import NotFound
     from msf.pipeline.stages.emphasis import EmphasisStage
 
     with user_errors():
@@ -191,7 +197,7 @@ def inspect(
         try:
             u = next((u for u in ex.corpus.utterances if u.id == utt), None)
             if u is None:
-                raise KeyError(f"no utterance {utt!r} in the corpus of {cache}")
+                raise NotFound(f"no utterance {utt!r} in the corpus of {cache}")
             align, emphasis = ex.store.read("align", utt), ex.store.read("emphasis", utt)
             params = ex.config.params_for(EmphasisStage)
             from msf.pipeline.audio_io import load_waveform
@@ -369,6 +375,30 @@ def demo(
 
     with user_errors():
         run_demo(out, n=n, seed=seed, workers=workers)
+
+
+@app.callback()
+def options(verbose: bool = typer.Option(False, "--verbose", envvar="MSF_VERBOSE",
+                                          help="Show the libraries' own logs, warnings and progress bars.")) -> None:
+    """MSF-SER feature extraction, caching and training."""
+    quiet_libraries(not verbose)
+
+
+def quiet_libraries(quiet: bool) -> None:
+    """What a user reads on stderr is msf's own: transformers' loading bars, Hugging Face progress bars,
+    Python warnings from torch and friends are off unless asked for. Environment variables, so the
+    Dask worker processes started later make the same choice; a user's own settings win when quiet."""
+    import os
+    import warnings
+
+    settings = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+    for key, value in settings.items():
+        if quiet:
+            os.environ.setdefault(key, value)
+        else:
+            os.environ.pop(key, None)
+    warnings.simplefilter("ignore" if quiet else "default")
 
 
 def main() -> None:

@@ -20,13 +20,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from msf.pipeline.errors import MsfError
 from msf.pipeline.stage import Stage, StageParams
 
 CONFIG_FILE = "msf.toml"
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(MsfError, ValueError):
+    """Settings that cannot be used: a bad msf.toml, --set, or a missing corpus or cache."""
 
 
 def validation_problems(e: ValidationError) -> str:
@@ -111,5 +112,5 @@ def load_config(
         try:
             stage_class(name)
         except KeyError as e:
-            raise ConfigError(str(e.args[0])) from None
+            raise ConfigError(str(e)) from None
     return config

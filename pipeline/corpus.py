@@ -7,8 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msf.pipeline.errors import MsfError
 
-class CorpusError(ValueError):
+
+class CorpusError(MsfError, ValueError):
     """The corpus as a whole cannot be read (wrong path, missing required columns, unknown spec)."""
 
 

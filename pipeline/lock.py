@@ -9,9 +9,11 @@ import socket
 import time
 from pathlib import Path
 
+from msf.pipeline.errors import MsfError
 
-class CacheBusy(RuntimeError):
-    pass
+
+class CacheBusy(MsfError, RuntimeError):
+    """Another process holds the cache's writer lock."""
 
 
 class CacheLock:

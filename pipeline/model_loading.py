@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from msf.pipeline.errors import MsfError
+
 BUNDLED_TINY_EN = "bundled:tiny.en"
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(MsfError, RuntimeError):
     """A model that cannot be had offline; never silently replaced by another."""
 
 

@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from msf.pipeline.cache_index import Entry, Failure
-from msf.pipeline.config import MsfConfig
+from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, Utterance, load_corpus
+from msf.pipeline.faults import fault_point
 from msf.pipeline.fingerprint import canonical_json, fingerprint_for
 from msf.pipeline.lock import CacheLock
 from msf.pipeline.shard_store import ShardFormatError, ShardReader, ShardStore, normalise, write_shard
@@ -188,8 +189,6 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
 
 
 def require_cache(cache: Path) -> None:
-    from msf.pipeline.config import ConfigError
-
     if not (cache / "index.sqlite").is_file():
         raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
 
@@ -199,7 +198,7 @@ class Extraction:
 
     def __init__(self, config: MsfConfig, corpus: Corpus | None = None):
         if corpus is None and config.corpus is None:
-            raise ValueError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
+            raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
         load_plugins(config.plugins)
         self.config = config
         self.corpus = corpus or load_corpus(config.corpus, config.label_range)  # type: ignore[arg-type]
@@ -210,8 +209,6 @@ class Extraction:
     @classmethod
     def from_cache(cls, cache: Path) -> tuple["Extraction", list[str]]:
         """The extraction a cache was made by (its recorded settings and corpus), and its stages."""
-        from msf.pipeline.config import ConfigError
-
         require_cache(Path(cache))
         store = ShardStore(Path(cache))
         raw = store.index.get_meta("config")
@@ -369,6 +366,7 @@ class Extraction:
                 [Entry(name, u, res.shard, row, fp, cs) for u, row, fp, cs in res.done],  # type: ignore[arg-type]
                 [Failure(name, u, fp, err, time.time()) for u, fp, err in res.failed],
             )
+            fault_point("commit")
             report.computed += len(res.done)
             report.failed += len(res.failed)
             bar.advance(task, len(group))

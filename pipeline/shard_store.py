@@ -23,6 +23,8 @@ import h5py
 import numpy as np
 
 from msf.pipeline.cache_index import CacheIndex, Entry
+from msf.pipeline.errors import NotFound
+from msf.pipeline.faults import fault_point
 from msf.pipeline.stage import Record
 
 FORMAT = "msf-shard-1"
@@ -244,7 +246,7 @@ class ShardStore:
     def read(self, stage: str, utt: str) -> Record:
         e = self.index.entry(stage, utt)
         if e is None:
-            raise KeyError(f"no {stage!r} entry for utterance {utt!r} in {self.root}")
+            raise NotFound(f"no {stage!r} entry for utterance {utt!r} in {self.root}")
         return self.reader.row(self.shard_path(stage, e.shard), e.row)
 
     def shard_files(self, stage: str) -> list[Path]:
@@ -295,7 +297,6 @@ class ShardStore:
         result: dict[str, int] = {}
         for stage in self.index.stages():
             entries = sorted(self.index.entries(stage).values(), key=lambda e: (e.shard, e.row))
-            old = {e.shard for e in entries}
             written = 0
             for start in range(0, len(entries), shard_size):
                 group = entries[start : start + shard_size]
@@ -304,11 +305,11 @@ class ShardStore:
                 self.index.commit(
                     [Entry(stage, e.utt, shard, i, e.fingerprint, s) for i, (e, s) in enumerate(zip(group, sums))], []
                 )
+                fault_point("compact")
                 written += 1
             self.reader.close()
-            for shard in old - self.index.referenced_shards(stage):
-                self.shard_path(stage, shard).unlink(missing_ok=True)
             result[stage] = written
+        self.gc()  # the old shards, and any a compaction killed earlier left unreferenced
         return result
 
     def gc(self) -> list[str]:

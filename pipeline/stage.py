@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from msf.pipeline.audio_io import load_waveform
 from msf.pipeline.corpus import Utterance
+from msf.pipeline.errors import NotFound, UsageError
 
 # A stored entry: named numpy arrays, numbers and strings (never pickles).
 Record = dict[str, Any]
@@ -93,7 +94,7 @@ def stage_class(name: str) -> type[Stage]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}") from None
+        raise NotFound(f"unknown stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}") from None
 
 
 def load_plugins(modules: list[str]) -> None:
@@ -104,7 +105,7 @@ def load_plugins(modules: list[str]) -> None:
         try:
             importlib.import_module(m)
         except ImportError as e:
-            raise ImportError(f"cannot import stage plugin {m!r}: {e}") from None
+            raise UsageError(f"cannot import stage plugin {m!r}: {e}") from None
 
 
 def stage_order(requested: list[str]) -> list[str]:
@@ -115,7 +116,7 @@ def stage_order(requested: list[str]) -> list[str]:
         if name in order:
             return
         if name in path:
-            raise ValueError(f"stage cycle: {' -> '.join(path + (name,))}")
+            raise UsageError(f"stage cycle: {' -> '.join(path + (name,))}")
         for up in stage_class(name).needs:
             visit(up, path + (name,))
         order.append(name)

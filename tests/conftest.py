@@ -17,9 +17,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, channels: int = 1,
                seed: int = 0) -> Path:
+    """A tone in syllable-like bursts (3 per second, with pauses) over a faint noise floor: the
+    `audio` stage refuses a steady tone as hum, not speech."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
-    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+    envelope = np.maximum(0.0, np.sin(2 * np.pi * 3 * t + rng.uniform(0, np.pi))) ** 2
+    x = 0.5 * envelope * np.sin(2 * np.pi * freq * t) + 0.003 * rng.standard_normal(len(t))
     data = np.stack([x] * channels, axis=1) if channels > 1 else x
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, data.astype(np.float32), sr, subtype="PCM_16")

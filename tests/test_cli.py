@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import write_manifest
 from typer.testing import CliRunner
 
@@ -126,3 +127,43 @@ def test_msf_toml_in_working_directory_and_overrides(tmp_path: Path, monkeypatch
     (tmp_path / "msf.toml").write_text("corpus = [unclosed\n")
     code, _, err = invoke("extract")
     assert code == 2 and "msf.toml" in err
+
+
+def test_a_bug_is_reported_as_an_internal_error_not_a_user_mistake(tmp_path: Path, monkeypatch) -> None:
+    from msf.pipeline import runner
+
+    corpus = write_manifest(tmp_path / "c", 2)
+    cache = str(tmp_path / "cache")
+    assert invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "audio")[0] == 0
+
+    def broken(self, stages):  # noqa: ANN001, ANN202 - a bug inside msf, where a KeyError used to pass for a user error
+        return {}["no such key"]
+
+    monkeypatch.setattr(runner.Extraction, "status", broken)
+    code, _, err = invoke("status", "--cache", cache)
+    assert code == 1 and "internal error" in err and "a bug in msf" in err
+    assert "Traceback" in err and "KeyError: 'no such key'" in err
+    code, _, err = invoke("status", "--cache", str(tmp_path / "nowhere"))  # a user mistake stays one line
+    assert code == 2 and err.startswith("error: no msf cache") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_library_logs_are_quiet_unless_verbose(demo_corpus: Path, tmp_path: Path) -> None:
+    """transformers' loading bars and Dask's port warning are not msf's to show; --verbose shows them."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:  # Dask warns when its port is taken
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 8787))
+        busy.listen()
+        errs = {}
+        for verbose in ([], ["--verbose"]):
+            args = [sys.executable, "-m", "msf.cli", *verbose, "extract", "--corpus", f"demo:{demo_corpus}",
+                    "--cache", str(tmp_path / f"cache{len(verbose)}"), "--profile", "offline", "--workers", "2",
+                    "--set", "align.backend=provided", "--stage", "global", "--json"]
+            done = subprocess.run(args, capture_output=True, text=True, check=True)
+            errs[bool(verbose)] = done.stderr
+    assert "Loading weights" not in errs[False] and "Warning" not in errs[False], errs[False][-2000:]
+    assert "Loading weights" in errs[True]

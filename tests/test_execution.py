@@ -1,4 +1,5 @@
-"""Execution: kill -9 mid-run then resume equals a clean run; an existing Dask cluster by address."""
+"""Execution: kill -9 at fixed points then resume equals a clean run (extraction and compaction);
+an existing Dask cluster by address."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -61,35 +61,57 @@ def _assert_same(a: dict[str, dict], b: dict[str, dict]) -> None:
 
 
 @pytest.mark.slow
-def test_kill9_mid_extraction_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
+def test_kill9_at_fixed_points_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
+    """Five runs, each SIGKILLed by its own fault point right after its k-th committed shard (k drawn
+    from a seed): every visible shard stays readable, exactly k shards' entries survive each kill,
+    and the final run computes exactly the rest, byte-identical to a clean run."""
     corpus = write_manifest(tmp_path / "c", 80)
-    common = ["--corpus", str(corpus), "--stage", "toy_slow", "--set", 'plugins=["toy_stages"]',
-              "--set", "shard_size=3", "--set", "toy_slow.delay=0.04", "--json"]
+    common = ["--corpus", str(corpus), "--set", 'plugins=["toy_stages"]', "--set", "shard_size=3", "--json"]
     clean, crashy = tmp_path / "clean", tmp_path / "crashy"
-    subprocess.run(_msf("extract", "--cache", str(clean), *common), check=True, capture_output=True)
+    subprocess.run(_msf("extract", "--cache", str(clean), "--stage", "toy_slow", *common), check=True,
+                   capture_output=True)
+    # audio first, so every commit of the killed runs is a toy_slow shard of 3 entries
+    subprocess.run(_msf("extract", "--cache", str(crashy), "--stage", "audio", *common), check=True,
+                   capture_output=True)
     rng = random.Random(7)
-    kills = 0
-    for _ in range(5):  # five random points
-        proc = subprocess.Popen(_msf("extract", "--cache", str(crashy), *common), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    points = [rng.randint(1, 4) for _ in range(5)]
+    for k in points:
         before = _entries(crashy, "toy_slow")
-        target = before + rng.randint(3, 9)
-        deadline = time.monotonic() + 60
-        while _entries(crashy, "toy_slow") < target and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        proc = subprocess.run(_msf("extract", "--cache", str(crashy), "--stage", "toy_slow", *common),
+                              env={**os.environ, "MSF_KILL_AT": f"commit:{k}"}, capture_output=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert _entries(crashy, "toy_slow") == before + 3 * k  # exactly what was committed survives
         _all_visible_shards_readable(crashy)  # nothing half-written under a shard name
-    assert kills >= 4
     interrupted = _entries(crashy, "toy_slow")
-    assert 0 < interrupted < 80
-    done = subprocess.run(_msf("extract", "--cache", str(crashy), *common), check=True, capture_output=True, text=True)
+    assert interrupted == 3 * sum(points) < 80
+    done = subprocess.run(_msf("extract", "--cache", str(crashy), "--stage", "toy_slow", *common), check=True,
+                          capture_output=True, text=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])["stages"]["toy_slow"]
     assert summary["computed"] == 80 - interrupted and summary["reused"] == interrupted
     for stage in ("audio", "toy_slow"):
         _assert_same(_records(clean, stage), _records(crashy, stage))
+
+
+@pytest.mark.slow
+def test_kill9_inside_cache_compact_leaves_a_valid_cache(tmp_path: Path) -> None:
+    corpus = write_manifest(tmp_path / "c", 20)
+    cache = tmp_path / "cache"
+    subprocess.run(_msf("extract", "--cache", str(cache), "--corpus", str(corpus), "--stage", "toy_energy",
+                        "--set", 'plugins=["toy_stages"]', "--set", "shard_size=3"), check=True, capture_output=True)
+    before = {s: _records(cache, s) for s in ("audio", "toy_energy")}
+    for k in (2, 6):  # inside the first stage's rewrite, then inside the second's
+        proc = subprocess.run(_msf("cache", "compact", "--cache", str(cache), "--shard-size", "4"),
+                              env={**os.environ, "MSF_KILL_AT": f"compact:{k}"}, capture_output=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        _all_visible_shards_readable(cache)
+        verify = subprocess.run(_msf("cache", "verify", "--cache", str(cache), "--json"), capture_output=True, text=True)
+        assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout
+        for stage, records in before.items():
+            _assert_same(records, _records(cache, stage))
+    subprocess.run(_msf("cache", "compact", "--cache", str(cache), "--shard-size", "4"), check=True, capture_output=True)
+    for stage, records in before.items():
+        _assert_same(records, _records(cache, stage))
+        assert len(list((cache / stage).glob("shard-*.h5"))) == 5  # 20 entries in shards of 4, nothing left over
 
 
 def test_extract_on_an_existing_dask_cluster(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,31 +40,46 @@ def test_train_writes_a_complete_run(demo_features: Path, tmp_path: Path) -> Non
     assert concat["test"]["n"] == m["test"]["n"]
 
 
+def test_the_model_learns_dominance(demo_features: Path, tmp_path: Path) -> None:
+    """Dominance is the dimension the demo rule makes easiest (the phrasing's mood in the words, the
+    volume in the audio). Over 10 training seeds on this 80-utterance corpus, test MSE was 0.19-0.46 of
+    the training-mean predictor's (median 0.27) and CCC 0.71-0.90; the bounds sit well outside that."""
+    from msf.trainer.data import FeatureSet, parse_sources
+    from msf.trainer.train import load_run, predict_split
+
+    m = train(TrainConfig(features=demo_features, **dict(FAST, epochs=10)), tmp_path / "run", progress=False)
+    data = FeatureSet(demo_features, parse_sources("audio,gs,les,es"))
+    model, _ = load_run(tmp_path / "run")
+    pred, gold, _ = predict_split(model, data, "test", "cpu")
+    mse = ((pred - gold) ** 2).mean(0)
+    mean_predictor = ((gold - data.splits["train"].labels.mean(0)) ** 2).mean(0)
+    assert mse[2] <= 0.6 * mean_predictor[2], (mse, mean_predictor)
+    assert m["test"]["ccc_dominance"] >= 0.5, m["test"]
+
+
 @pytest.mark.slow
-def test_kill9_during_training_then_resume_equals_an_uninterrupted_run(demo_features: Path, tmp_path: Path) -> None:
+def test_kill9_inside_training_batches_then_resume_equals_an_uninterrupted_run(demo_features: Path,
+                                                                              tmp_path: Path) -> None:
+    """Five runs, each SIGKILLed inside a training batch chosen from a seed (always in its second
+    epoch): last.pt always loads whole, each kill keeps exactly one more finished epoch, and the
+    resumed run's figures equal an uninterrupted run's."""
+    from msf.trainer.data import FeatureSet, parse_sources
+
     options = dict(FAST, epochs=10)
     clean = train(TrainConfig(features=demo_features, **options), tmp_path / "clean", progress=False)
+    per_epoch = -(-len(FeatureSet(demo_features, parse_sources("audio,gs,les,es")).splits["train"].ids)
+                  // options["batch_size"])
     run = tmp_path / "killed"
     code = (f"from pathlib import Path; from msf.trainer.train import TrainConfig, train; "
             f"train(TrainConfig(features=Path({str(demo_features)!r}), **{options!r}), Path({str(run)!r}), progress=False)")
     rng = random.Random(3)
-    kills = 0
-    for _ in range(5):  # killed five times, each after one more finished epoch
-        proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
-        seen = json.loads(torch.load(run / "last.pt", weights_only=True)["state"])["epoch"] if (run / "last.pt").exists() else 0
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if (run / "last.pt").exists():  # the rename is atomic: it always loads whole
-                if json.loads(torch.load(run / "last.pt", weights_only=True)["state"])["epoch"] > seen:
-                    time.sleep(rng.uniform(0, 0.4))  # somewhere in the next epoch
-                    break
-            time.sleep(0.05)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        torch.load(run / "last.pt", weights_only=True)  # never half-written
-    assert kills >= 4
+    for kill in range(1, 6):
+        k = rng.randint(per_epoch + 1, 2 * per_epoch)
+        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MSF_KILL_AT": f"train-batch:{k}"},
+                              capture_output=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        state = json.loads(torch.load(run / "last.pt", weights_only=True)["state"])  # never half-written
+        assert state["epoch"] == kill
     resumed = train(TrainConfig(features=demo_features, **options), run, progress=False)
     assert resumed["test"] == clean["test"] and resumed["dev"] == clean["dev"]
 

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
+from msf.pipeline.errors import UsageError
 from msf.pipeline.runner import Extraction
 from msf.pipeline.shard_store import ShardReader
 
@@ -44,9 +45,9 @@ def parse_sources(spec: str) -> tuple[str, ...]:
     sources = tuple(s.strip() for s in spec.split(",") if s.strip())
     bad = [s for s in sources if s not in SOURCES]
     if bad or not sources:
-        raise ValueError(f"--sources: unknown {bad or 'empty'}; choose from {','.join(SOURCES)}")
+        raise UsageError(f"--sources: unknown {bad or 'empty'}; choose from {','.join(SOURCES)}")
     if "audio" not in sources:
-        raise ValueError("--sources must include audio: the text sources modulate the acoustic branch")
+        raise UsageError("--sources must include audio: the text sources modulate the acoustic branch")
     return sources
 
 
@@ -62,7 +63,7 @@ class FeatureSet:
                 from msf.pipeline.corpora.iemocap import refold
 
                 if not all("session" in u.extra for u in utts):
-                    raise ValueError("--fold applies to IEMOCAP caches (leave-one-session-out)")
+                    raise UsageError("--fold applies to IEMOCAP caches (leave-one-session-out)")
                 utts = refold(utts, fold)
             stages = [STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])
             fresh = ex.fresh(list(dict.fromkeys(stages)))
@@ -102,7 +103,7 @@ class FeatureSet:
             ex.close()
         for name in ("train", "dev"):
             if not self.splits[name].ids:
-                raise ValueError(f"no usable {name} utterances in {cache} (skipped: {self.skipped or 'none'})")
+                raise UsageError(f"no usable {name} utterances in {cache} (skipped: {self.skipped or 'none'})")
         first = self._read(*self.splits["train"].frames_at[0])
         self.frame_shape = first.shape[1:]
         self.vector_dims = {s: v.shape[1] for s, v in self.splits["train"].vectors.items()}

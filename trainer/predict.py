@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from msf.pipeline.errors import NotFound
 from msf.pipeline.runner import STDERR, Extraction
 from msf.trainer.data import STAGE_OF, TARGETS, make_batch
 from msf.trainer.train import load_run, to_tensors
@@ -28,7 +29,7 @@ def predict(audio: list[Path], run: Path, transcript: str | None = None, device:
         STDERR.print("align: the features used the corpus's provided alignment; new audio is aligned with whisper")
     missing = [str(a) for a in audio if not Path(a).is_file()]
     if missing:
-        raise FileNotFoundError(f"audio not found: {', '.join(missing)}")
+        raise NotFound(f"audio not found: {', '.join(missing)}")
     with tempfile.TemporaryDirectory(prefix="msf-predict-") as tmp:
         manifest = Path(tmp) / "manifest.csv"
         ids = [f"{i:04d}_{Path(a).stem}" for i, a in enumerate(audio)]

@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from msf.pipeline.errors import UsageError
+from msf.pipeline.faults import fault_point
 from msf.pipeline.runner import STDERR
 from msf.trainer.data import TARGETS, Batch, FeatureSet, parse_sources
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
@@ -105,13 +107,13 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
     """Train (or resume) into OUT; returns the metrics written to OUT/metrics.json."""
     sources = parse_sources(cfg.sources)
     if cfg.fusion not in ("fm-moe", "concat"):
-        raise ValueError(f"--fusion must be fm-moe or concat, not {cfg.fusion!r}")
+        raise UsageError(f"--fusion must be fm-moe or concat, not {cfg.fusion!r}")
     out.mkdir(parents=True, exist_ok=True)
     resolved = cfg.model_dump(mode="json")
     last = out / "last.pt"
     if (out / "config.json").exists() and last.exists():
         if json.loads((out / "config.json").read_text()) != resolved:
-            raise ValueError(f"{out} holds a run with other settings; choose another --out or delete it")
+            raise UsageError(f"{out} holds a run with other settings; choose another --out or delete it")
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
     seed_everything(cfg.seed)
     data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.in_memory)
@@ -147,6 +149,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
                     loss = loss + cfg.balance_weight * load_balance(aux["router"].float())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                fault_point("train-batch")
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 losses.append(loss.item())

@@ -26,6 +26,7 @@ import soxr
 
 from msf.pipeline.corpora import manifest
 from msf.pipeline.corpus import Corpus, CorpusError
+from msf.pipeline.errors import UsageError
 
 SAMPLE_RATE = 16_000
 PUNCT = ".,?!"
@@ -216,7 +217,7 @@ def build_demo_corpus(out: Path, n: int = 300, seed: int = 0, workers: int | Non
     from msf.pipeline.runner import STDERR
 
     if n < 1:
-        raise ValueError("the demo corpus needs at least one utterance (--n)")
+        raise UsageError("the demo corpus needs at least one utterance (--n)")
     out = Path(out)
     wav_dir = out / "wavs"
     wav_dir.mkdir(parents=True, exist_ok=True)

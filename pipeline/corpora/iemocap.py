@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Utterance
+from msf.pipeline.errors import UsageError
 
 EVAL_LINE = re.compile(
     r"^\[(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\]\s+(?P<utt>\S+)\s+(?P<cat>\S+)\s+\[(?P<vad>[^\]]*)\]"
@@ -21,7 +22,7 @@ SESSIONS = 5
 
 def split_for_fold(session: int, fold: int) -> str:
     if not 1 <= fold <= SESSIONS:
-        raise ValueError(f"IEMOCAP fold must be 1..{SESSIONS}, got {fold}")
+        raise UsageError(f"IEMOCAP fold must be 1..{SESSIONS}, got {fold}")
     if session == fold:
         return "test"
     return "dev" if session == fold % SESSIONS + 1 else "train"

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
+from msf.pipeline.errors import UsageError
 from msf.pipeline.knowledge_describer import KnowledgeDescriber
 from msf.pipeline.llm_client import AnswerCache, ChatEndpoint
 from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
@@ -67,7 +68,7 @@ class DescribeStage(Stage):
         try:
             return path.read_text(encoding="utf-8")
         except OSError as e:
-            raise FileNotFoundError(f"describe.prompt: cannot read the template {path}: {e.strerror}") from None
+            raise UsageError(f"describe.prompt: cannot read the template {path}: {e.strerror}") from None
 
     def setup(self) -> None:
         p: DescribeParams = self.params  # type: ignore[assignment]

@@ -22,8 +22,8 @@ SR = 16000
 EXPECTED: dict[str, tuple[str, str] | None] = {
     "bad_corrupt": ("audio", "not a readable audio file"),
     "bad_empty": ("audio", "audio file is empty (0 bytes)"),
-    "bad_silence": ("audio", "silent: RMS"),
-    "bad_noise": ("align", "no speech found"),
+    "bad_silence": ("audio", "silent: digital silence"),
+    "bad_noise": ("audio", "no speech: the loudest frames"),
     "bad_nan": ("audio", "samples are NaN or infinite"),
     "bad_missing": ("audio", "audio file not found"),
     "bad_textfile": ("audio", "not a readable audio file"),
@@ -102,11 +102,11 @@ def test_bad_inputs_are_recorded_and_the_rest_completes(demo_corpus: Path, tmp_p
     problems = " | ".join(status["corpus_problems"])
     assert "valence label 9.5 is outside the corpus scale [1, 7]" in problems and "duplicate utterance id" in problems
     counts = status["stages"]
-    assert counts["audio"]["failed"] == 6 and counts["audio"]["fresh"] == len(good) + 7
+    assert counts["audio"]["failed"] == 7 and counts["audio"]["fresh"] == len(good) + 6
     res = cli.invoke(app, ["status", "--cache", str(cache), "--failed"])
     assert "not a readable audio file" in res.stdout and "valence label 9.5" in res.stdout
 
     metrics = train(TrainConfig(features=cache, sources="audio", epochs=2, hidden=32), tmp_path / "run",
                     progress=False)
-    assert metrics["skipped"] == {"failed extraction": 6}
+    assert metrics["skipped"] == {"failed extraction": 7}
     assert metrics["test"]["n"] == 6
