@@ -58,16 +58,12 @@ def _report_problems(problems: list[Any]) -> None:
         ERR.print(f"  … and {len(problems) - 20} more")
 
 
-def _require_cache(cache: Path) -> None:
-    from msf.pipeline.runner import require_cache
-
-    require_cache(cache)
-
-
-def _open_cache(cache: Path):  # -> tuple[Extraction, list[str]]
-    from msf.pipeline.runner import Extraction
-
-    return Extraction.from_cache(cache)
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 @app.command()
@@ -78,6 +74,7 @@ def extract(
     stage: List[str] = typer.Option([], "--stage", help="Stage to bring up to date (repeatable; default: all)."),
     profile: Optional[str] = typer.Option(None, help="offline | default."),
     set_: List[str] = typer.Option([], "--set", help="STAGE.KEY=VALUE parameter override (repeatable)."),
+    name: Optional[str] = typer.Option(None, help="Feature-set name to record these settings under (default: default)."),
     workers: Optional[int] = typer.Option(None, help="Local Dask worker processes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler."),
     wait: float = typer.Option(0.0, help="Seconds to wait for another run holding the cache lock."),
@@ -85,59 +82,96 @@ def extract(
 ) -> None:
     """Bring the requested stages up to date in the cache, computing only what changed."""
     from msf.pipeline.config import load_config
-    from msf.pipeline.runner import Extraction, reports_json
+    from msf.pipeline.extraction import Extraction, reports_json
     from msf.pipeline.stage import REGISTRY, stage_class
 
     with user_errors():
         cfg = load_config(config, set_, corpus=corpus, cache=cache, profile=profile, workers=workers,
-                          scheduler=scheduler)
+                          scheduler=scheduler, name=name)
         stage_class("audio")  # registers the built-in stages
         stages = stage or sorted(REGISTRY)
         for s in stages:
             stage_class(s)
         ex = Extraction(cfg)
-        _report_problems(ex.corpus.problems)
         try:
             reports = ex.run(stages, progress=True, wait_s=wait)
         finally:
+            _report_problems(ex.corpus_problems())
             ex.close()
     if as_json:
         print(reports_json(reports))
         return
-    table = Table("stage", "computed", "reused", "failed", "seconds", title=f"cache {cfg.cache_dir()}")
-    for name, r in reports.items():
-        table.add_row(name, str(r.computed), str(r.reused), str(r.failed), f"{r.seconds:.1f}")
+    table = Table("stage", "computed", "reused", "failed", "seconds",
+                  title=f"cache {cfg.cache_dir()}, feature set {cfg.name!r}")
+    for stage_name, r in reports.items():
+        table.add_row(stage_name, str(r.computed), str(r.reused), str(r.failed), f"{r.seconds:.1f}")
     OUT.print(table)
     if any(r.failed for r in reports.values()):
         ERR.print("[yellow]some utterances failed; `msf status --failed` lists them (they are retried next run)[/]")
 
 
+def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str] = (), corpus: Optional[str] = None):  # type: ignore[assignment]
+    """The named feature set of a cache, as recorded; or compared with the settings of --config FILE,
+    --set overrides and a --corpus given now (each over the recorded settings)."""
+    from msf.pipeline.cache_view import CacheView, open_store
+    from msf.pipeline.config import MsfConfig, load_config
+    from msf.pipeline.corpus import load_corpus
+
+    store = open_store(cache)
+    try:
+        record = store.index.feature_set(name)
+        cfg = source = None
+        if record is not None and (config or sets or corpus):
+            base = MsfConfig.model_validate_json(record.config).model_dump(mode="json", exclude_none=True)
+            cfg = load_config(config, list(sets), base=base, read_cwd=False, corpus=corpus)
+            source = load_corpus(cfg.corpus, cfg.label_range) if corpus else None  # type: ignore[arg-type]
+        return CacheView(cache, name, config=cfg, corpus=source, store=store, owns_store=True)
+    except BaseException:
+        store.close()
+        raise
+
+
 @app.command()
 def status(
     cache: Path = typer.Option(Path("cache"), help="Cache directory."),
+    name: str = typer.Option("default", help="Feature set."),
     as_json: bool = typer.Option(False, "--json"),
     failed: bool = typer.Option(False, "--failed", help="List failed utterances with their errors."),
+    why: bool = typer.Option(False, "--why", help="Group stale and missing entries by reason."),
+    config: Optional[Path] = typer.Option(None, help="Compare with the settings of this msf.toml."),
+    set_: List[str] = typer.Option([], "--set", help="Compare with these settings (STAGE.KEY=VALUE)."),
+    corpus: Optional[str] = typer.Option(None, help="Compare with this corpus (its audio is hashed again)."),
 ) -> None:
-    """How much of each stage is fresh, stale, missing or failed for the corpus last extracted."""
+    """How much of each stage of a feature set is fresh, stale, missing or failed, and the bytes it takes.
+    Needs only the cache; --config/--set/--corpus compare it with other settings or a changed corpus."""
     with user_errors():
-        ex, stages = _open_cache(cache)
+        view = _view(cache, name, config, set_, corpus)
         try:
-            counts = ex.status(stages)
-            failures = ex.store.index.failures() if failed else []
-            problems = ex.corpus_problems() if failed else []
+            counts = view.status(why=why)
+            failures = [f for f in view.store.index.failures() if f.utt in view.plan.sources] if failed else []
+            problems = view.corpus_problems() if failed else []
+            sets = view.store.index.feature_sets()
         finally:
-            ex.close()
+            view.close()
     if as_json:
-        data: dict[str, Any] = {"stages": counts}
+        data: dict[str, Any] = {"stages": counts, "name": name, "feature_sets": sets}
         if failed:
             data["failed"] = [{"utterance": f.utt, "stage": f.stage, "error": f.error} for f in failures]
             data["corpus_problems"] = problems
         print(json.dumps(data))
         return
-    table = Table("stage", "total", "fresh", "stale", "missing", "failed", title=f"cache {cache}")
-    for name, c in counts.items():
-        table.add_row(name, *(str(c[k]) for k in ("total", "fresh", "stale", "missing", "failed")))
+    table = Table("stage", "total", "fresh", "stale", "missing", "failed", "size", "all variants",
+                  title=f"cache {cache}, feature set {name!r}")
+    for stage_name, c in counts.items():
+        table.add_row(stage_name, *(str(c[k]) for k in ("total", "fresh", "stale", "missing", "failed")),
+                      _human_bytes(c["bytes"]), _human_bytes(c["bytes_all"]))
     OUT.print(table)
+    if len(sets) > 1:
+        OUT.print(f"feature sets in this cache: {', '.join(sets)}", highlight=False)
+    if why:
+        for stage_name, c in counts.items():
+            for reason, n in c["why"].items():
+                OUT.print(f"  {stage_name}: {reason} ({n:,})", highlight=False, markup=False)
     if failed:
         ft = Table("utterance", "stage", "error", title="failed")
         for f in failures:
@@ -160,18 +194,21 @@ def show(
     utt: str = typer.Argument(..., help="Utterance id."),
     cache: Path = typer.Option(..., help="Cache directory."),
     stage: str = typer.Option(..., help="Stage name."),
+    name: str = typer.Option("default", help="Feature set."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """One cached entry: arrays as shape and dtype, scalars and strings as values."""
-    from msf.pipeline.shard_store import ShardStore
-
+    """One cached entry (the feature set's, else the newest): arrays as shape and dtype, scalars and
+    strings as values."""
     with user_errors():
-        _require_cache(cache)
-        store = ShardStore(cache)
+        view = _view(cache, name)
         try:
-            record = {k: _describe(v) for k, v in store.read(stage, utt).items()}
+            rec, stale = view.read(stage, utt)
         finally:
-            store.close()
+            view.close()
+    record = {k: _describe(v) for k, v in rec.items()}
+    if stale:
+        ERR.print(f"[yellow]not the fresh entry of feature set {name!r} ({stale}); showing the newest one[/]",
+                  highlight=False)
     if as_json:
         print(json.dumps(record))
         return
@@ -186,39 +223,44 @@ def inspect(
     utt: str = typer.Argument(..., help="Utterance id."),
     cache: Path = typer.Option(..., help="Cache directory."),
     out: Path = typer.Option(..., help="PNG to write."),
+    name: str = typer.Option("default", help="Feature set."),
 ) -> None:
-    """Plot one utterance: waveform, F0 and intensity, word boundaries, emphasised words highlighted."""
+    """Plot one utterance: waveform, F0 and intensity, word boundaries, emphasised words highlighted.
+    Without the audio (a copied cache), the words and their cached prosody only."""
+    import os
+
     from msf.pipeline.emphasis_figure import draw_emphasis
     from msf.pipeline.errors import NotFound
     from msf.pipeline.stages.emphasis import EmphasisStage
 
     with user_errors():
-        ex, _ = _open_cache(cache)
+        view = _view(cache, name)
         try:
-            u = next((u for u in ex.corpus.utterances if u.id == utt), None)
+            u = next((u for u in view.utterances if u.id == utt), None)
             if u is None:
-                raise NotFound(f"no utterance {utt!r} in the corpus of {cache}")
-            align, emphasis = ex.store.read("align", utt), ex.store.read("emphasis", utt)
-            params = ex.config.params_for(EmphasisStage)
+                raise NotFound(f"no utterance {utt!r} in feature set {name!r} of {cache}")
+            (align, _), (emphasis, _) = view.read("align", utt), view.read("emphasis", utt)
+            params = view.config.params_for(EmphasisStage)
             from msf.pipeline.audio_io import load_waveform
 
+            wave = load_waveform(u.audio) if os.path.isfile(u.audio) else None
             title = f"{utt}: {align['transcript']}"
-            draw_emphasis(load_waveform(u.audio), align, emphasis, params, title, out)  # type: ignore[arg-type]
+            draw_emphasis(wave, align, emphasis, params, title, out)  # type: ignore[arg-type]
         finally:
-            ex.close()
-    OUT.print(f"wrote {out}")
+            view.close()
+    OUT.print(f"wrote {out}" + ("" if wave is not None else " (audio not found: words and cached prosody only)"))
 
 
 @contextmanager
 def _locked_store(cache: Path) -> Iterator[Any]:
     """The cache's ShardStore, under the writer lock, with user errors made clear."""
+    from msf.pipeline.cache_view import open_store
     from msf.pipeline.lock import CacheLock
-    from msf.pipeline.shard_store import ShardStore
 
     with user_errors():
-        _require_cache(cache)
+        open_store(cache).close()
         with CacheLock(cache):
-            store = ShardStore(cache)
+            store = open_store(cache)
             try:
                 yield store
             finally:
@@ -249,7 +291,7 @@ def cache_verify(cache: Path = typer.Option(..., help="Cache directory."), as_js
 
 @cache_app.command("compact")
 def cache_compact(cache: Path = typer.Option(...), shard_size: int = typer.Option(512)) -> None:
-    """Rewrite live entries into full shards and delete the old ones."""
+    """Rewrite the entries into full shards and delete the old ones (reclaims what gc freed inside shards)."""
     with _locked_store(cache) as store:
         result = store.compact(shard_size)
     for stage, n in result.items():
@@ -257,11 +299,40 @@ def cache_compact(cache: Path = typer.Option(...), shard_size: int = typer.Optio
 
 
 @cache_app.command("gc")
-def cache_gc(cache: Path = typer.Option(...)) -> None:
-    """Delete shard files that no index entry references."""
+def cache_gc(cache: Path = typer.Option(...), yes: bool = typer.Option(False, "--yes", help="Remove (default: show)."),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Remove the entries no named feature set references (earlier variants, dropped utterances) and the
+    shard files left empty. Shows what it would remove unless --yes."""
+    from msf.pipeline.cache_view import collect_garbage, gc_plan
+
     with _locked_store(cache) as store:
-        removed = store.gc()
-    OUT.print(f"removed {len(removed)} unreferenced file(s)")
+        plan = gc_plan(store)
+        removed = collect_garbage(store, plan) if yes else None
+    if as_json:
+        print(json.dumps({**plan.to_dict(), "removed": removed is not None}))
+        return
+    d = plan.to_dict()
+    verb = "removed" if yes else "would remove"
+    OUT.print(f"{verb} {d['entries']:,} entries no feature set references ({_human_bytes(d['entry_bytes'])}) "
+              f"and {d['files']} shard file(s) ({_human_bytes(d['file_bytes'])} of disk)"
+              + (f"; by stage: {', '.join(f'{s} {n:,}' for s, n in d['by_stage'].items())}" if d["by_stage"] else ""),
+              highlight=False)
+    if d["kept_in_shared_shards"]:
+        OUT.print(f"{_human_bytes(d['kept_in_shared_shards'])} of them sit in shards that also hold kept entries: "
+                  "`msf cache compact` reclaims that space", highlight=False)
+    if not yes:
+        OUT.print("nothing removed: run `msf cache gc --yes` to remove it", highlight=False)
+
+
+@cache_app.command("forget")
+def cache_forget(name: str = typer.Argument(..., help="Feature set to forget."), cache: Path = typer.Option(...)) -> None:
+    """Stop keeping a named feature set: `msf cache gc` may then remove the entries only it used."""
+    from msf.pipeline.errors import NotFound
+
+    with _locked_store(cache) as store:
+        if not store.index.forget_set(name):
+            raise NotFound(f"no feature set {name!r} in {cache}")
+    OUT.print(f"forgot feature set {name!r}; `msf cache gc` shows what it frees")
 
 
 @corpus_app.command("demo")
@@ -286,9 +357,11 @@ def corpus_demo(
 def train(
     features: Path = typer.Option(..., help="Cache directory with the extracted features."),
     out: Path = typer.Option(..., help="Run directory (resumed when it holds the same run)."),
+    name: str = typer.Option("default", help="The cache's feature set to train on."),
     sources: str = typer.Option("audio,gs,les,es", help="Comma-separated: audio, gs, les, es."),
     fusion: str = typer.Option("fm-moe", help="fm-moe or concat."),
     fold: int = typer.Option(None, help="IEMOCAP leave-one-session-out fold (1-5)."),
+    corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
     device: str = typer.Option("cpu"),
     seed: int = typer.Option(0),
     epochs: int = typer.Option(60),
@@ -297,8 +370,8 @@ def train(
     from msf.trainer.train import TrainConfig, train as run_training
 
     with user_errors():
-        cfg = TrainConfig(features=features, sources=sources, fusion=fusion, fold=fold, device=device, seed=seed,
-                          epochs=epochs)
+        cfg = TrainConfig(features=features, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold,
+                          device=device, seed=seed, epochs=epochs)
         metrics = run_training(cfg, out)
     print(json.dumps(metrics))
 
@@ -307,6 +380,8 @@ def train(
 def evaluate(
     run: Path = typer.Option(..., help="Run directory."),
     features: Path = typer.Option(..., help="Cache directory to evaluate on."),
+    name: Optional[str] = typer.Option(None, help="Feature set (default: the run's)."),
+    corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
     device: str = typer.Option("cpu"),
 ) -> None:
     """CCC of a trained run on the dev and test utterances of a cache."""
@@ -315,7 +390,7 @@ def evaluate(
 
     with user_errors():
         model, cfg = load_run(run, device)
-        data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold)
+        data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, corpus or cfg.labels)
         result = {s: run_eval(model, data, s, device).ccc for s in ("dev", "test") if data.splits[s].ids}
     print(json.dumps(result))
 
@@ -350,6 +425,8 @@ TARGET_COLUMNS = ("valence", "arousal", "dominance")
 def ablate(
     features: Path = typer.Option(..., help="Cache directory with the extracted features."),
     out: Path = typer.Option(..., help="Directory for the variants' runs and ablation.json."),
+    name: str = typer.Option("default", help="The cache's feature set."),
+    corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
     fold: int = typer.Option(None, help="IEMOCAP fold."),
     device: str = typer.Option("cpu"),
     seed: int = typer.Option(0, help="First training seed."),
@@ -359,7 +436,8 @@ def ablate(
     from msf.trainer.ablate import ablate as run_ablation, table
 
     with user_errors():
-        results = run_ablation(features, out, seeds=seeds, seed=seed, fold=fold, device=device)
+        results = run_ablation(features, out, seeds=seeds, seed=seed, fold=fold, device=device, name=name,
+                               labels=corpus)
     OUT.print(table(results))
 
 

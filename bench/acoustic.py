@@ -31,7 +31,7 @@ import torch
 from msf.pipeline.audio_io import load_waveform
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 from msf.pipeline.stages.acoustic import AcousticParams, TransformersEncoder
 
 SMALL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
@@ -103,7 +103,7 @@ def per_file(manifest: Path, model: Path, device: str, out: Path) -> float:
 
 
 def peak_rss_mb(manifest: Path, cache: Path, model: Path) -> float:
-    code = ("import resource,sys; from msf.pipeline.config import MsfConfig; from msf.pipeline.runner import Extraction;"
+    code = ("import resource,sys; from msf.pipeline.config import MsfConfig; from msf.pipeline.extraction import Extraction;"
             f"ex=Extraction(MsfConfig(corpus={str(manifest)!r}, cache={str(cache)!r}, workers=1,"
             f" stages={{'acoustic': {{'model': {str(model)!r}}}}})); ex.run(['acoustic'], progress=False); ex.close();"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")

@@ -20,7 +20,7 @@ import numpy as np
 
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 
 
 def evaluate(ex: Extraction, truth: dict[str, list[dict]]) -> dict[str, float]:
@@ -29,7 +29,7 @@ def evaluate(ex: Extraction, truth: dict[str, list[dict]]) -> dict[str, float]:
     compared = 0
     for utt, words in truth.items():
         try:
-            a, e = ex.store.read("align", utt), ex.store.read("emphasis", utt)
+            a, e = ex.read("align", utt), ex.read("emphasis", utt)
         except KeyError:
             continue
         if a["words"].tolist() != [w["word"] for w in words]:

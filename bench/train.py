@@ -22,7 +22,7 @@ import torch
 
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 from msf.trainer.data import FeatureSet, parse_sources
 from msf.trainer.model import ModelConfig, MsfSer, ccc, load_balance
 from msf.trainer.train import to_tensors
@@ -48,9 +48,8 @@ def build(n: int, root: Path) -> Path:
 
 
 def epoch(data: FeatureSet, model: MsfSer | None, opt: torch.optim.Optimizer | None, device: str, seed: int) -> tuple[float, int]:
-    rng = np.random.default_rng(seed)
     t0, steps = time.perf_counter(), 0
-    for b in data.batches("train", 32, shuffle=True, rng=rng):
+    for b in data.batches("train", 32, shuffle=True, seed=0, epoch=seed):
         if model is not None:
             frames, lengths, vectors, les_mask, labels = to_tensors(b, device)
             pred, aux = model(frames, lengths, vectors, les_mask)

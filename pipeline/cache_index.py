@@ -1,40 +1,75 @@
-"""The cache index (SQLite): utterance -> shard, row, fingerprint, checksum per stage; failures; audio hashes.
+"""The cache index (SQLite): what each entry was computed from and where it is, the utterances the cache
+was made from, the named feature sets, failures and file hashes.
 
-SQLite gives atomic, crash-safe commits, so a kill at any point leaves the index at its last commit.
+Entries are keyed by (stage, utterance, fingerprint), like DVC's run cache: several variants of a stage
+live side by side, and going back to an earlier setting finds its entries again. Beside each entry the
+parts of its fingerprint are kept (parameter digest, audio hash, field digests, upstream fingerprints,
+group digest), so `msf status --why` can say what changed, not only that something did.
+
+SQLite gives atomic, crash-safe commits: a kill at any point leaves the index at its last commit.
 Only the driver process writes it; workers only write whole shards.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from msf.pipeline.audio_io import content_hash
+from msf.pipeline.config import ConfigError
 
+SCHEMA_VERSION = "2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    stage TEXT NOT NULL, utt TEXT NOT NULL, shard TEXT NOT NULL, row INTEGER NOT NULL,
-    fingerprint TEXT NOT NULL, checksum TEXT NOT NULL, PRIMARY KEY (stage, utt));
+    stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    shard TEXT NOT NULL, row INTEGER NOT NULL, checksum TEXT NOT NULL, bytes INTEGER NOT NULL,
+    params TEXT NOT NULL, audio TEXT NOT NULL, fields TEXT NOT NULL, upstream TEXT NOT NULL,
+    grp TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (stage, utt, fingerprint));
+CREATE TABLE IF NOT EXISTS params (
+    digest TEXT PRIMARY KEY, stage TEXT NOT NULL, version TEXT NOT NULL, params TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (
     stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, error TEXT NOT NULL,
     at REAL NOT NULL, PRIMARY KEY (stage, utt));
-CREATE TABLE IF NOT EXISTS audio_hashes (
+CREATE TABLE IF NOT EXISTS utterances (
+    id TEXT PRIMARY KEY, audio TEXT NOT NULL, speaker TEXT NOT NULL, split TEXT NOT NULL, transcript TEXT,
+    valence REAL, arousal REAL, dominance REAL, extra TEXT NOT NULL, audio_hash TEXT NOT NULL,
+    files TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feature_sets (
+    name TEXT PRIMARY KEY, config TEXT NOT NULL, stages TEXT NOT NULL, corpus TEXT NOT NULL,
+    members TEXT NOT NULL, rows_digest TEXT NOT NULL, corpus_digest TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS completions (
+    stage TEXT NOT NULL, key TEXT NOT NULL, shards TEXT NOT NULL, n INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (stage, key));
+CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+ENTRY_COLUMNS = "stage, utt, fingerprint, shard, row, checksum, bytes, params, audio, fields, upstream, grp, created"
 
 
 @dataclass(frozen=True)
 class Entry:
     stage: str
     utt: str
+    fingerprint: str
     shard: str
     row: int
-    fingerprint: str
     checksum: str
+    bytes: int = 0
+    # the fingerprint's parts (see pipeline/fingerprint.py)
+    params: str = ""
+    audio: str = ""
+    fields: str = ""
+    upstream: str = ""
+    grp: str = ""
+    created: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -46,50 +81,122 @@ class Failure:
     at: float
 
 
+@dataclass(frozen=True)
+class RecordedUtterance:
+    """A manifest row as the cache recorded it, with the content hashes fingerprints use."""
+
+    row: dict[str, Any]  # Utterance.to_dict()
+    audio_hash: str
+    files: dict[str, str]  # extra key -> content hash, for extras naming files
+
+
+@dataclass(frozen=True)
+class FeatureSetRecord:
+    name: str
+    config: str  # MsfConfig JSON
+    stages: list[str]
+    corpus: str
+    members: list[str]  # utterance ids, in manifest order
+    rows_digest: str  # of the members' recorded rows (Source.record), see planning.completion_keys
+    corpus_digest: str  # of the manifest the rows came from ("" when the reader has none)
+    updated: float
+
+
 class CacheIndex:
-    def __init__(self, root: Path):
-        root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path, create: bool = True):
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
         self.path = root / "index.sqlite"
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        old = {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}
+        if old and "params" not in old:
+            self.db.close()
+            raise ConfigError(f"the cache {root} was written by an older msf (index schema 1) that kept one "
+                              "entry per stage and utterance; extract into a new cache directory")
         self.db.executescript(SCHEMA)
+        if self.get_meta("schema") is None:
+            self.set_meta("schema", SCHEMA_VERSION)
 
     def close(self) -> None:
         self.db.close()
 
-    # -- entries ---------------------------------------------------------------------------
-    def entries(self, stage: str) -> dict[str, Entry]:
-        rows = self.db.execute("SELECT * FROM entries WHERE stage=?", (stage,))
-        return {r[1]: Entry(*r) for r in rows}
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write. With autocommit (isolation_level=None), `with db:` alone opens no
+        transaction: every row of an executemany would commit, and fsync, on its own."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
-    def entry(self, stage: str, utt: str) -> Entry | None:
-        r = self.db.execute("SELECT * FROM entries WHERE stage=? AND utt=?", (stage, utt)).fetchone()
+    # -- entries ---------------------------------------------------------------------------
+    def stored(self, stage: str) -> dict[tuple[str, str], tuple[str, int]]:
+        """(utterance, fingerprint) -> (shard, bytes), for every entry of a stage: the cheap freshness check."""
+        rows = self.db.execute("SELECT utt, fingerprint, shard, bytes FROM entries WHERE stage=?", (stage,))
+        return {(u, fp): (shard, n) for u, fp, shard, n in rows}
+
+    def locations(self, stage: str) -> dict[tuple[str, str], tuple[str, int]]:
+        """(utterance, fingerprint) -> (shard, row): where a task reads its upstream inputs."""
+        rows = self.db.execute("SELECT utt, fingerprint, shard, row FROM entries WHERE stage=?", (stage,))
+        return {(u, fp): (shard, r) for u, fp, shard, r in rows}
+
+    def entries(self, stage: str, keys: Iterable[tuple[str, str]] | None = None) -> dict[tuple[str, str], Entry]:
+        """Entries of a stage by (utterance, fingerprint); all of them, or those of `keys`."""
+        rows = self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE stage=?", (stage,))
+        out = {(r[1], r[2]): Entry(*r) for r in rows}
+        return out if keys is None else {k: out[k] for k in keys if k in out}
+
+    def entry(self, stage: str, utt: str, fingerprint: str) -> Entry | None:
+        r = self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE stage=? AND utt=? AND fingerprint=?",
+                            (stage, utt, fingerprint)).fetchone()
         return Entry(*r) if r else None
+
+    def latest(self, stage: str) -> dict[str, Entry]:
+        """The most recently computed entry of each utterance (what `--why` compares against)."""
+        rows = self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE stage=? ORDER BY created", (stage,))
+        return {r[1]: Entry(*r) for r in rows}
 
     def stages(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT stage FROM entries ORDER BY stage")]
 
     def commit(self, entries: Iterable[Entry], failures: Iterable[Failure]) -> None:
-        """One shard's results in one transaction: successes replace failures and vice versa."""
-        with self.db:
-            self.db.execute("BEGIN")
-            for e in entries:
-                self.db.execute("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?)",
-                                (e.stage, e.utt, e.shard, e.row, e.fingerprint, e.checksum))
-                self.db.execute("DELETE FROM failures WHERE stage=? AND utt=?", (e.stage, e.utt))
-            for f in failures:
-                self.db.execute("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?)",
-                                (f.stage, f.utt, f.fingerprint, f.error, f.at))
-                # The old entry no longer matches the inputs; leaving it would let it pass for fresh.
-                self.db.execute("DELETE FROM entries WHERE stage=? AND utt=?", (f.stage, f.utt))
+        """One shard's results in one transaction. A success clears the utterance's failure; a failure
+        leaves every stored variant in place (they are still what their fingerprints say)."""
+        with self.transaction():
+            rows = [(e.stage, e.utt, e.fingerprint, e.shard, e.row, e.checksum, e.bytes, e.params, e.audio,
+                     e.fields, e.upstream, e.grp, e.created or time.time()) for e in entries]
+            self.db.executemany(f"INSERT OR REPLACE INTO entries ({ENTRY_COLUMNS}) VALUES "
+                                "(?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("DELETE FROM failures WHERE stage=? AND utt=?", [(r[0], r[1]) for r in rows])
+            self.db.executemany("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?)",
+                                [(f.stage, f.utt, f.fingerprint, f.error, f.at) for f in failures])
 
-    def drop(self, stage: str, utts: Iterable[str]) -> None:
-        with self.db:
-            self.db.executemany("DELETE FROM entries WHERE stage=? AND utt=?", [(stage, u) for u in utts])
+    def drop(self, stage: str, keys: Iterable[tuple[str, str]]) -> None:
+        with self.transaction():
+            self.db.executemany("DELETE FROM entries WHERE stage=? AND utt=? AND fingerprint=?",
+                                [(stage, u, fp) for u, fp in keys])
+            self.db.execute("DELETE FROM completions WHERE stage=?", (stage,))  # they may name a dropped entry
 
     def referenced_shards(self, stage: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT shard FROM entries WHERE stage=?", (stage,))}
+
+    def bytes_by_stage(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT stage, SUM(bytes) FROM entries GROUP BY stage"))
+
+    # -- parameters, by digest (so `--why` can name the key that changed) --------------------
+    def record_params(self, digest: str, stage: str, version: str, params: dict[str, Any]) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR IGNORE INTO params VALUES (?,?,?,?)",
+                            (digest, stage, version, json.dumps(params, sort_keys=True)))
+
+    def params(self, digest: str) -> tuple[str, dict[str, Any]] | None:
+        r = self.db.execute("SELECT version, params FROM params WHERE digest=?", (digest,)).fetchone()
+        return (r[0], json.loads(r[1])) if r else None
 
     # -- failures --------------------------------------------------------------------------
     def failures(self, stage: str | None = None) -> list[Failure]:
@@ -99,37 +206,107 @@ class CacheIndex:
             rows = self.db.execute("SELECT * FROM failures WHERE stage=? ORDER BY utt", (stage,))
         return [Failure(*r) for r in rows]
 
+    # -- utterances and named feature sets ---------------------------------------------------
+    def record_utterances(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO utterances VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def utterances(self, ids: Iterable[str] | None = None) -> dict[str, RecordedUtterance]:
+        out: dict[str, RecordedUtterance] = {}
+        for r in self.db.execute("SELECT * FROM utterances"):
+            row = {"id": r[0], "audio": r[1], "speaker": r[2], "split": r[3], "transcript": r[4], "valence": r[5],
+                   "arousal": r[6], "dominance": r[7], "extra": json.loads(r[8]) if r[8] != "{}" else {}}
+            out[r[0]] = RecordedUtterance(row, r[9], json.loads(r[10]) if r[10] != "{}" else {})
+        return out if ids is None else {i: out[i] for i in ids if i in out}
+
+    def record_set(self, s: FeatureSetRecord) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO feature_sets VALUES (?,?,?,?,?,?,?,?)",
+                            (s.name, s.config, json.dumps(s.stages), s.corpus, json.dumps(s.members), s.rows_digest,
+                             s.corpus_digest, s.updated))
+
+    def feature_set(self, name: str) -> FeatureSetRecord | None:
+        r = self.db.execute("SELECT * FROM feature_sets WHERE name=?", (name,)).fetchone()
+        return FeatureSetRecord(r[0], r[1], json.loads(r[2]), r[3], json.loads(r[4]), r[5], r[6], r[7]) if r else None
+
+    def feature_sets(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM feature_sets ORDER BY name")]
+
+    def forget_set(self, name: str) -> bool:
+        with self.transaction():
+            return self.db.execute("DELETE FROM feature_sets WHERE name=?", (name,)).rowcount > 0
+
+    # -- completion markers (the cheapest check first; planning.completion_keys) ---------------
+    def completion(self, stage: str, key: str) -> tuple[list[str], int, int] | None:
+        """(shards, entries, bytes) of a run that left every entry of this stage fresh for `key`."""
+        r = self.db.execute("SELECT shards, n, bytes FROM completions WHERE stage=? AND key=?", (stage, key)).fetchone()
+        return (json.loads(r[0]), r[1], r[2]) if r else None
+
+    def record_completion(self, stage: str, key: str, shards: Iterable[str], n: int, nbytes: int,
+                          keep: int = 8) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO completions VALUES (?,?,?,?,?,?)",
+                            (stage, key, json.dumps(sorted(shards)), n, nbytes, time.time()))
+            self.db.execute("DELETE FROM completions WHERE stage=? AND key NOT IN (SELECT key FROM completions "
+                            "WHERE stage=? ORDER BY at DESC LIMIT ?)", (stage, stage, keep))
+
     # -- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         r = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return r[0] if r else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
-    # -- audio hashes ----------------------------------------------------------------------
-    def audio_hashes(self, paths: list[str]) -> dict[str, str]:
-        """Content hashes, re-reading a file only when its size or mtime changed since last time."""
-        known = {r[0]: r[1:] for r in self.db.execute("SELECT * FROM audio_hashes")}
+    # -- file hashes -----------------------------------------------------------------------
+    def file_hashes(self, paths: Iterable[str]) -> dict[str, str]:
+        """Content hashes, re-reading a file only when its size or mtime changed since last time;
+        "missing" for a file that is not there."""
+        known = {p: (size, mtime, h) for p, size, mtime, h in self.db.execute("SELECT * FROM file_hashes")}
         out: dict[str, str] = {}
         fresh: list[tuple[str, int, int, str]] = []
+        stat = os.stat
         for p in paths:
+            if p in out:
+                continue
             try:
-                st = os.stat(p)
+                st = stat(p)
             except OSError:
                 out[p] = "missing"
                 continue
             k = known.get(p)
-            if k and k[0] == st.st_size and k[1] == st.st_mtime_ns:
+            if k is not None and k[0] == st.st_size and k[1] == st.st_mtime_ns:
                 out[p] = k[2]
                 continue
             out[p] = content_hash(p)
             fresh.append((p, st.st_size, st.st_mtime_ns, out[p]))
         if fresh:
-            with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO audio_hashes VALUES (?,?,?,?)", fresh)
+            with self.transaction():
+                self.db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?,?,?,?)", fresh)
         return out
 
-    def audio_sizes(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in self.db.execute("SELECT path, size FROM audio_hashes")}
+    def recorded_files_unchanged(self) -> bool:
+        """Whether every file the recorded utterances name (audio, provided alignments) still has the
+        size and mtime it had when hashed: one stat each, no read."""
+        from msf.pipeline.corpus import FILE_EXTRAS
+
+        rows = self.db.execute("SELECT u.audio, f.size, f.mtime_ns FROM utterances u "
+                               "LEFT JOIN file_hashes f ON f.path = u.audio").fetchall()
+        extras = {p for (e,) in self.db.execute("SELECT DISTINCT extra FROM utterances") if e != "{}"
+                  for k, p in json.loads(e).items() if k in FILE_EXTRAS}
+        for p in extras:
+            r = self.db.execute("SELECT path, size, mtime_ns FROM file_hashes WHERE path=?", (p,)).fetchone()
+            rows.append(r if r else (p, None, None))
+        stat = os.stat
+        for path, size, mtime in rows:
+            try:
+                st = stat(path)
+            except OSError:
+                return False
+            if st.st_size != size or st.st_mtime_ns != mtime:
+                return False
+        return True
+
+    def file_sizes(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT path, size FROM file_hashes")}

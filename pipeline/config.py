@@ -2,6 +2,7 @@
 
     corpus = "demo:data/demo"
     cache = "cache/demo"
+    name = "default"             # the feature set this extraction's settings are recorded under
     profile = "offline"          # or "default" (the paper's production models)
     workers = 2
     plugins = ["my_lab.stages"]  # modules registering extra stages
@@ -40,6 +41,8 @@ class MsfConfig(BaseModel):
 
     corpus: str | None = None
     cache: Path | None = None
+    # The named feature set an extraction records its settings under; train --name picks it.
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     profile: Literal["default", "offline"] = "default"
     workers: int = Field(1, ge=1)
     scheduler: str | None = None
@@ -80,17 +83,24 @@ def parse_value(raw: str) -> Any:
 def load_config(
     path: Path | None = None,
     sets: list[str] = (),  # type: ignore[assignment]
+    base: dict[str, Any] | None = None,
+    read_cwd: bool = True,
     **overrides: Any,
 ) -> MsfConfig:
-    data: dict[str, Any] = {}
-    file = path if path is not None else Path(CONFIG_FILE)
-    if path is not None and not file.is_file():
-        raise ConfigError(f"config file not found: {file}")
-    if file.is_file():
+    """`base` (a recorded feature set's settings) < msf.toml (`path`, else ./msf.toml when `read_cwd`)
+    < --set < the other overrides."""
+    data: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
+    file = path if path is not None else Path(CONFIG_FILE) if read_cwd else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if file is not None and file.is_file():
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
+            toml = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file}: {e}") from None
+        for stage, values in toml.pop("stages", {}).items():
+            data.setdefault("stages", {}).setdefault(stage, {}).update(values)
+        data.update(toml)
     for item in sets:
         key, eq, raw = item.partition("=")
         if not eq or not key:

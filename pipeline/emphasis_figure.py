@@ -1,4 +1,6 @@
-"""`msf inspect`: one utterance's waveform, F0 and intensity contours, word boundaries and emphasis."""
+"""`msf inspect`: one utterance's waveform, F0 and intensity contours, word boundaries and emphasis.
+Without the audio (a cache copied away from its corpus), the cached per-word prosody stands in for
+the contours: each word's F0 and intensity as a bar over its time span."""
 
 from __future__ import annotations
 
@@ -10,20 +12,30 @@ from msf.pipeline.stage import Record
 from msf.pipeline.stages.emphasis import Contours, EmphasisParams
 
 
-def draw_emphasis(wave: np.ndarray, align: Record, emphasis: Record, params: EmphasisParams, title: str,
+def draw_emphasis(wave: np.ndarray | None, align: Record, emphasis: Record, params: EmphasisParams, title: str,
                   out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a display
     import matplotlib.pyplot as plt
 
-    c = Contours(wave, params.pitch_floor, params.pitch_ceiling)
-    t = np.arange(len(wave)) / 16000
     fig, (ax_w, ax_f, ax_i) = plt.subplots(3, 1, figsize=(12, 7), sharex=True, height_ratios=[1.2, 1, 1])
-    ax_w.plot(t, wave, lw=0.4, color="0.3")
-    ax_f.plot(c.f0_t, c.f0, ".", ms=2.5, color="tab:blue")
-    ax_f.axhline(emphasis["speaker_f0_hz"], ls=":", color="tab:blue", lw=1, label="speaker median F0")
-    ax_i.plot(c.int_t, c.intensity, lw=1, color="tab:orange")
+    ref = float(emphasis["speaker_f0_hz"])
+    if wave is not None:
+        c = Contours(wave, params.pitch_floor, params.pitch_ceiling)
+        ax_w.plot(np.arange(len(wave)) / 16000, wave, lw=0.4, color="0.3")
+        ax_f.plot(c.f0_t, c.f0, ".", ms=2.5, color="tab:blue")
+        ax_i.plot(c.int_t, c.intensity, lw=1, color="tab:orange")
+    else:  # the cached word-level prosody: F0 mean re the speaker, intensity mean re the utterance
+        ax_w.set_ylim(-1, 1)
+        ax_w.text(0.5, 0.5, "audio not available: cached word-level prosody only", transform=ax_w.transAxes,
+                  ha="center", color="0.5")
+        for s, e, f0, db, v in zip(align["start"], align["end"], emphasis["f0_mean_st"],
+                                   emphasis["intensity_mean_db"], emphasis["voiced"]):
+            if v:
+                ax_f.hlines(ref * 2 ** (float(f0) / 12), s, e, color="tab:blue", lw=3)
+            ax_i.hlines(float(db), s, e, color="tab:orange", lw=3)
+    ax_f.axhline(ref, ls=":", color="tab:blue", lw=1, label="speaker median F0")
     for w, s, e, score, flag in zip(align["words"], align["start"], align["end"], emphasis["score"],
                                     emphasis["emphasized"]):
         for ax in (ax_w, ax_f, ax_i):
@@ -36,7 +48,7 @@ def draw_emphasis(wave: np.ndarray, align: Record, emphasis: Record, params: Emp
     ax_w.set_ylabel("waveform")
     ax_f.set_ylabel("F0 (Hz)")
     ax_f.legend(loc="upper right", fontsize=8)
-    ax_i.set_ylabel("intensity (dB)")
+    ax_i.set_ylabel("intensity (dB)" if wave is not None else "intensity (dB re utterance)")
     ax_i.set_xlabel("time (s); red: emphasised words; labels: word and emphasis score")
     ax_w.set_title(title)
     fig.tight_layout()

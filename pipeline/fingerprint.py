@@ -1,14 +1,20 @@
 """Fingerprints: what an entry was computed from, so reruns compute exactly what changed.
 
-fingerprint = H(stage name, stage version, its parameters, the utterance fields it reads,
-               the input audio's content hash, the fingerprints of its upstream entries)
+    params digest = H(stage name, stage version, its parameters minus the volatile ones)
+    fingerprint   = H(params digest, audio content hash, digests of the utterance fields the stage
+                      reads, fingerprints of its upstream entries [, its speaker group's digest])
+
+The parts are plain strings kept beside each entry, so a stale entry can say which part changed.
+Field values enter as digests, and a field naming a file (a provided alignment) as that file's
+content hash, never its path: a moved corpus keeps its fingerprints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from msf.pipeline.stage import Stage, StageParams
 
@@ -18,19 +24,37 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def fingerprint_for(
-    stage: type[Stage],
-    params: StageParams,
-    audio_hash: str,
-    fields: Mapping[str, Any],
-    upstream: Mapping[str, str],
-) -> str:
-    payload = {
-        "stage": stage.name,
-        "version": stage.version,
-        "params": stage.fingerprint_params(params),
-        "fields": dict(fields),
-        "audio": audio_hash,
-        "upstream": dict(upstream),
-    }
-    return hashlib.blake2b(canonical_json(payload).encode(), digest_size=16).hexdigest()
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def params_digest(stage: type[Stage], params: StageParams) -> str:
+    return digest(canonical_json({"stage": stage.name, "version": stage.version,
+                                  "params": stage.fingerprint_params(params)}))
+
+
+@dataclass(frozen=True)
+class Parts:
+    """An entry's fingerprint, taken apart: `fields` is `name=digest;...`, `upstream` is `stage=fp;...`."""
+
+    params: str
+    audio: str
+    fields: str
+    upstream: str
+    group: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        base = digest(f"{self.params}|{self.audio}|{self.fields}|{self.upstream}")
+        return digest(f"{base}|{self.group}") if self.group else base
+
+    def base(self) -> "Parts":
+        return Parts(self.params, self.audio, self.fields, self.upstream)
+
+
+def join_parts(pairs: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in pairs.items())
+
+
+def split_parts(joined: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in joined.split(";")) if joined else {}

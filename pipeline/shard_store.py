@@ -15,9 +15,9 @@ import hashlib
 import os
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import h5py
 import numpy as np
@@ -120,8 +120,19 @@ def _field_kind(name: str, records: list[Record]) -> str:
     return kinds.pop()
 
 
-def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> tuple[str, list[str]]:
-    """Write records as one new shard; returns its file name and each row's checksum."""
+@dataclass(frozen=True)
+class WrittenShard:
+    name: str
+    checksums: list[str]
+    bytes: list[int]  # each row's share of the file on disk
+
+
+def _record_nbytes(record: Record) -> int:
+    return sum(v.nbytes if isinstance(v, np.ndarray) else 8 for v in record.values()) + 16
+
+
+def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> WrittenShard:
+    """Write records as one new shard: its file name, each row's checksum and size on disk."""
     if not records:
         raise ValueError("write_shard needs at least one record")
     records = [normalise(r) for r in records]
@@ -165,11 +176,14 @@ def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> t
             f.flush()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        size = tmp.stat().st_size
         os.replace(tmp, stage_dir / final)
         _fsync_dir(stage_dir)
     finally:
         tmp.unlink(missing_ok=True)
-    return final, [record_checksum(r) for r in records]
+    nbytes = [_record_nbytes(r) for r in records]
+    total = sum(nbytes)
+    return WrittenShard(final, [record_checksum(r) for r in records], [round(size * n / total) for n in nbytes])
 
 
 class ShardReader:
@@ -204,6 +218,34 @@ class ShardReader:
                 out[name] = obj.asstr()[row]
             else:
                 out[name] = {"bool": bool, "int": int, "float": float}[kind](obj[row])
+        return out
+
+    def rows(self, path: Path, rows: list[int]) -> list[Record]:
+        """Several rows of one shard, each dataset read once (much cheaper than row by row when a
+        task needs most of a shard, as the next stage's task usually does)."""
+        if len(rows) < 4:
+            return [self.row(path, r) for r in rows]
+        f = self.file(path)
+        columns: dict[str, tuple[str, Any, Any]] = {}
+        for name, obj in f.items():
+            if name == "utt":
+                continue
+            kind = obj.attrs["kind"]
+            if kind == "array":
+                columns[name] = (kind, obj["data"][...], obj["offsets"][...])
+            elif kind == "strings":
+                columns[name] = (kind, np.asarray(obj["data"].asstr()[...], dtype=str), obj["offsets"][...])
+            elif kind == "string":
+                columns[name] = (kind, obj.asstr()[...], None)
+            else:
+                columns[name] = (kind, obj[...], None)
+        cast = {"bool": bool, "int": int, "float": float, "string": str}
+        out: list[Record] = []
+        for r in rows:
+            rec: Record = {}
+            for name, (kind, data, offsets) in columns.items():
+                rec[name] = data[offsets[r] : offsets[r + 1]] if offsets is not None else cast[kind](data[r])
+            out.append(rec)
         return out
 
     def close(self) -> None:
@@ -243,18 +285,19 @@ class ShardStore:
     def shard_path(self, stage: str, shard: str) -> Path:
         return self.root / stage / shard
 
-    def read(self, stage: str, utt: str) -> Record:
-        e = self.index.entry(stage, utt)
-        if e is None:
-            raise NotFound(f"no {stage!r} entry for utterance {utt!r} in {self.root}")
-        return self.reader.row(self.shard_path(stage, e.shard), e.row)
+    def read(self, entry: Entry) -> Record:
+        return self.reader.row(self.shard_path(entry.stage, entry.shard), entry.row)
 
     def shard_files(self, stage: str) -> list[Path]:
         d = self.root / stage
         return sorted(d.glob("shard-*.h5")) + sorted(d.glob(".tmp-*")) if d.is_dir() else []
 
+    def shard_names(self, stage: str) -> set[str]:
+        d = self.root / stage
+        return {n for n in os.listdir(d) if n.startswith("shard-")} if d.is_dir() else set()
+
     def stage_dirs(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
     # -- maintenance -----------------------------------------------------------------------
     def verify(self, drop_bad: bool = True) -> VerifyReport:
@@ -272,13 +315,13 @@ class ShardStore:
                     ids = self.reader.file(path)["utt"].asstr()[...]
                 except Exception as err:  # noqa: BLE001 - unreadable shard: all its rows are bad
                     report.errors[f"{stage}/{shard}"] = f"{type(err).__name__}: {err}"
-                    bad = [e.utt for e in entries]
+                    bad = entries
                 else:
-                    bad = [e.utt for e in entries if not self._row_ok(path, ids, e)]
+                    bad = [e for e in entries if not self._row_ok(path, ids, e)]
                 if bad:
-                    report.bad.setdefault(stage, {})[shard] = sorted(bad)
+                    report.bad.setdefault(stage, {})[shard] = sorted({e.utt for e in bad})
                     if drop_bad:
-                        self.index.drop(stage, bad)
+                        self.index.drop(stage, [(e.utt, e.fingerprint) for e in bad])
             self.reader.close()
         for stage in self.stage_dirs():
             referenced = self.index.referenced_shards(stage)
@@ -292,7 +335,8 @@ class ShardStore:
             return False
 
     def compact(self, shard_size: int = 512) -> dict[str, int]:
-        """Rewrite each stage's live rows into full shards and drop the old files; returns shards per stage."""
+        """Rewrite each stage's entries (every variant) into full shards and drop the old files;
+        returns shards per stage."""
         self.reader.close()
         result: dict[str, int] = {}
         for stage in self.index.stages():
@@ -300,32 +344,28 @@ class ShardStore:
             written = 0
             for start in range(0, len(entries), shard_size):
                 group = entries[start : start + shard_size]
-                records = [self.reader.row(self.shard_path(stage, e.shard), e.row) for e in group]
-                shard, sums = write_shard(self.root / stage, [e.utt for e in group], records)
-                self.index.commit(
-                    [Entry(stage, e.utt, shard, i, e.fingerprint, s) for i, (e, s) in enumerate(zip(group, sums))], []
-                )
+                records = [self.read(e) for e in group]
+                w = write_shard(self.root / stage, [e.utt for e in group], records)
+                self.index.commit([replace(e, shard=w.name, row=i, checksum=c, bytes=b)
+                                   for i, (e, c, b) in enumerate(zip(group, w.checksums, w.bytes))], [])
                 fault_point("compact")
                 written += 1
             self.reader.close()
             result[stage] = written
-        self.gc()  # the old shards, and any a compaction killed earlier left unreferenced
+        self.sweep()  # the old shards, and any a compaction killed earlier left unreferenced
         return result
 
-    def gc(self) -> list[str]:
-        """Delete shard files no index entry points at (superseded rows, leftovers of a crash)."""
+    def sweep(self, dry_run: bool = False) -> dict[str, int]:
+        """Delete shard files no index entry points at (superseded or forgotten rows, leftovers of a
+        crash); returns {"files", "bytes"} removed (or that would be, with dry_run)."""
         self.reader.close()
-        removed: list[str] = []
+        files = nbytes = 0
         for stage in self.stage_dirs():
             referenced = self.index.referenced_shards(stage)
             for p in self.shard_files(stage):
                 if p.name not in referenced:
-                    p.unlink(missing_ok=True)
-                    removed.append(f"{stage}/{p.name}")
-        return removed
-
-    def iter_rows(self, stage: str, utts: Iterable[str]) -> Iterable[tuple[str, Record]]:
-        entries = self.index.entries(stage)
-        for u in utts:
-            e = entries[u]
-            yield u, self.reader.row(self.shard_path(stage, e.shard), e.row)
+                    files += 1
+                    nbytes += p.stat().st_size
+                    if not dry_run:
+                        p.unlink(missing_ok=True)
+        return {"files": files, "bytes": nbytes}

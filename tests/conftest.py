@@ -14,6 +14,11 @@ sys.path.insert(0, str(TESTS))  # toy_stages importable as a plugin here and in 
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Dask configures its logging handlers on first import, bound to the sys.stderr of that moment. Inside
+# a CliRunner invocation that is a stream closed afterwards, and a later log line (a cluster closing)
+# would print "--- Logging error ---". Imported here, the handlers hold the real stderr.
+import distributed  # noqa: E402,F401
+
 
 def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, channels: int = 1,
                seed: int = 0) -> Path:
@@ -47,6 +52,39 @@ def write_manifest(root: Path, n: int, seed: int = 0, start: int = 0) -> Path:
     return manifest
 
 
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            conv_dim=(16, 16, 16, 16, 16, 16, 16), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+
+
+def save_tiny_encoder(kind: str, d: Path) -> Path:
+    """A tiny random WavLM / wav2vec2 / HuBERT saved like a hub checkpoint (no download)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg, model = {
+        # WavLM with a layer-norm feature encoder: padded batches are exact with an attention mask.
+        "wavlm": (tf.WavLMConfig, tf.WavLMModel),
+        "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model),  # group norm: one file at a time
+        "hubert": (tf.HubertConfig, tf.HubertModel),
+    }[kind]
+    extra = {"feat_extract_norm": "layer", "do_stable_layer_norm": True} if kind == "wavlm" else {}
+    model(cfg(**TINY, **extra)).save_pretrained(d)
+    tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=kind == "wavlm").save_pretrained(d)
+    return d
+
+
+def direct_hidden_states(model_dir: Path, wave: np.ndarray, layer: int = -1) -> np.ndarray:
+    """One hidden state of a saved encoder for one waveform, computed directly with transformers."""
+    import torch
+    import transformers as tf
+
+    m = tf.AutoModel.from_pretrained(model_dir).eval()
+    x = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+    with torch.inference_mode():
+        return m(torch.from_numpy(x)[None], output_hidden_states=True).hidden_states[layer][0].numpy()
+
+
 @pytest.fixture
 def tone_corpus(tmp_path: Path) -> Path:
     return write_manifest(tmp_path / "corpus", 12)
@@ -63,7 +101,7 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_features(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo corpus extracted with the offline profile (its provided alignment): a real cache."""
     from msf.pipeline.config import MsfConfig
-    from msf.pipeline.runner import Extraction
+    from msf.pipeline.extraction import Extraction
 
     cache = tmp_path_factory.mktemp("demo-features") / "cache"
     ex = Extraction(MsfConfig(corpus=f"demo:{demo_corpus}", cache=cache, profile="offline", workers=2,

@@ -9,48 +9,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import write_manifest, write_tone
+from conftest import direct_hidden_states, save_tiny_encoder, write_manifest, write_tone
 
 from msf.pipeline.audio_io import load_waveform
 from msf.pipeline.config import load_config
 from msf.pipeline.corpus import Utterance
 from msf.pipeline.model_loading import BUNDLED_TINY_EN, ModelUnavailable
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.acoustic import AcousticParams, AcousticStage, chunk_bounds
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            conv_dim=(16, 16, 16, 16, 16, 16, 16), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
-
-
-def _save(kind: str, d: Path) -> Path:
-    import transformers as tf
-
-    torch.manual_seed(0)
-    cfg, model = {
-        # WavLM with a layer-norm feature encoder: padded batches are exact with an attention mask.
-        "wavlm": (tf.WavLMConfig, tf.WavLMModel),
-        "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model),  # group norm: one file at a time
-        "hubert": (tf.HubertConfig, tf.HubertModel),
-    }[kind]
-    extra = {"feat_extract_norm": "layer", "do_stable_layer_norm": True} if kind == "wavlm" else {}
-    model(cfg(**TINY, **extra)).save_pretrained(d)
-    tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=kind == "wavlm").save_pretrained(d)
-    return d
-
-
-def _direct(model_dir: Path, wave: np.ndarray, layer: int = -1) -> np.ndarray:
-    import transformers as tf
-
-    m = tf.AutoModel.from_pretrained(model_dir).eval()
-    x = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
-    with torch.inference_mode():
-        return m(torch.from_numpy(x)[None], output_hidden_states=True).hidden_states[layer][0].numpy()
-
-
 @pytest.mark.parametrize("kind", ["wavlm", "wav2vec2", "hubert"])
 def test_stored_features_equal_a_direct_forward(kind: str, tmp_path: Path) -> None:
-    model = _save(kind, tmp_path / kind)
+    model = save_tiny_encoder(kind, tmp_path / kind)
     manifest = write_manifest(tmp_path / "corpus", 6)
     cfg = load_config(None, [f"acoustic.model={model}", "acoustic.batch_size=4"], corpus=str(manifest),
                       cache=str(tmp_path / "cache"), workers=1)
@@ -58,9 +29,9 @@ def test_stored_features_equal_a_direct_forward(kind: str, tmp_path: Path) -> No
     report = ex.run(["acoustic"], progress=False)
     assert report["acoustic"].computed == 6 and report["acoustic"].failed == 0
     for u in ex.corpus.utterances:
-        rec = ex.store.read("acoustic", u.id)
+        rec = ex.read("acoustic", u.id)
         wave = load_waveform(u.audio)
-        ref = _direct(model, wave)
+        ref = direct_hidden_states(model, wave)
         assert rec["frames"].dtype == np.float16 and rec["frames"].shape == ref.shape
         assert rec["frames"].shape[0] == int((len(wave) - 400) // 320) + 1  # 20 ms frames follow duration
         np.testing.assert_allclose(rec["frames"].astype(np.float32), ref, atol=2e-2, rtol=1e-2)
@@ -68,13 +39,13 @@ def test_stored_features_equal_a_direct_forward(kind: str, tmp_path: Path) -> No
 
 
 def test_all_layers_and_a_clear_error_for_a_missing_model(tmp_path: Path) -> None:
-    model = _save("wavlm", tmp_path / "wavlm")
+    model = save_tiny_encoder("wavlm", tmp_path / "wavlm")
     wav = write_tone(tmp_path / "a.wav", seconds=1.0)
     stage = AcousticStage(AcousticParams(model=str(model), layers="all", dtype="float32"))
     stage.setup()
     rec = stage.compute([Item(Utterance("a", str(wav)))])[0]
     assert rec["frames"].shape == (49, 3, 32)  # T x (embeddings + 2 layers) x D
-    np.testing.assert_allclose(rec["frames"][:, 0], _direct(model, load_waveform(wav), 0), atol=1e-4)
+    np.testing.assert_allclose(rec["frames"][:, 0], direct_hidden_states(model, load_waveform(wav), 0), atol=1e-4)
     with pytest.raises(ModelUnavailable) as e:
         AcousticStage(AcousticParams(model="microsoft/wavlm-large")).setup()
     msg = str(e.value)
@@ -82,7 +53,7 @@ def test_all_layers_and_a_clear_error_for_a_missing_model(tmp_path: Path) -> Non
 
 
 def test_long_audio_is_chunked_with_the_same_frame_count(tmp_path: Path) -> None:
-    model = _save("wavlm", tmp_path / "wavlm")
+    model = save_tiny_encoder("wavlm", tmp_path / "wavlm")
     rng = np.random.default_rng(0)
     wav = tmp_path / "long.wav"
     sf.write(wav, (0.1 * rng.standard_normal(int(7.3 * 16000))).astype(np.float32), 16000)

@@ -31,7 +31,10 @@ def test_extract_status_show_json(tmp_path: Path) -> None:
     assert set(summary["stages"]["audio"]) == {"computed", "reused", "failed", "seconds"}
 
     code, out, _ = invoke("status", "--cache", cache, "--json")
-    assert json.loads(out) == {"stages": {"audio": {"total": 6, "fresh": 5, "stale": 0, "missing": 0, "failed": 1}}}
+    counts = json.loads(out)["stages"]["audio"]
+    assert {k: counts[k] for k in ("total", "fresh", "stale", "missing", "failed")} == {
+        "total": 6, "fresh": 5, "stale": 0, "missing": 0, "failed": 1}
+    assert counts["bytes"] > 0 and counts["bytes_all"] == counts["bytes"]
     code, out, _ = invoke("status", "--cache", cache, "--failed", "--json")
     failed = json.loads(out)["failed"]
     assert failed == [{"utterance": "u0005", "stage": "audio", "error": failed[0]["error"]}]
@@ -102,8 +105,10 @@ def test_cache_verify_compact_gc(tmp_path: Path) -> None:
     hit = report["bad"]["audio"][shards[0].name]
     code, out, _ = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--stage", "audio", "--json")
     assert json.loads(out.splitlines()[-1])["stages"]["audio"]["computed"] == len(hit)
-    code, out, _ = invoke("cache", "gc", "--cache", str(cache))
-    assert "removed 1" in out and not shards[0].exists()
+    code, out, _ = invoke("cache", "gc", "--cache", str(cache), "--json")  # a dry run unless --yes
+    assert json.loads(out)["files"] == 1 and not json.loads(out)["removed"] and shards[0].exists()
+    code, out, _ = invoke("cache", "gc", "--cache", str(cache), "--yes")
+    assert "removed 0 entries" in out and "1 shard file(s)" in out and not shards[0].exists()
     code, out, _ = invoke("cache", "compact", "--cache", str(cache), "--shard-size", "100")
     assert "audio: 1 shard(s)" in out and len(list((cache / "audio").glob("shard-*.h5"))) == 1
     code, out, _ = invoke("status", "--cache", str(cache), "--json")
@@ -130,16 +135,16 @@ def test_msf_toml_in_working_directory_and_overrides(tmp_path: Path, monkeypatch
 
 
 def test_a_bug_is_reported_as_an_internal_error_not_a_user_mistake(tmp_path: Path, monkeypatch) -> None:
-    from msf.pipeline import runner
+    from msf.pipeline import cache_view
 
     corpus = write_manifest(tmp_path / "c", 2)
     cache = str(tmp_path / "cache")
     assert invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "audio")[0] == 0
 
-    def broken(self, stages):  # noqa: ANN001, ANN202 - a bug inside msf, where a KeyError used to pass for a user error
+    def broken(self, why=False):  # noqa: ANN001, ANN202 - a bug inside msf, where a KeyError used to pass for a user error
         return {}["no such key"]
 
-    monkeypatch.setattr(runner.Extraction, "status", broken)
+    monkeypatch.setattr(cache_view.CacheView, "status", broken)
     code, _, err = invoke("status", "--cache", cache)
     assert code == 1 and "internal error" in err and "a bug in msf" in err
     assert "Traceback" in err and "KeyError: 'no such key'" in err

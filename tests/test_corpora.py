@@ -117,3 +117,15 @@ def test_iemocap_layout_and_folds(tmp_path: Path) -> None:
         assert splits[str(fold)] == "test"
     with pytest.raises(ValueError):
         split_for_fold(1, 6)
+
+
+def test_an_utterance_round_trips_through_its_dict() -> None:
+    from dataclasses import fields
+
+    from msf.pipeline.corpus import Utterance
+
+    u = Utterance("a", "/x.wav", "spk", "dev", "hello", 1.0, 2.0, 3.0, {"session": "2"})
+    d = u.to_dict()
+    assert set(d) == {f.name for f in fields(Utterance)} and Utterance.from_dict(d) == u
+    d["extra"]["session"] = "3"
+    assert u.extra == {"session": "2"}  # a copy: a stage cannot change the corpus it was given

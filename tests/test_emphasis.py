@@ -11,7 +11,7 @@ import soundfile as sf
 
 from msf.pipeline.config import load_config
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.emphasis import EmphasisParams, EmphasisStage
 
@@ -30,7 +30,7 @@ def test_finds_the_emphasised_words_of_the_demo_corpus(demo_corpus: Path, tmp_pa
     truth = {t["id"]: t["words"] for t in map(json.loads, open(demo_corpus / "truth.jsonl"))}
     tp = fp = fn = 0
     for utt, words in truth.items():
-        rec = ex.store.read("emphasis", utt)
+        rec = ex.read("emphasis", utt)
         t = np.array([w["emphasized"] for w in words])
         flags = rec["emphasized"]
         tp += int((flags & t).sum())

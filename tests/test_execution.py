@@ -19,7 +19,7 @@ from conftest import write_manifest
 from typer.testing import CliRunner
 
 from msf.cli import app
-from msf.pipeline.shard_store import ShardStore
+from msf.pipeline.cache_view import CacheView
 
 
 def _msf(*args: str) -> list[str]:
@@ -43,9 +43,9 @@ def _all_visible_shards_readable(cache: Path) -> None:
 
 
 def _records(cache: Path, stage: str) -> dict[str, dict]:
-    store = ShardStore(cache)
-    out = {u: store.read(stage, u) for u in store.index.entries(stage)}
-    store.close()
+    view = CacheView(cache)
+    out = {u: view.store.read(e) for u, e in view.fresh([stage])[stage].items()}
+    view.close()
     return out
 
 
@@ -127,7 +127,7 @@ def test_extract_on_an_existing_dask_cluster(tmp_path: Path) -> None:
                                      cluster.scheduler_address])
         assert r.exit_code == 0, r.stderr
         with Client(cluster) as client:
-            loaded = client.run(lambda: sorted({k[0] for k in __import__("msf.pipeline.runner").pipeline.runner._STAGES}))
+            loaded = client.run(lambda: sorted({k[0] for k in __import__("msf.pipeline.worker").pipeline.worker._STAGES}))
     assert json.loads(r.stdout.splitlines()[-1])["stages"]["toy_summary"]["computed"] == 8
     # the stages were instantiated on the cluster's worker processes (once each), not here
     assert any("toy_summary" in v for v in loaded.values())

@@ -8,7 +8,7 @@ import toy_stages  # noqa: F401  (registers toy_energy, toy_summary)
 from conftest import write_manifest, write_tone
 
 from msf.pipeline.config import load_config
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 
 STAGES = ["toy_summary"]  # pulls in toy_energy and audio upstream, like make
 
@@ -24,6 +24,10 @@ def run(corpus: Path, cache: Path, *sets: str) -> dict[str, int]:
     return {k: r.computed for k, r in reports.items()}
 
 
+def counts(status: dict) -> dict[str, int]:
+    return {k: status[k] for k in ("total", "fresh", "stale", "missing", "failed")}
+
+
 def test_reruns_compute_exactly_what_changed(tmp_path: Path) -> None:
     corpus = write_manifest(tmp_path / "c", 12)
     cache = tmp_path / "cache"
@@ -34,8 +38,8 @@ def test_reruns_compute_exactly_what_changed(tmp_path: Path) -> None:
     # an upstream parameter: that stage and everything downstream, nothing upstream
     assert run(corpus, cache, "toy_summary.scale=2", "toy_energy.gain=0.5") == {
         "audio": 0, "toy_energy": 12, "toy_summary": 12}
-    # back to the first settings: the index points at the newest shards, so these recompute too
-    assert run(corpus, cache) == {"audio": 0, "toy_energy": 12, "toy_summary": 12}
+    # back to the first settings: their entries are still in the cache, kept under their fingerprints
+    assert run(corpus, cache) == {"audio": 0, "toy_energy": 0, "toy_summary": 0}
     # one added audio file: exactly one entry per stage
     write_manifest(tmp_path / "c", 1, start=12)
     assert run(corpus, cache) == {"audio": 1, "toy_energy": 1, "toy_summary": 1}
@@ -58,16 +62,19 @@ def test_stored_values_follow_the_parameters(tmp_path: Path) -> None:
     corpus = write_manifest(tmp_path / "c", 3)
     cache = tmp_path / "cache"
     run(corpus, cache)
-    ex = Extraction(load_config(None, [], corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
-    base = ex.store.read("toy_summary", "u0001")
-    ex.close()
     run(corpus, cache, "toy_summary.scale=3")
-    ex = Extraction(load_config(None, [], corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
-    tripled = ex.store.read("toy_summary", "u0001")
-    assert abs(tripled["mean"] - 3 * base["mean"]).max() < 1e-5
-    assert tripled["tags"].tolist() == ["u0001", "dev"] and tripled["speaker"] == "spk1"
-    assert ex.status(STAGES)["toy_summary"] == {"total": 3, "fresh": 0, "stale": 3, "missing": 0, "failed": 0}
-    ex.close()
+
+    def extraction(*sets: str) -> Extraction:
+        return Extraction(load_config(None, list(sets), corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
+
+    base, tripled, unseen = extraction(), extraction("toy_summary.scale=3"), extraction("toy_summary.scale=5")
+    b, t = base.read("toy_summary", "u0001"), tripled.read("toy_summary", "u0001")  # each variant under its settings
+    assert abs(t["mean"] - 3 * b["mean"]).max() < 1e-5
+    assert t["tags"].tolist() == ["u0001", "dev"] and t["speaker"] == "spk1"
+    assert counts(base.status(STAGES)["toy_summary"]) == {"total": 3, "fresh": 3, "stale": 0, "missing": 0, "failed": 0}
+    assert counts(unseen.status(STAGES)["toy_summary"]) == {"total": 3, "fresh": 0, "stale": 3, "missing": 0, "failed": 0}
+    for ex in (base, tripled, unseen):
+        ex.close()
 
 
 def test_bad_files_are_recorded_and_retried_while_the_rest_completes(tmp_path: Path) -> None:
@@ -81,7 +88,7 @@ def test_bad_files_are_recorded_and_retried_while_the_rest_completes(tmp_path: P
     assert "not a readable audio file" in failures[("audio", "u0002")]
     assert "audio file not found" in failures[("audio", "u0004")]
     assert failures[("toy_energy", "u0002")].startswith("upstream stage 'audio' failed: not a readable")
-    assert ex.status(STAGES)["audio"] == {"total": 5, "fresh": 3, "stale": 0, "missing": 0, "failed": 2}
+    assert counts(ex.status(STAGES)["audio"]) == {"total": 5, "fresh": 3, "stale": 0, "missing": 0, "failed": 2}
     ex.close()
     write_tone(tmp_path / "c" / "wavs" / "u0004.wav", seed=4)  # fixed: retried and completed next run
     assert run(corpus, cache) == {"audio": 1, "toy_energy": 1, "toy_summary": 1}

@@ -15,7 +15,7 @@ from chat_server import ChatServer
 from msf.pipeline.config import load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.global_semantics import GlobalStage
 from msf.pipeline.stages.local_semantics import LocalParams, LocalStage
@@ -114,7 +114,7 @@ def test_describe_retries_caches_and_never_pays_twice(tmp_path: Path, monkeypatc
         assert all(h.get("authorization") == "Bearer sk-secret-4242" for _, h, _ in server.requests)
         failed = ex.store.index.failures("describe")
         assert len(failed) == 1 and "HTTP 500 after 3 attempts" in failed[0].error
-        stored = {u.id: ex.store.read("describe", u.id)["text"] for u in ex.corpus.utterances
+        stored = {u.id: ex.read("describe", u.id)["text"] for u in ex.corpus.utterances
                   if u.id != failed[0].utt}
         assert all(t.startswith("The speaker sounds calm") for t in stored.values())
         ex.close()
@@ -165,8 +165,8 @@ def test_knowledge_describer_is_deterministic_and_reads_stance(tmp_path: Path) -
     for cache in ("c1", "c2"):
         ex = Extraction(cfg.model_copy(update={"cache": tmp_path / cache}))
         ex.run(["extended"], progress=False)
-        texts.append({u.id: ex.store.read("describe", u.id)["text"] for u in ex.corpus.utterances})
-        assert ex.store.read("extended", ex.corpus.utterances[0].id)["embedding"].shape == (384,)
+        texts.append({u.id: ex.read("describe", u.id)["text"] for u in ex.corpus.utterances})
+        assert ex.read("extended", ex.corpus.utterances[0].id)["embedding"].shape == (384,)
         ex.close()
     assert texts[0] == texts[1]
     checked = {"hedge": 0, "question": 0, "command": 0}

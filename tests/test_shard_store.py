@@ -28,23 +28,29 @@ def _store(tmp_path: Path, n: int = 20) -> tuple[ShardStore, list[dict]]:
     store = ShardStore(tmp_path / "cache")
     recs = _records(n)
     ids = [f"u{i}" for i in range(n)]
-    shard, sums = write_shard(store.root / "feat", ids, recs)
-    store.index.commit([Entry("feat", u, shard, i, "fp", s) for i, (u, s) in enumerate(zip(ids, sums))], [])
+    w = write_shard(store.root / "feat", ids, recs)
+    store.index.commit([Entry("feat", u, "fp", w.name, i, c, b) for i, (u, c, b) in enumerate(zip(ids, w.checksums, w.bytes))], [])
     return store, recs
+
+
+def _read(store: ShardStore, utt: str, fp: str = "fp") -> dict:
+    return store.read(store.index.entry("feat", utt, fp))
 
 
 def test_round_trip_ragged_strings_scalars(tmp_path: Path) -> None:
     store, recs = _store(tmp_path)
     for i, r in enumerate(recs):
-        got = store.read("feat", f"u{i}")
+        got = _read(store, f"u{i}")
         assert got["frames"].dtype == np.float16 and got["frames"].shape == r["frames"].shape
         assert got["frames"].tobytes() == r["frames"].tobytes()
         assert got["words"].tolist() == r["words"].tolist()
         assert got["duration"] == r["duration"] and got["n"] == i and got["flag"] is r["flag"]
         assert got["text"] == r["text"]
-        assert record_checksum(got) == store.index.entry("feat", f"u{i}").checksum
+        assert record_checksum(got) == store.index.entry("feat", f"u{i}", "fp").checksum
     files = [p.name for p in (store.root / "feat").iterdir()]
     assert len(files) == 1 and files[0].startswith("shard-")  # no temporary file left behind
+    size = (store.root / "feat" / files[0]).stat().st_size
+    assert abs(sum(store.index.bytes_by_stage().values()) - size) <= len(recs)  # rows share the file's bytes
 
 
 def test_mixed_field_sets_are_a_clear_error(tmp_path: Path) -> None:
@@ -79,15 +85,16 @@ def test_verify_names_truncated_and_flipped_shards(tmp_path: Path) -> None:
 
 def test_compact_and_gc(tmp_path: Path) -> None:
     store, recs = _store(tmp_path)
-    # supersede half the rows with a second shard, leave a stray temporary file
+    # a second variant of half the rows in a second shard, and a stray temporary file
     ids = [f"u{i}" for i in range(10)]
-    shard, sums = write_shard(store.root / "feat", ids, recs[:10])
-    store.index.commit([Entry("feat", u, shard, i, "fp2", s) for i, (u, s) in enumerate(zip(ids, sums))], [])
+    w = write_shard(store.root / "feat", ids, recs[:10])
+    store.index.commit([Entry("feat", u, "fp2", w.name, i, c, b) for i, (u, c, b) in enumerate(zip(ids, w.checksums, w.bytes))], [])
     (store.root / "feat" / ".tmp-shard-dead.h5").write_bytes(b"partial")
-    assert store.gc() == ["feat/.tmp-shard-dead.h5"]  # both real shards are still referenced
-    assert store.compact(shard_size=8) == {"feat": 3}
-    assert len(list((store.root / "feat").glob("shard-*.h5"))) == 3
+    assert store.sweep() == {"files": 1, "bytes": 7}  # both real shards are still referenced
+    assert store.compact(shard_size=8) == {"feat": 4}  # 30 entries: both variants are kept
+    assert len(list((store.root / "feat").glob("shard-*.h5"))) == 4
     for i, r in enumerate(recs):
-        assert store.read("feat", f"u{i}")["frames"].tobytes() == r["frames"].tobytes()
-    assert store.index.entry("feat", "u3").fingerprint == "fp2"
+        assert _read(store, f"u{i}")["frames"].tobytes() == r["frames"].tobytes()
+        if i < 10:
+            assert _read(store, f"u{i}", "fp2")["frames"].tobytes() == r["frames"].tobytes()
     assert store.verify().ok

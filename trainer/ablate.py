@@ -27,7 +27,7 @@ def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: b
     out.mkdir(parents=True, exist_ok=True)
     # One read of the cache for every variant: the full source set covers them all.
     data = FeatureSet(features, parse_sources("audio,gs,les,es"), train_options.get("fold"),
-                      train_options.get("in_memory"))
+                      train_options.get("name", "default"), train_options.get("labels"), train_options.get("in_memory"))
     results: dict[str, dict[str, Any]] = {}
     for name, (sources, fusion) in VARIANTS.items():
         runs = []

@@ -1,18 +1,24 @@
-"""Training data from a cache: vectors (GS, LES, ES) in memory, acoustic frames streamed from the shards
-in shard-aware order (or held in memory when they fit), labels and splits from the cache's corpus."""
+"""Training data from a cache: vectors (GS, LES, ES) in memory, acoustic frames held in memory when they
+fit or streamed from the shards, labels and splits from the cache's recorded manifest rows (or from a
+newer manifest). The training order depends on the seed, the epoch and the utterance ids only, never on
+how the cache happens to be sharded."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from msf.pipeline.cache_index import Entry
+from msf.pipeline.cache_view import CacheView
+from msf.pipeline.corpus import Utterance, load_corpus
 from msf.pipeline.errors import UsageError
-from msf.pipeline.runner import Extraction
+from msf.pipeline.fingerprint import canonical_json, digest
 from msf.pipeline.shard_store import ShardReader
 
 SOURCES = ("audio", "gs", "les", "es")
@@ -32,13 +38,12 @@ class Batch:
 
 @dataclass
 class Split:
-    ids: list[str]
+    ids: list[str]  # sorted: every array below follows this order
     labels: np.ndarray
     vectors: dict[str, np.ndarray]
     les_mask: np.ndarray
     frames_at: list[tuple[Path, int]]  # acoustic shard and row of each utterance
     frames: list[np.ndarray] | None = None  # held in memory
-    shard_of: list[int] = field(default_factory=list)
 
 
 def parse_sources(spec: str) -> tuple[str, ...]:
@@ -51,59 +56,88 @@ def parse_sources(spec: str) -> tuple[str, ...]:
     return sources
 
 
-class FeatureSet:
-    """The utterances of a cache that have labels, a split and fresh entries for every needed stage."""
+def epoch_order(ids: list[str], seed: int, epoch: int) -> np.ndarray:
+    """Positions into `ids` (sorted) in the order an epoch visits them: a permutation drawn from
+    (seed, epoch) alone, so the same features in any shard layout train identically."""
+    return np.random.default_rng([seed, epoch]).permutation(len(ids))
 
-    def __init__(self, cache: Path, sources: tuple[str, ...], fold: int | None = None,
-                 in_memory: bool | None = None, memory_limit_gb: float = 4.0):
-        ex, _ = Extraction.from_cache(Path(cache))
+
+def with_labels_from(utts: list[Utterance], spec: str) -> tuple[list[Utterance], set[str], int]:
+    """Labels and splits from a newer manifest, matched by id: the utterances, the ids it lacks, and
+    how many of its rows match no cached utterance."""
+    rows = {u.id: u for u in load_corpus(spec, check_audio=False).utterances}
+    out = [replace(u, valence=r.valence, arousal=r.arousal, dominance=r.dominance, split=r.split)
+           if (r := rows.get(u.id)) is not None else u for u in utts]
+    cached = {u.id for u in utts}
+    return out, cached - set(rows), sum(i not in cached for i in rows)
+
+
+def _skip_reason(why: str) -> str:
+    if why.startswith("failed"):
+        return "failed extraction"
+    if why in ("new utterance", "not extracted yet"):
+        return "not extracted"
+    return f"stale ({why}): rerun msf extract"
+
+
+class FeatureSet:
+    """The utterances of a named feature set that have labels, a split and fresh entries for every
+    needed stage."""
+
+    def __init__(self, cache: Path, sources: tuple[str, ...], fold: int | None = None, name: str = "default",
+                 labels: str | None = None, in_memory: bool | None = None, memory_limit_gb: float = 4.0):
+        view = CacheView(Path(cache), name)
         try:
-            utts = ex.corpus.utterances
+            utts = view.utterances
+            unlabelled: set[str] = set()
+            self.unmatched_label_rows = 0  # rows of the label manifest that match no cached utterance
+            if labels:
+                utts, unlabelled, self.unmatched_label_rows = with_labels_from(utts, labels)
             if fold is not None:
                 from msf.pipeline.corpora.iemocap import refold
 
                 if not all("session" in u.extra for u in utts):
                     raise UsageError("--fold applies to IEMOCAP caches (leave-one-session-out)")
                 utts = refold(utts, fold)
-            stages = [STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])
-            fresh = ex.fresh(list(dict.fromkeys(stages)))
-            stored = {st: ex.store.index.entries(st) for st in fresh}
-            failed = {f.utt for st in fresh for f in ex.store.index.failures(st)}
+            stages = list(dict.fromkeys([STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])))
+            fresh = view.fresh(stages)
+            why = {st: view.why_not_fresh(st) for st in stages}
             self.skipped: dict[str, int] = {}
-            keep = []
-            for u in utts:
-                why = ("no labels" if u.labels is None else "no split" if u.split not in ("train", "dev", "test")
-                       else "failed extraction" if u.id in failed
-                       else "stale: extracted with other settings; rerun msf extract"
-                       if any(u.id not in fresh[st] and u.id in stored[st] for st in fresh)
-                       else "not extracted" if any(u.id not in fresh[st] for st in fresh) else None)
-                if why:
-                    self.skipped[why] = self.skipped.get(why, 0) + 1
+            keep: list[Utterance] = []
+            for u in sorted(utts, key=lambda u: u.id):
+                reason = ("not in the label manifest" if u.id in unlabelled else "no labels" if u.labels is None
+                          else "no split" if u.split not in ("train", "dev", "test")
+                          else next((_skip_reason(why[st][u.id]) for st in stages if u.id not in fresh[st]), None))
+                if reason:
+                    self.skipped[reason] = self.skipped.get(reason, 0) + 1
                 else:
                     keep.append(u)
-            self.root = ex.root
-            self.sources = sources
-            vectors = {s: dict(ex.store.iter_rows(STAGE_OF[s], [u.id for u in keep])) for s in sources if s != "audio"}
+            self.root, self.sources, self.name = view.root, sources, name
+            # the settings the features were extracted with: `msf predict` runs new audio through them
+            self.extraction = view.config.model_dump_json(exclude={"cache"})
+            self._identity = {u.id: (u.split, u.labels, {st: fresh[st][u.id].fingerprint for st in stages})
+                              for u in keep}
+            records = {st: _records(view, [fresh[st][u.id] for u in keep]) for st in stages if st != "acoustic"}
             acoustic = fresh["acoustic"]
             self.splits: dict[str, Split] = {}
-            for name in ("train", "dev", "test"):
-                us = [u for u in keep if u.split == name]
-                shards = sorted({acoustic[u.id].shard for u in us})
-                self.splits[name] = Split(
+            for split in ("train", "dev", "test"):
+                us = [u for u in keep if u.split == split]
+                self.splits[split] = Split(
                     ids=[u.id for u in us],
                     labels=np.array([u.labels for u in us], np.float32).reshape(-1, 3),
-                    vectors={s: np.stack([v[u.id]["embedding"] for u in us]).astype(np.float32) if us else
-                             np.zeros((0, 1), np.float32) for s, v in vectors.items()},
-                    les_mask=np.array([bool(vectors["les"][u.id]["mask"]) for u in us] if "les" in vectors
+                    vectors={s: np.stack([records[STAGE_OF[s]][u.id]["embedding"] for u in us]).astype(np.float32)
+                             if us else np.zeros((0, 1), np.float32) for s in sources if s != "audio"},
+                    les_mask=np.array([bool(records["local"][u.id]["mask"]) for u in us] if "les" in sources
                                       else [True] * len(us), bool),
-                    frames_at=[(ex.store.shard_path("acoustic", acoustic[u.id].shard), acoustic[u.id].row) for u in us],
-                    shard_of=[shards.index(acoustic[u.id].shard) for u in us],
+                    frames_at=[(view.store.shard_path("acoustic", acoustic[u.id].shard), acoustic[u.id].row)
+                               for u in us],
                 )
         finally:
-            ex.close()
-        for name in ("train", "dev"):
-            if not self.splits[name].ids:
-                raise UsageError(f"no usable {name} utterances in {cache} (skipped: {self.skipped or 'none'})")
+            view.close()
+        for split in ("train", "dev"):
+            if not self.splits[split].ids:
+                raise UsageError(f"no usable {split} utterances in feature set {name!r} of {cache} "
+                                 f"(skipped: {self.skipped or 'none'})")
         first = self._read(*self.splits["train"].frames_at[0])
         self.frame_shape = first.shape[1:]
         self.vector_dims = {s: v.shape[1] for s, v in self.splits["train"].vectors.items()}
@@ -113,22 +147,25 @@ class FeatureSet:
             for s in self.splits.values():
                 s.frames = [self._read(p, r) for p, r in s.frames_at]
 
+    def digest(self, sources: tuple[str, ...]) -> str:
+        """What a run trains and is evaluated on: ids, splits, labels and the fingerprints of the
+        features the sources use. Equal digests, equal data."""
+        stages = {STAGE_OF[s] for s in sources} | ({"local"} if "les" in sources else set())
+        return digest(canonical_json([(u, split, labels, {st: fp for st, fp in fps.items() if st in stages})
+                                      for u, (split, labels, fps) in sorted(self._identity.items())]))
+
     _reader = ShardReader()
 
     @classmethod
     def _read(cls, path: Path, row: int) -> np.ndarray:
         return np.asarray(cls._reader.row(path, row)["frames"], dtype=np.float32)
 
-    def batches(self, split: str, batch_size: int, shuffle: bool, rng: np.random.Generator | None = None,
+    def batches(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
                 prefetch: int = 4) -> Iterator[Batch]:
-        """Batches in shard-aware order: shards in random order, rows shuffled within a shard, so
-        streaming reads stay sequential per file. A thread reads ahead while the model trains."""
+        """Batches in the order `epoch_order` gives (sorted ids when not shuffled). A thread reads the
+        next batches while the model trains; a batch's rows are read grouped by shard."""
         s = self.splits[split]
-        order = np.arange(len(s.ids))
-        if shuffle:
-            assert rng is not None
-            shard_rank = rng.permutation(max(s.shard_of, default=-1) + 1)
-            order = sorted(rng.permutation(len(s.ids)), key=lambda i: shard_rank[s.shard_of[i]])
+        order = epoch_order(s.ids, seed, epoch) if shuffle else np.arange(len(s.ids))
         groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         q: queue.Queue = queue.Queue(maxsize=prefetch)
 
@@ -147,9 +184,28 @@ class FeatureSet:
             yield item
 
     def _batch(self, s: Split, idx: list[int]) -> Batch:
-        frames = [s.frames[i] if s.frames is not None else self._read(*s.frames_at[i]) for i in idx]
+        if s.frames is not None:
+            frames = [s.frames[i] for i in idx]
+        else:  # read shard by shard, then put the rows back in the batch's order
+            by_shard: dict[Path, list[int]] = defaultdict(list)
+            for i in idx:
+                by_shard[s.frames_at[i][0]].append(i)
+            read = {i: self._read(*s.frames_at[i]) for rows in by_shard.values() for i in sorted(rows, key=lambda i: s.frames_at[i][1])}
+            frames = [read[i] for i in idx]
         return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, s.les_mask[idx], s.labels[idx],
                           [s.ids[i] for i in idx])
+
+
+def _records(view: CacheView, entries: list[Entry]) -> dict[str, dict]:
+    """utterance -> record, reading each shard once."""
+    by_shard: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        by_shard[e.shard].append(e)
+    out: dict[str, dict] = {}
+    for shard, es in by_shard.items():
+        rows = view.store.reader.rows(view.store.shard_path(es[0].stage, shard), [e.row for e in es])
+        out.update({e.utt: r for e, r in zip(es, rows)})
+    return out
 
 
 def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mask: np.ndarray,

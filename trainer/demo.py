@@ -8,7 +8,8 @@ from pathlib import Path
 
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.runner import STDERR, Extraction
+from msf.pipeline.extraction import Extraction
+from msf.pipeline.progress import STDERR
 from msf.trainer.ablate import COLUMNS, ablate, table
 
 STAGES = ["acoustic", "global", "local", "extended"]  # and everything upstream of them

@@ -1,8 +1,8 @@
-"""`msf predict`: new audio through the same stages, with the settings the run's features were made with."""
+"""`msf predict`: new audio through the same stages, with the settings the run's features were made with,
+in this process (no cluster, no manifest), then the run's model."""
 
 from __future__ import annotations
 
-import csv
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,8 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from msf.pipeline.config import MsfConfig
+from msf.pipeline.corpus import Corpus, Utterance
 from msf.pipeline.errors import NotFound
-from msf.pipeline.runner import STDERR, Extraction
+from msf.pipeline.executors import InProcessExecutor
+from msf.pipeline.extraction import Extraction
+from msf.pipeline.progress import STDERR
 from msf.trainer.data import STAGE_OF, TARGETS, make_batch
 from msf.trainer.train import load_run, to_tensors
 
@@ -19,9 +23,7 @@ from msf.trainer.train import load_run, to_tensors
 def predict(audio: list[Path], run: Path, transcript: str | None = None, device: str = "cpu",
             progress: bool = True) -> list[dict[str, Any]]:
     model, cfg = load_run(run, device)
-    source, _ = Extraction.from_cache(cfg.features)
-    config = source.config
-    source.close()
+    config = MsfConfig.model_validate_json((run / "extraction.json").read_text())
     stages = dict(config.stages)
     if stages.get("align", {}).get("backend") == "provided":
         # A corpus's own alignment does not exist for new audio: the offline profile's aligner instead.
@@ -30,34 +32,33 @@ def predict(audio: list[Path], run: Path, transcript: str | None = None, device:
     missing = [str(a) for a in audio if not Path(a).is_file()]
     if missing:
         raise NotFound(f"audio not found: {', '.join(missing)}")
+    ids = [f"{i:04d}_{Path(a).stem}" for i, a in enumerate(audio)]
+    # One speaker group: the files' pitch, loudness and rate are relative to each other.
+    corpus = Corpus("predict", "predict", [Utterance(i, str(Path(a).resolve()), speaker="predict", split="test",
+                                                     transcript=transcript or None) for i, a in zip(ids, audio)])
+    sources = cfg.sources.split(",")
     with tempfile.TemporaryDirectory(prefix="msf-predict-") as tmp:
-        manifest = Path(tmp) / "manifest.csv"
-        ids = [f"{i:04d}_{Path(a).stem}" for i, a in enumerate(audio)]
-        with open(manifest, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "audio", "transcript", "speaker", "split"])
-            for i, a in zip(ids, audio):
-                w.writerow([i, str(Path(a).resolve()), transcript or "", "predict", "test"])
-        ex = Extraction(config.model_copy(update={"corpus": str(manifest), "cache": Path(tmp) / "cache",
-                                                  "stages": stages, "workers": 1, "scheduler": None}))
-        needed = [STAGE_OF[s] for s in cfg.sources.split(",")]
-        ex.run(needed, progress=progress)
-        failures: dict[str, str] = {}
-        for f in ex.store.index.failures():  # the root cause, not the stages it blocked downstream
-            if not f.error.startswith("upstream stage") or f.utt not in failures:
-                failures[f.utt] = f"{f.stage}: {f.error}"
-        ok = [i for i in ids if i not in failures]
-        results: dict[str, dict[str, Any]] = {i: {"error": failures[i]} for i in failures if i in ids}
-        if ok:
-            frames = [np.asarray(ex.store.read("acoustic", i)["frames"], np.float32) for i in ok]
-            vectors = {s: np.stack([ex.store.read(STAGE_OF[s], i)["embedding"] for i in ok]).astype(np.float32)
-                       for s in cfg.sources.split(",") if s != "audio"}
-            mask = np.array([bool(ex.store.read("local", i)["mask"]) if "les" in vectors else True for i in ok])
-            b = make_batch(frames, vectors, mask, np.zeros((len(ok), 3), np.float32), ok)
-            frames, lengths, vecs, les_mask, _ = to_tensors(b, device)
-            with torch.inference_mode():
-                pred, _ = model(frames, lengths, vecs, les_mask)
-            for i, p in zip(ok, pred.float().cpu().numpy()):
-                results[i] = {t: round(float(v), 4) for t, v in zip(TARGETS, p)}
-        ex.close()
+        ex = Extraction(config.model_copy(update={"cache": Path(tmp) / "cache", "stages": stages, "name": "predict"}),
+                        corpus=corpus, executor=InProcessExecutor())
+        try:
+            ex.run([STAGE_OF[s] for s in sources], progress=progress)
+            failures: dict[str, str] = {}
+            for f in ex.store.index.failures():  # the root cause, not the stages it blocked downstream
+                if not f.error.startswith("upstream stage") or f.utt not in failures:
+                    failures[f.utt] = f"{f.stage}: {f.error}"
+            ok = [i for i in ids if i not in failures]
+            results: dict[str, dict[str, Any]] = {i: {"error": failures[i]} for i in failures if i in ids}
+            if ok:
+                frames = [np.asarray(ex.read("acoustic", i)["frames"], np.float32) for i in ok]
+                vectors = {s: np.stack([ex.read(STAGE_OF[s], i)["embedding"] for i in ok]).astype(np.float32)
+                           for s in sources if s != "audio"}
+                mask = np.array([bool(ex.read("local", i)["mask"]) if "les" in vectors else True for i in ok])
+                b = make_batch(frames, vectors, mask, np.zeros((len(ok), 3), np.float32), ok)
+                frames_t, lengths, vecs, les_mask, _ = to_tensors(b, device)
+                with torch.inference_mode():
+                    pred, _ = model(frames_t, lengths, vecs, les_mask)
+                for i, p in zip(ok, pred.float().cpu().numpy()):
+                    results[i] = {t: round(float(v), 4) for t, v in zip(TARGETS, p)}
+        finally:
+            ex.close()
     return [{"audio": str(a), **results[i]} for i, a in zip(ids, audio)]

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from msf.pipeline.errors import UsageError
 from msf.pipeline.faults import fault_point
-from msf.pipeline.runner import STDERR
+from msf.pipeline.progress import STDERR
 from msf.trainer.data import TARGETS, Batch, FeatureSet, parse_sources
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
 
@@ -27,6 +27,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     features: Path
+    name: str = "default"  # the cache's feature set
+    labels: str | None = None  # a manifest to take labels and splits from instead of the cache's rows
     sources: str = "audio,gs,les,es"
     fusion: str = "fm-moe"
     fold: int | None = None
@@ -42,6 +44,7 @@ class TrainConfig(BaseModel):
     dropout: float = 0.2
     balance_weight: float = 0.01
     in_memory: bool | None = None  # None: when the frames fit in memory
+    threads: int | None = None  # torch CPU threads; CPU results are bit-exact for the same count
 
 
 @dataclass
@@ -51,10 +54,14 @@ class Evaluation:
     router: list[list[float]]  # per target, mean probability of each expert
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Initialisation and dropout from the seed alone; deterministic kernels where torch has them. On
+    CPU a run is bit-exact for the same seed, data and thread count (reductions split by thread)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -115,10 +122,11 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
         if json.loads((out / "config.json").read_text()) != resolved:
             raise UsageError(f"{out} holds a run with other settings; choose another --out or delete it")
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    seed_everything(cfg.seed)
-    data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.in_memory)
+    seed_everything(cfg.seed, cfg.threads)
+    data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.name, cfg.labels, cfg.in_memory)
     if data.skipped:
         STDERR.print("skipped utterances: " + ", ".join(f"{n} ({why})" for why, n in data.skipped.items()))
+    (out / "extraction.json").write_text(data.extraction)
     mcfg = ModelConfig(tuple(data.frame_shape), {s: d for s, d in data.vector_dims.items()}, sources, cfg.fusion,
                        cfg.hidden, cfg.experts, cfg.dropout)
     model = MsfSer(mcfg)
@@ -139,8 +147,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
         while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] < cfg.patience:
             model.train()
             t0, losses = time.perf_counter(), []
-            rng = np.random.default_rng([cfg.seed, state["epoch"]])  # the epoch's order depends on the seed only
-            for b in data.batches("train", cfg.batch_size, shuffle=True, rng=rng):
+            for b in data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=state["epoch"]):
                 frames, lengths, vectors, mask, labels = to_tensors(b, cfg.device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
                     pred, aux = model(frames, lengths, vectors, mask)
@@ -165,10 +172,11 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
                           "torch_rng": torch.get_rng_state()}, last)
             bar.update(task, completed=state["epoch"], info=f"dev CCC {dev['ccc_mean']:.3f} (best {state['best']:.3f})")
     model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-    return finish(model, data, cfg.device, out, state["history"])
+    return finish(model, data, sources, cfg.device, out, state["history"])
 
 
-def finish(model: MsfSer, data: FeatureSet, device: str, out: Path, history: list[dict]) -> dict[str, Any]:
+def finish(model: MsfSer, data: FeatureSet, sources: tuple[str, ...], device: str, out: Path,
+           history: list[dict]) -> dict[str, Any]:
     """metrics.json (dev and test CCC), usage.json (gate and router statistics), curves.png."""
     metrics: dict[str, Any] = {}
     usage: dict[str, Any] = {}
@@ -178,6 +186,11 @@ def finish(model: MsfSer, data: FeatureSet, device: str, out: Path, history: lis
             metrics[split] = {**ev.ccc, "n": len(data.splits[split].ids)}
             usage[split] = {"gates": ev.gates, "router": dict(zip(TARGETS, ev.router))}
     metrics["skipped"] = data.skipped
+    metrics["data"] = {"digest": data.digest(sources), "feature_set": data.name,
+                       **{s: len(data.splits[s].ids) for s in ("train", "dev", "test")}}
+    if data.unmatched_label_rows:
+        metrics["data"]["label_rows_without_cached_utterance"] = data.unmatched_label_rows
+    metrics["threads"] = torch.get_num_threads()
     if history:
         metrics["best_epoch"] = max(history, key=lambda h: h["ccc_mean"])["epoch"]
         (out / "history.json").write_text(json.dumps(history, indent=2))

@@ -214,7 +214,7 @@ def build_demo_corpus(out: Path, n: int = 300, seed: int = 0, workers: int | Non
     """Write OUT/wavs/*.wav, OUT/manifest.csv, OUT/truth.jsonl and OUT/generator.jsonl."""
     from rich.progress import Progress
 
-    from msf.pipeline.runner import STDERR
+    from msf.pipeline.progress import STDERR
 
     if n < 1:
         raise UsageError("the demo corpus needs at least one utterance (--n)")
@@ -251,10 +251,10 @@ def build_demo_corpus(out: Path, n: int = 300, seed: int = 0, workers: int | Non
     return out
 
 
-def read(root: Path, spec: str) -> Corpus:
+def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
     """The `demo:PATH` reader: the manifest plus `truth.jsonl` for the `provided` aligner."""
     path = root / "manifest.csv"
     if not path.is_file():
         raise CorpusError(f"no demo corpus at {root}: build one with `msf corpus demo {root}`")
     truth = str((root / "truth.jsonl").resolve())
-    return manifest.read(path, spec, extra={"truth": truth}, label_range=(1.0, 7.0))
+    return manifest.read(path, spec, extra={"truth": truth}, label_range=(1.0, 7.0), check_audio=check_audio)

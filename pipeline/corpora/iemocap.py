@@ -42,11 +42,11 @@ def _transcripts(session_dir: Path) -> dict[str, str]:
     return out
 
 
-def read(root: Path, spec: str, fold: int = 1) -> Corpus:
+def read(root: Path, spec: str, fold: int = 1, check_audio: bool = True) -> Corpus:
     sessions = sorted(p for p in root.glob("Session[1-5]") if p.is_dir())
     if not sessions:
         raise CorpusError(f"not an IEMOCAP root (no Session1..Session5 folders): {root}")
-    b = CorpusBuilder(label_range=(1.0, 5.0))
+    b = CorpusBuilder(label_range=(1.0, 5.0), check_audio=check_audio)
     for session_dir in sessions:
         session = int(session_dir.name[-1])
         transcripts = _transcripts(session_dir)
@@ -70,7 +70,7 @@ def read(root: Path, spec: str, fold: int = 1) -> Corpus:
                     where,
                     utt,
                     session_dir / "sentences" / "wav" / dialog / f"{utt}.wav",
-                    {"valence": vad[0], "arousal": vad[1], "dominance": vad[2]},
+                    (vad[0], vad[1], vad[2]),
                     speaker=f"Ses{session:02d}{utt.rsplit('_', 1)[-1][0]}",
                     split=split_for_fold(session, fold),
                     transcript=transcripts.get(utt),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError
@@ -11,19 +12,20 @@ SPLITS = {"Train": "train", "Development": "dev", "Test1": "test", "Test2": "tes
 COLUMNS = ("FileName", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Split_Set")
 
 
-def _transcript(root: Path, file_name: str) -> str | None:
-    path = root / "Transcripts" / (Path(file_name).stem + ".txt")
-    if not path.is_file():
+def _transcript(transcripts: str, stem: str) -> str | None:
+    try:
+        with open(os.path.join(transcripts, stem + ".txt"), encoding="utf-8", errors="replace") as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
         return None
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
-    return text or None
 
 
-def read(root: Path, spec: str) -> Corpus:
+def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
     labels = root / "Labels" / "labels_consensus.csv"
     if not labels.is_file():
         raise CorpusError(f"not an MSP-Podcast root (no Labels/labels_consensus.csv): {root}")
-    b = CorpusBuilder(label_range=(1.0, 7.0))
+    b = CorpusBuilder(label_range=(1.0, 7.0), check_audio=check_audio)
+    audios, transcripts = os.path.join(os.path.abspath(root), "Audios"), os.path.join(os.path.abspath(root), "Transcripts")
     with open(labels, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -36,13 +38,14 @@ def read(root: Path, spec: str) -> Corpus:
             if split is None:
                 b.problem(where, f"unknown Split_Set {row['Split_Set']!r} (expected one of {', '.join(SPLITS)})")
                 continue
+            stem = os.path.splitext(name)[0]
             b.add(
                 where,
-                Path(name).stem,
-                root / "Audios" / name,
-                {"valence": row["EmoVal"], "arousal": row["EmoAct"], "dominance": row["EmoDom"]},
+                stem,
+                os.path.join(audios, name),
+                (row["EmoVal"], row["EmoAct"], row["EmoDom"]),
                 speaker=(row["SpkrID"] or "").strip(),
                 split=split,
-                transcript=_transcript(root, name),
+                transcript=_transcript(transcripts, stem),
             )
     return b.build("msp-podcast", spec)

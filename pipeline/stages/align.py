@@ -196,7 +196,7 @@ class AlignStage(Stage):
     needs = ("audio",)
     version = "1"
     Params = AlignParams
-    reads = ("transcript", "extra")
+    reads = ("transcript", "extra.truth", "extra.wdseg", "extra.alignment")  # the alignment files by content
     volatile = frozenset({"device"})
     profiles = {"offline": {"model": BUNDLED_TINY_EN}}
     batch_size = 8

@@ -7,6 +7,8 @@ or one word in twenty seconds of room tone all have a low RMS and are all speech
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from msf.pipeline.audio_io import AudioError, decode
@@ -44,10 +46,12 @@ def frame_levels(x: np.ndarray, sr: int) -> np.ndarray:
 
 def loudness_contrast(levels: np.ndarray) -> tuple[float, float]:
     """(loud, floor) in dBFS: the level the loudest 1 % of frames reach (at least 3 frames, so one
-    click is not speech) and the 10th percentile, the file's noise floor."""
-    k = max(3, int(np.ceil(0.01 * len(levels))))
-    loud = float(np.partition(levels, len(levels) - k)[len(levels) - k]) if len(levels) >= k else float(levels.min())
-    return loud, float(np.percentile(levels, 10))
+    click is not speech) and the 10th percentile (nearest rank), the file's noise floor."""
+    n = len(levels)
+    k = min(n, max(3, int(np.ceil(0.01 * n))))
+    floor_at = int(0.1 * (n - 1))
+    part = np.partition(levels, [floor_at, n - k])  # two order statistics, no full sort
+    return float(part[n - k]), float(part[floor_at])
 
 
 @register
@@ -103,9 +107,15 @@ class AudioStage(Stage):
         }
 
     def _highpass(self, x: np.ndarray, sr: int) -> np.ndarray:
-        from scipy.signal import butter, sosfilt
+        from scipy.signal import sosfilt
 
         hz = self.params.highpass_hz  # type: ignore[attr-defined]
-        if not 0 < hz < sr / 2:
-            return x
-        return sosfilt(butter(4, hz, "highpass", fs=sr, output="sos"), x)
+        return sosfilt(_highpass_sos(hz, sr), x) if 0 < hz < sr / 2 else x
+
+
+@lru_cache(maxsize=16)
+def _highpass_sos(hz: float, sr: int) -> np.ndarray:
+    """Designed once per rate: the design costs 1.5 ms, more than the rest of the stage per file."""
+    from scipy.signal import butter
+
+    return butter(4, hz, "highpass", fs=sr, output="sos")

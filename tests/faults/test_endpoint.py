@@ -11,7 +11,7 @@ from chat_server import ChatServer
 
 from msf.pipeline.config import load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.runner import Extraction
+from msf.pipeline.extraction import Extraction
 
 ANSWER = ("answer", "The speaker sounds calm and friendly about it.")
 

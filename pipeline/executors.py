@@ -1,0 +1,115 @@
+"""Where extraction tasks run: a Dask cluster (local processes, or an existing cluster by address), or
+this process (`msf predict` on one file, a calibration run: no cluster to start). The driver sees one
+small interface either way: run a function over argument tuples, a bounded number at a time, and get
+each result (or its exception) as it finishes.
+
+Two things keep the driver's memory flat at 100k utterances (it held 1.1 GB): a window of a few
+tasks per worker, so only a few shards' worth of task items are in flight; and Dask's low-level
+message log off. That log (`distributed.admin.low-level-log-length`, a debugging aid) keeps the last
+1000 messages of every connection, task arguments included: ~140 KB per task here, for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+
+class Executor(Protocol):
+    @property
+    def workers(self) -> int: ...
+
+    def run(self, fn: Callable[..., Any], argsets: Iterable[tuple], window: int) -> Iterator[tuple[int, Any]]:
+        """fn(*args) for each argument tuple, at most `window` in flight; yields (index, result), the
+        result being the exception when the call raised. Closing the iterator cancels the rest."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InProcessExecutor:
+    """Runs each task in this process, one after the other; models stay loaded between calls."""
+
+    workers = 1
+
+    def run(self, fn: Callable[..., Any], argsets: Iterable[tuple], window: int) -> Iterator[tuple[int, Any]]:
+        for i, args in enumerate(argsets):
+            try:
+                result = fn(*args)
+            except Exception as e:  # noqa: BLE001 - delivered to the driver like a worker's failure
+                result = e
+            yield i, result
+
+    def close(self) -> None:
+        pass
+
+
+class DaskExecutor:
+    """A local Dask cluster (threads in this process for one worker, else worker processes), or an
+    existing cluster by address. Started on first use, so a run with nothing to do starts nothing."""
+
+    def __init__(self, workers: int = 1, scheduler: str | None = None):
+        self._workers, self.scheduler = workers, scheduler
+        self._client: Any = None
+        self._cluster: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import dask
+            from dask.distributed import Client, LocalCluster
+
+            dask.config.set({"distributed.admin.low-level-log-length": 0})
+            os.environ.setdefault("DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH", "0")  # worker processes too
+
+            if self.scheduler:
+                self._client = Client(self.scheduler, timeout="30s")
+            else:
+                self._cluster = LocalCluster(n_workers=self._workers, threads_per_worker=1,
+                                             processes=self._workers > 1, dashboard_address=None,
+                                             silence_logs=logging.ERROR)
+                self._client = Client(self._cluster)
+        return self._client
+
+    @property
+    def workers(self) -> int:
+        return max(1, sum(self.client.nthreads().values())) if self.scheduler else self._workers
+
+    def run(self, fn: Callable[..., Any], argsets: Iterable[tuple], window: int) -> Iterator[tuple[int, Any]]:
+        from dask.distributed import as_completed
+
+        client = self.client  # started before as_completed, which looks for it
+        pending = enumerate(argsets)
+        running: dict[Any, int] = {}
+        finished = as_completed()
+
+        def submit_next() -> None:
+            nxt = next(pending, None)
+            if nxt is not None:
+                future = client.submit(fn, *nxt[1], pure=False)
+                running[future] = nxt[0]
+                finished.add(future)
+
+        for _ in range(max(1, window)):
+            submit_next()
+        try:
+            for future in finished:
+                i = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - a crashed task (or a dead worker, after retries)
+                    result = e
+                future.release()  # the scheduler forgets its arguments now, not at the end of the stage
+                submit_next()
+                yield i, result
+        finally:
+            for future in running:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._client = self._cluster = None

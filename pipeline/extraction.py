@@ -1,0 +1,279 @@
+"""The driver of an extraction: records what the cache is made from (each utterance's manifest row, the
+named feature set's settings), plans, runs what is not fresh as shard-sized tasks on an executor, and
+commits each finished shard to the index in one transaction, so an interrupted run keeps everything
+committed and resumes from there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
+
+from rich.progress import Progress
+
+from msf.pipeline.cache_index import FeatureSetRecord, Failure
+from msf.pipeline.config import ConfigError, MsfConfig
+from msf.pipeline.corpus import Corpus, corpus_digest, load_corpus
+from msf.pipeline.errors import MsfError, NotFound
+from msf.pipeline.executors import DaskExecutor, Executor
+from msf.pipeline.faults import fault_point
+from msf.pipeline.fingerprint import params_digest
+from msf.pipeline.lock import CacheLock
+from msf.pipeline.planning import (Plan, Source, StageState, completion_keys, rows_digest, sources_from_corpus,
+                                   stage_state, status_of)
+from msf.pipeline.progress import progress_bar
+from msf.pipeline.shard_store import ShardStore
+from msf.pipeline.stage import Record, load_plugins, stage_class, stage_order
+from msf.pipeline.worker import TaskItem, TaskResult, describe_error, run_task
+
+
+@dataclass
+class StageReport:
+    computed: int = 0
+    reused: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+def reports_json(reports: dict[str, StageReport]) -> str:
+    return json.dumps({"stages": {k: asdict(v) for k, v in reports.items()}})
+
+
+class Extraction:
+    """One cache, one corpus, one resolved configuration, recorded under a feature-set name."""
+
+    def __init__(self, config: MsfConfig, corpus: Corpus | None = None, executor: Executor | None = None):
+        if corpus is None and config.corpus is None:
+            raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
+        load_plugins(config.plugins)
+        self.config = config
+        self._corpus = corpus
+        self.root = config.cache_dir()
+        self.store = ShardStore(self.root)
+        self.executor: Executor = executor or DaskExecutor(config.workers, config.scheduler)
+        self._sources: list[Source] | None = None
+        self._plans: dict[tuple[str, ...], Plan] = {}
+
+    def close(self) -> None:
+        self.executor.close()
+        self.store.close()
+
+    @property
+    def corpus(self) -> Corpus:
+        """Read on first use: an unchanged rerun never parses the manifest (see `_unchanged`)."""
+        if self._corpus is None:
+            # the audio is stat-ed once, by the content-hash pass, not by the reader too
+            self._corpus = load_corpus(self.config.corpus, self.config.label_range, check_audio=False)  # type: ignore[arg-type]
+        return self._corpus
+
+    def corpus_problems(self) -> list[str]:
+        """The manifest's refused rows (or, when this run did not read it, the last recorded ones)."""
+        if self._corpus is not None:
+            return [str(p) for p in self._corpus.problems]
+        return json.loads(self.store.index.get_meta("corpus_problems") or "[]")
+
+    @property
+    def sources(self) -> list[Source]:
+        if self._sources is None:
+            self._sources = sources_from_corpus(self.corpus, self.store.index)
+            self.corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
+        return self._sources
+
+    @cached_property
+    def rows_digest(self) -> str:
+        return rows_digest(self.sources)
+
+    def plan(self, stages: list[str]) -> Plan:
+        key = tuple(stages)
+        if key not in self._plans:  # the corpus and settings are fixed for an Extraction's life
+            self._plans[key] = Plan(self.sources, self.config.params_for, stages)
+        return self._plans[key]
+
+    def read(self, stage: str, utt: str) -> Record:
+        """The entry of (stage, utterance) under the current settings."""
+        fp = self.plan([stage])[stage].fingerprints.get(utt)
+        entry = self.store.index.entry(stage, utt, fp) if fp else None
+        if entry is None:
+            raise NotFound(f"no fresh {stage!r} entry for utterance {utt!r} in {self.root}")
+        return self.store.read(entry)
+
+    def status(self, stages: list[str], why: bool = False) -> dict[str, dict[str, Any]]:
+        return status_of(self.plan(stages), self.store, why)
+
+    def completion_keys(self, stages: list[str], rows: str | None = None) -> dict[str, str]:
+        order = stage_order(stages)
+        params = {n: params_digest(stage_class(n), self.config.params_for(stage_class(n))) for n in order}
+        return completion_keys(rows or self.rows_digest, params, order)
+
+    def _complete(self, keys: dict[str, str]) -> dict[str, StageReport] | None:
+        """Reports of a run with nothing to do, when every stage's completion marker matches and its
+        shards are there; None otherwise (then plan)."""
+        done = {name: self.store.index.completion(name, key) for name, key in keys.items()}
+        if all(c is not None and set(c[0]) <= self.store.shard_names(name) for name, c in done.items()):
+            return {name: StageReport(reused=c[1]) for name, c in done.items()}  # type: ignore[index]
+        return None
+
+    def _unchanged(self, stages: list[str]) -> dict[str, StageReport] | None:
+        """The cheapest check of all, before the manifest is even parsed: the same manifest bytes and
+        settings as this feature set's last recorded extraction, every file it names with the size and
+        mtime it had, and complete stages for those inputs. Then nothing is read or planned."""
+        if self._corpus is not None or self.config.corpus is None:
+            return None
+        index = self.store.index
+        record = index.feature_set(self.config.name)
+        digest_now = corpus_digest(self.config.corpus, self.config.label_range)
+        if (record is None or not digest_now or record.corpus_digest != digest_now
+                or record.config != self._config_json() or not set(stage_order(stages)) <= set(record.stages)
+                or index.get_meta("utterances_digest") != record.rows_digest
+                or not index.recorded_files_unchanged()):
+            return None
+        return self._complete(self.completion_keys(stages, record.rows_digest))
+
+    def _config_json(self) -> str:
+        return self.config.model_dump_json(exclude={"cache", "workers", "scheduler"})
+
+    def run(self, stages: list[str], progress: bool = True, wait_s: float = 0.0) -> dict[str, StageReport]:
+        with CacheLock(self.root, wait_s=wait_s):
+            unchanged = self._unchanged(stages)
+            if unchanged is not None:
+                return unchanged
+            self._record(stages)
+            keys = self.completion_keys(stages)
+            complete = self._complete(keys)  # everything fresh at the last run with these very inputs
+            if complete is not None:
+                return complete
+            plan = self.plan(stages)
+            reports: dict[str, StageReport] = {}
+            with progress_bar(progress) as bar:
+                for name in plan.order:
+                    reports[name] = self._run_stage(bar, plan, name, keys[name])
+            return reports
+
+    # -- what the cache is made from -------------------------------------------------------
+    def _record(self, stages: list[str]) -> None:
+        """The manifest rows and the named set's settings, so the cache stands alone: training,
+        status and show need only the cache directory. Written only when something changed."""
+        index = self.store.index
+        # Refused manifest rows never reach a stage: keep them where `msf status --failed` looks.
+        index.set_meta("corpus_problems", json.dumps([str(p) for p in self.corpus.problems]))
+        rows = self.rows_digest
+        if index.get_meta("utterances_digest") != rows:
+            index.record_utterances(s.record() for s in self.sources)
+            index.set_meta("utterances_digest", rows)
+        name = self.config.name
+        config = self._config_json()
+        members = [s.utt.id for s in self.sources]
+        corpus = (corpus_digest(self.config.corpus, self.config.label_range) or "") if self.config.corpus else ""
+        old = index.feature_set(name)
+        order = stage_order(stages)
+        wanted = stage_order(list(dict.fromkeys([*(old.stages if old else []), *order])))  # upstream first
+        if old is None or (old.config, old.stages, old.members, old.corpus, old.rows_digest, old.corpus_digest) != (
+                config, wanted, members, self.corpus.spec, rows, corpus):
+            index.record_set(FeatureSetRecord(name, config, wanted, self.corpus.spec, members, rows, corpus,
+                                              time.time()))
+
+    # -- one stage ---------------------------------------------------------------------------
+    def _run_stage(self, bar: Progress, plan: Plan, name: str, key: str) -> StageReport:
+        t0 = time.perf_counter()
+        sp = plan[name]
+        cls = sp.stage
+        index = self.store.index
+        index.record_params(sp.params_digest, name, cls.version, cls.fingerprint_params(sp.params))
+        state = stage_state(index, self.store.shard_names(name), sp)
+        report = StageReport(reused=len(state.fresh))
+        todo = state.todo
+        task = bar.add_task(name, total=len(todo))
+        shards, nbytes = set(state.fresh.values()), state.fresh_bytes  # of the fresh entries, for the marker
+        if not todo:
+            index.record_completion(name, key, shards, len(sp.fingerprints), nbytes)
+            report.seconds = round(time.perf_counter() - t0, 3)
+            return report
+        items, blocked = self._items(plan, name, todo)
+        if cls.group_by:
+            groups = self._whole_groups(plan, name, state, items, report)
+        else:
+            ready = [items[u] for u in todo if u in items]
+            sizes = index.file_sizes()
+            ready.sort(key=lambda t: sizes.get(t.utt["audio"], 0))  # similar lengths share a task
+            # Shard-sized tasks, but never fewer tasks than workers: a small corpus still uses them all.
+            size = max(1, min(self.config.shard_size, -(-len(ready) // self.executor.workers)))
+            groups = [ready[i : i + size] for i in range(0, len(ready), size)]
+        bar.update(task, total=len(blocked) + sum(len(g) for g in groups))
+        if blocked:
+            index.commit([], blocked)
+            report.failed += len(blocked)
+            bar.advance(task, len(blocked))
+        params = sp.params.model_dump(mode="json")
+        argsets = ((str(self.root), name, params, g, self.config.plugins) for g in groups)
+        # two tasks per worker in flight: one running, one queued, and nothing more held anywhere
+        results = self.executor.run(run_task, argsets, window=2 * self.executor.workers)
+        try:
+            for i, res in results:
+                group = groups[i]
+                if isinstance(res, MsfError):  # no model, a bad setting: one clear error, not N failures
+                    raise res
+                if isinstance(res, BaseException):  # a crashed task fails its items, not the run
+                    res = TaskResult(failed=[(t.utt["id"], f"task failed: {describe_error(res)}") for t in group])
+                index.commit([plan.entry(name, u, res.shard, row, checksum, size)  # type: ignore[arg-type]
+                              for u, row, checksum, size in res.done],
+                             [Failure(name, u, sp.fingerprints[u], err, time.time()) for u, err in res.failed])
+                fault_point("commit")
+                if res.shard:
+                    shards.add(res.shard)
+                    nbytes += sum(size for *_, size in res.done)
+                report.computed += len(res.done)
+                report.failed += len(res.failed)
+                bar.advance(task, len(group))
+        finally:
+            results.close()
+        if report.failed == 0 and report.computed + report.reused == len(sp.fingerprints):
+            index.record_completion(name, key, shards, len(sp.fingerprints), nbytes)
+        report.seconds = round(time.perf_counter() - t0, 3)
+        return report
+
+    def _items(self, plan: Plan, name: str, utts: list[str]) -> tuple[dict[str, TaskItem], list[Failure]]:
+        """Task items for the utterances whose upstream entries are all fresh; a failure record for
+        the others, naming the upstream stage and its error."""
+        cls = plan[name].stage
+        index = self.store.index
+        located = {up: index.locations(up) for up in cls.needs}
+        shards = {up: self.store.shard_names(up) for up in cls.needs}
+        errors = {up: {f.utt: f.error for f in index.failures(up)} for up in cls.needs}
+        items: dict[str, TaskItem] = {}
+        blocked: list[Failure] = []
+        for uid in utts:
+            upstream: dict[str, tuple[str, int]] = {}
+            for up in cls.needs:
+                loc = located[up].get((uid, plan[up].fingerprints[uid]))
+                if loc is None or loc[0] not in shards[up]:
+                    why = errors[up].get(uid, "no fresh entry")
+                    blocked.append(Failure(name, uid, plan[name].fingerprints[uid],
+                                           f"upstream stage {up!r} failed: {why}", time.time()))
+                    break
+                upstream[up] = loc
+            else:
+                src = plan.sources[uid]
+                items[uid] = TaskItem(src.utt.to_dict(), src.audio_hash, upstream)
+        return items, blocked
+
+    def _whole_groups(self, plan: Plan, name: str, state: StageState, items: dict[str, TaskItem],
+                      report: StageReport) -> list[list[TaskItem]]:
+        """Tasks of whole groups: a group with anything to compute is computed with all its ready
+        members (its statistics need them), fresh ones included; packed up to shard_size per task."""
+        cls = plan[name].stage
+        members: dict[str, list[str]] = {}
+        for uid in plan.sources:
+            members.setdefault(plan.group_of(cls, uid), []).append(uid)
+        touched = [ms for ms in members.values() if any(m in items for m in ms)]
+        again, _ = self._items(plan, name, [m for ms in touched for m in ms if m in state.fresh])
+        report.reused -= len(again)
+        tasks: list[list[TaskItem]] = [[]]
+        for ms in touched:
+            group = [items.get(m) or again[m] for m in ms if m in items or m in again]
+            if tasks[-1] and len(tasks[-1]) + len(group) > self.config.shard_size:
+                tasks.append([])
+            tasks[-1].extend(group)
+        return [t for t in tasks if t]

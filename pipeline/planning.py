@@ -1,0 +1,258 @@
+"""Planning: the fingerprint of every (stage, utterance) for one configuration and corpus, and the one
+rule that decides what is fresh, stale, missing or failed, with the reason. The runner, `msf status`,
+the dry run, the trainer and `msf predict` all ask this module; nothing here computes a feature.
+
+An entry is fresh when the index holds an entry of that stage and utterance under the fingerprint
+computed now and its shard exists. Entries are kept under the fingerprint that made them, so
+several variants of a stage live side by side and returning to a setting finds its entries again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from msf.pipeline.cache_index import CacheIndex, Entry, Failure, RecordedUtterance
+from msf.pipeline.corpus import FILE_EXTRAS, Corpus, Utterance
+from msf.pipeline.fingerprint import Parts, canonical_json, digest, join_parts, params_digest, split_parts
+from msf.pipeline.shard_store import ShardStore
+from msf.pipeline.stage import Stage, StageParams, stage_class, stage_order
+
+
+@dataclass(slots=True)  # not frozen: at 100k utterances a frozen dataclass costs 0.3 s to build
+class Source:
+    """One utterance as fingerprints see it: its manifest row and the content hashes of its files."""
+
+    utt: Utterance
+    audio_hash: str
+    files: dict[str, str] = field(default_factory=dict)  # extra key -> content hash (FILE_EXTRAS)
+
+    def record(self) -> tuple:
+        """The row the cache records (CacheIndex.record_utterances)."""
+        u = self.utt
+        return (u.id, u.audio, u.speaker, u.split, u.transcript, u.valence, u.arousal, u.dominance,
+                canonical_json(u.extra) if u.extra else "{}", self.audio_hash,
+                canonical_json(self.files) if self.files else "{}")
+
+
+def sources_from_corpus(corpus: Corpus, index: CacheIndex) -> list[Source]:
+    """Hashes the audio (and provided alignment files) by content, re-reading a file only when its
+    size or mtime changed since the cache last saw it."""
+    paths = [u.audio for u in corpus.utterances]
+    with_files = [u for u in corpus.utterances if u.extra and not FILE_EXTRAS.isdisjoint(u.extra)]
+    paths += [u.extra[k] for u in with_files for k in FILE_EXTRAS if k in u.extra]
+    hashes = index.file_hashes(paths)
+    files = {u.id: {k: hashes[u.extra[k]] for k in FILE_EXTRAS if k in u.extra} for u in with_files}
+    return [Source(u, hashes[u.audio], files.get(u.id, {})) for u in corpus.utterances]
+
+
+def rows_digest(sources: list[Source]) -> str:
+    """Everything a fingerprint can take from the corpus: each utterance's recorded row and hashes."""
+    return digest("\n".join(f"{s.utt.id}\x1f{s.utt.audio}\x1f{s.utt.speaker}\x1f{s.utt.split}\x1f{s.utt.transcript}"
+                             f"\x1f{s.utt.valence}\x1f{s.utt.arousal}\x1f{s.utt.dominance}\x1f{s.utt.extra}"
+                             f"\x1f{s.audio_hash}\x1f{s.files}" for s in sources))
+
+
+def completion_keys(rows: str, params: dict[str, str], order: list[str]) -> dict[str, str]:
+    """Per stage, a digest of everything its fingerprints are made of: the utterances' rows and hashes
+    (`rows`), and the parameter digests of the stage and everything upstream of it. A run that
+    leaves every entry of a stage fresh records its key with the shards those entries are in; a
+    later run (or `msf status`) with the same key only checks that those shards still exist, and
+    plans nothing: the cheapest check first, as `dvc status` does. Dropping an entry (verify, gc)
+    forgets the stage's keys."""
+    keys: dict[str, str] = {}
+    for name in order:
+        ups = sorted(keys[up] for up in stage_class(name).needs)
+        keys[name] = digest("|".join([params[name], *ups] if ups else [params[name], rows]))
+    return keys
+
+
+def sources_from_cache(recorded: Iterable[RecordedUtterance]) -> list[Source]:
+    """The utterances as the cache recorded them: no audio needed."""
+    return [Source(Utterance.from_dict(r.row), r.audio_hash, r.files) for r in recorded]
+
+
+@dataclass
+class StagePlan:
+    stage: type[Stage]
+    params: StageParams
+    params_digest: str
+    fingerprints: dict[str, str]  # utterance -> fingerprint now
+    group_digests: dict[str, str] = field(default_factory=dict)  # group key -> digest (group stages)
+
+
+class Plan:
+    """Fingerprints of the requested stages and everything upstream of them, upstream first."""
+
+    def __init__(self, sources: list[Source], params_of: Callable[[type[Stage]], StageParams], stages: list[str]):
+        self.sources = {s.utt.id: s for s in sources}
+        self.order = stage_order(stages)
+        self.stages: dict[str, StagePlan] = {}
+        self._fields: dict[tuple[tuple[str, ...], str], str] = {}
+        for name in self.order:
+            cls = stage_class(name)
+            params = params_of(cls)
+            self.stages[name] = self._plan(cls, params)
+
+    def __getitem__(self, stage: str) -> StagePlan:
+        return self.stages[stage]
+
+    def _plan(self, cls: type[Stage], params: StageParams) -> StagePlan:
+        pd = params_digest(cls, params)
+        ups = [(up, self.stages[up].fingerprints) for up in cls.needs]
+        fps: dict[str, str] = {}
+        for uid, src in self.sources.items():  # the hot loop at 100k utterances: plain strings only
+            upstream = ";".join(f"{up}={fp[uid]}" for up, fp in ups)
+            fps[uid] = digest(f"{pd}|{src.audio_hash}|{self.fields(cls, src)}|{upstream}")
+        plan = StagePlan(cls, params, pd, fps)
+        if cls.group_by:  # every member's fingerprint also covers its group's members
+            members: dict[str, list[str]] = {}
+            for uid, src in self.sources.items():
+                members.setdefault(src.utt.group_key(cls.group_by), []).append(uid)
+            for key, ms in members.items():
+                plan.group_digests[key] = digest(canonical_json(sorted((m, fps[m]) for m in ms)))
+            plan.fingerprints = {uid: digest(f"{fps[uid]}|{plan.group_digests[self.group_of(cls, uid)]}")
+                                 for uid in fps}
+        return plan
+
+    def fields(self, cls: type[Stage], src: Source) -> str:
+        """`name=digest;...` of the utterance fields a stage reads (absent ones left out)."""
+        if not cls.reads:
+            return ""
+        key = (cls.reads, src.utt.id)
+        if key not in self._fields:
+            pairs = {}
+            for f in cls.reads:
+                if f.startswith("extra."):
+                    name = f[6:]
+                    if name in src.utt.extra:
+                        pairs[f] = src.files.get(name) or digest(str(src.utt.extra[name]))
+                elif getattr(src.utt, f) not in (None, ""):
+                    pairs[f] = digest(str(getattr(src.utt, f)))
+            self._fields[key] = join_parts(pairs)
+        return self._fields[key]
+
+    def group_of(self, cls: type[Stage], uid: str) -> str:
+        return self.sources[uid].utt.group_key(cls.group_by)  # type: ignore[arg-type]
+
+    def parts(self, stage: str, uid: str) -> Parts:
+        """The fingerprint of (stage, utterance) taken apart, as the index keeps it beside the entry."""
+        sp = self.stages[stage]
+        cls, src = sp.stage, self.sources[uid]
+        upstream = join_parts({up: self.stages[up].fingerprints[uid] for up in cls.needs})
+        group = sp.group_digests[self.group_of(cls, uid)] if cls.group_by else ""
+        return Parts(sp.params_digest, src.audio_hash, self.fields(cls, src), upstream, group)
+
+    def entry(self, stage: str, uid: str, shard: str, row: int, checksum: str, nbytes: int) -> Entry:
+        p = self.parts(stage, uid)
+        return Entry(stage, uid, self.stages[stage].fingerprints[uid], shard, row, checksum, nbytes, p.params,
+                     p.audio, p.fields, p.upstream, p.group)
+
+
+@dataclass
+class StageState:
+    """Where each utterance of one stage stands now."""
+
+    fresh: dict[str, str] = field(default_factory=dict)  # utterance -> shard of its fresh entry
+    fresh_bytes: int = 0
+    failed: dict[str, Failure] = field(default_factory=dict)  # failed under the current fingerprint
+    stale: list[str] = field(default_factory=list)  # has entries, none under the current fingerprint
+    missing: list[str] = field(default_factory=list)  # no entry at all
+
+    def counts(self) -> dict[str, int]:
+        return {"total": len(self.fresh) + len(self.failed) + len(self.stale) + len(self.missing),
+                "fresh": len(self.fresh), "stale": len(self.stale), "missing": len(self.missing),
+                "failed": len(self.failed)}
+
+    @property
+    def todo(self) -> list[str]:
+        return [*self.stale, *self.missing, *self.failed]
+
+
+def stage_state(index: CacheIndex, shards: set[str], sp: StagePlan) -> StageState:
+    """The one freshness rule: an entry under the current fingerprint whose shard exists."""
+    name = sp.stage.name
+    stored = index.stored(name)
+    seen = {u for u, _ in stored}
+    failures = {f.utt: f for f in index.failures(name)}
+    state = StageState()
+    for uid, fp in sp.fingerprints.items():
+        where = stored.get((uid, fp))
+        if where is not None and where[0] in shards:
+            state.fresh[uid] = where[0]
+            state.fresh_bytes += where[1]
+        elif uid in failures and failures[uid].fingerprint == fp:
+            state.failed[uid] = failures[uid]
+        elif uid in seen:
+            state.stale.append(uid)
+        else:
+            state.missing.append(uid)
+    return state
+
+
+def status_of(plan: Plan, store: ShardStore, why: bool = False) -> dict[str, dict[str, Any]]:
+    """Per stage: total, fresh, stale, missing, failed; `bytes` of the fresh entries and `bytes_all` of
+    every variant the cache keeps; with `why`, the stale, missing and failed entries grouped by reason."""
+    stored_bytes = store.index.bytes_by_stage()
+    out: dict[str, dict[str, Any]] = {}
+    for name in plan.order:
+        state = stage_state(store.index, store.shard_names(name), plan[name])
+        out[name] = {**state.counts(), "bytes": state.fresh_bytes, "bytes_all": stored_bytes.get(name, 0)}
+        if why:
+            out[name]["why"] = {r: len(u) for r, u in reasons(plan, store.index, name, state).items()}
+    return out
+
+
+def reasons(plan: Plan, index: CacheIndex, stage: str, state: StageState) -> dict[str, list[str]]:
+    """Stale, missing and failed entries grouped by why (reason -> utterances), as `msf status --why`
+    prints them: `acoustic.layers: [6] -> [12]`, `audio content changed`, `transcript changed`,
+    `upstream align changed`, `new utterance`, ... A stale entry is compared with the newest entry
+    the cache holds for it."""
+    out: dict[str, list[str]] = {}
+    if state.stale:
+        latest = index.latest(stage)
+        diffs: dict[tuple[str, str], str] = {}
+        for uid in state.stale:
+            out.setdefault(_why(plan, index, stage, uid, latest[uid], diffs), []).append(uid)
+    if state.missing:
+        root = plan.order[0]
+        known = {u for u, _ in index.stored(root)} if stage != root else set()
+        for uid in state.missing:
+            out.setdefault("not extracted yet" if uid in known else "new utterance", []).append(uid)
+    if state.failed:
+        out["failed (msf status --failed lists the errors)"] = list(state.failed)
+    return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))
+
+
+def _why(plan: Plan, index: CacheIndex, stage: str, uid: str, old: Entry, diffs: dict[tuple[str, str], str]) -> str:
+    now = plan.parts(stage, uid)
+    found: list[str] = []
+    if old.params != now.params:
+        key = (old.params, now.params)
+        if key not in diffs:
+            diffs[key] = _params_diff(index, plan[stage], old.params)
+        found.append(diffs[key])
+    if old.audio != now.audio:
+        found.append("audio content changed")
+    before, after = split_parts(old.fields), split_parts(now.fields)
+    found += [f"{f} changed" for f in sorted(set(before) | set(after)) if before.get(f) != after.get(f)]
+    if old.audio == now.audio:  # new audio changes every upstream entry too: the audio is the reason
+        before, after = split_parts(old.upstream), split_parts(now.upstream)
+        found += [f"upstream {u} changed" for u in plan[stage].stage.needs if before.get(u) != after.get(u)]
+    if old.grp != now.group and not found:
+        found.append(f"another utterance of its {plan[stage].stage.group_by} group changed")
+    return ", ".join(found) or "fingerprint changed"
+
+
+def _params_diff(index: CacheIndex, sp: StagePlan, old_digest: str) -> str:
+    name = sp.stage.name
+    old = index.params(old_digest)
+    if old is None:
+        return f"{name} parameters changed"
+    version, before = old
+    if version != sp.stage.version:
+        return f"{name} version {version} -> {sp.stage.version}"
+    after = sp.stage.fingerprint_params(sp.params)
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return ", ".join(f"{name}.{k}: {canonical_json(before.get(k))} -> {canonical_json(after.get(k))}"
+                     for k in keys) or f"{name} parameters changed"
