@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from msf.pipeline.audio_io import content_hash
 from msf.pipeline.config import ConfigError
@@ -260,12 +260,13 @@ class CacheIndex:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
     # -- file hashes -----------------------------------------------------------------------
-    def file_hashes(self, paths: Iterable[str]) -> dict[str, str]:
+    def file_hashes(self, paths: Iterable[str], progress: Callable[[int], None] | None = None) -> dict[str, str]:
         """Content hashes, re-reading a file only when its size or mtime changed since last time;
-        "missing" for a file that is not there."""
+        "missing" for a file that is not there. New files are read by a few threads (reads and
+        blake2b release the GIL): a first run over a large corpus is I/O, not Python."""
         known = {p: (size, mtime, h) for p, size, mtime, h in self.db.execute("SELECT * FROM file_hashes")}
         out: dict[str, str] = {}
-        fresh: list[tuple[str, int, int, str]] = []
+        todo: list[tuple[str, int, int]] = []
         stat = os.stat
         for p in paths:
             if p in out:
@@ -279,11 +280,21 @@ class CacheIndex:
             if k is not None and k[0] == st.st_size and k[1] == st.st_mtime_ns:
                 out[p] = k[2]
                 continue
-            out[p] = content_hash(p)
-            fresh.append((p, st.st_size, st.st_mtime_ns, out[p]))
-        if fresh:
-            with self.transaction():
-                self.db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?,?,?,?)", fresh)
+            out[p] = ""
+            todo.append((p, st.st_size, st.st_mtime_ns))
+        if todo:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(8, 2 * (os.cpu_count() or 1))) as pool:
+                for start in range(0, len(todo), 1024):  # committed in blocks: an interrupted first run keeps them
+                    block = todo[start : start + 1024]
+                    hashed = list(pool.map(lambda t: content_hash(t[0]), block))
+                    with self.transaction():
+                        self.db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?,?,?,?)",
+                                            [(p, size, mtime, h) for (p, size, mtime), h in zip(block, hashed)])
+                    out.update((p, h) for (p, _, _), h in zip(block, hashed))
+                    if progress:
+                        progress(len(block))
         return out
 
     def recorded_files_unchanged(self) -> bool:

@@ -82,6 +82,14 @@ class Extraction:
             self.corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
         return self._sources
 
+    def _hash_with_progress(self, bar: Progress) -> None:
+        """The content-hash pass of a first run (every file read once), with a bar of its own."""
+        if self._sources is None:
+            task = bar.add_task("hashing", total=None)
+            self._sources = sources_from_corpus(self.corpus, self.store.index, lambda n: bar.advance(task, n))
+            self.corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
+            bar.update(task, total=bar.tasks[task].completed)
+
     @cached_property
     def rows_digest(self) -> str:
         return rows_digest(self.sources)
@@ -140,14 +148,15 @@ class Extraction:
             unchanged = self._unchanged(stages)
             if unchanged is not None:
                 return unchanged
-            self._record(stages)
-            keys = self.completion_keys(stages)
-            complete = self._complete(keys)  # everything fresh at the last run with these very inputs
-            if complete is not None:
-                return complete
-            plan = self.plan(stages)
-            reports: dict[str, StageReport] = {}
             with progress_bar(progress) as bar:
+                self._hash_with_progress(bar)
+                self._record(stages)
+                keys = self.completion_keys(stages)
+                complete = self._complete(keys)  # everything fresh at the last run with these very inputs
+                if complete is not None:
+                    return complete
+                plan = self.plan(stages)
+                reports: dict[str, StageReport] = {}
                 for name in plan.order:
                     reports[name] = self._run_stage(bar, plan, name, keys[name])
             return reports

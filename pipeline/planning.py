@@ -35,13 +35,13 @@ class Source:
                 canonical_json(self.files) if self.files else "{}")
 
 
-def sources_from_corpus(corpus: Corpus, index: CacheIndex) -> list[Source]:
+def sources_from_corpus(corpus: Corpus, index: CacheIndex, progress: Callable[[int], None] | None = None) -> list[Source]:
     """Hashes the audio (and provided alignment files) by content, re-reading a file only when its
     size or mtime changed since the cache last saw it."""
     paths = [u.audio for u in corpus.utterances]
     with_files = [u for u in corpus.utterances if u.extra and not FILE_EXTRAS.isdisjoint(u.extra)]
     paths += [u.extra[k] for u in with_files for k in FILE_EXTRAS if k in u.extra]
-    hashes = index.file_hashes(paths)
+    hashes = index.file_hashes(paths, progress)
     files = {u.id: {k: hashes[u.extra[k]] for k in FILE_EXTRAS if k in u.extra} for u in with_files}
     return [Source(u, hashes[u.audio], files.get(u.id, {})) for u in corpus.utterances]
 

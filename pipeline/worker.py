@@ -102,6 +102,19 @@ def _upstream_records(root: Path, reader: ShardReader, items: list[TaskItem]) ->
 
 def run_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem],
              plugins: list[str] = ()) -> TaskResult:  # type: ignore[assignment]
+    """One shard. numpy's BLAS runs on one thread here whatever the worker count: a float32 matrix
+    product split over two threads rounds differently in the last bit, and an int8 encoder (the
+    Whisper encoder of the offline profile) amplifies that to differences of 0.25 in its output. So
+    the same fingerprint gives the same bytes with one worker or many (Dask's worker processes get
+    one BLAS thread from its nanny; a single in-process worker would otherwise use them all)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _run_task(root, stage_name, params, items, plugins)
+
+
+def _run_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem],
+              plugins: list[str]) -> TaskResult:
     load_plugins(list(plugins))
     stage = stage_instance(stage_name, params, root)
     reader = _READERS.setdefault(root, ShardReader())
