@@ -58,14 +58,6 @@ def _report_problems(problems: list[Any]) -> None:
         ERR.print(f"  … and {len(problems) - 20} more")
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 @app.command()
 def extract(
     config: Optional[Path] = typer.Option(None, help="msf.toml to read (default: ./msf.toml if present)."),
@@ -78,6 +70,10 @@ def extract(
     workers: Optional[int] = typer.Option(None, help="Local Dask worker processes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler."),
     wait: float = typer.Option(0.0, help="Seconds to wait for another run holding the cache lock."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be computed, why, and its cost; compute "
+                                                          "and write nothing."),
+    calibrate: int = typer.Option(5, help="With --dry-run: utterances of the corpus to time the stages on (0: none)."),
+    force: bool = typer.Option(False, "--force", help="Run even when the estimate exceeds the free disk space."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-stage summary as JSON (last line)."),
 ) -> None:
     """Bring the requested stages up to date in the cache, computing only what changed."""
@@ -92,9 +88,11 @@ def extract(
         stages = stage or sorted(REGISTRY)
         for s in stages:
             stage_class(s)
-        ex = Extraction(cfg)
+        ex = Extraction(cfg, dry_run=dry_run)
         try:
-            reports = ex.run(stages, progress=True, wait_s=wait)
+            if dry_run:
+                return _print_dry_run(ex, stages, calibrate, as_json)
+            reports = ex.run(stages, progress=True, wait_s=wait, force=force)
         finally:
             _report_problems(ex.corpus_problems())
             ex.close()
@@ -108,6 +106,29 @@ def extract(
     OUT.print(table)
     if any(r.failed for r in reports.values()):
         ERR.print("[yellow]some utterances failed; `msf status --failed` lists them (they are retried next run)[/]")
+
+
+def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) -> None:
+    from msf.pipeline.extraction import free_bytes, human_bytes
+
+    estimates = ex.dry_run(stages, calibrate=calibrate)
+    free = free_bytes(ex.root)
+    if as_json:
+        print(json.dumps({"stages": {k: e.to_dict() for k, e in estimates.items()}, "free_bytes": free,
+                          "calibrated_on": calibrate, "workers": ex.config.workers}))
+        return
+    table = Table("stage", "to compute", "reused", "audio", "est. size", "est. time", "why",
+                  title=f"dry run: cache {ex.root}, feature set {ex.config.name!r} (nothing computed or written)")
+    total = 0.0
+    for stage_name, e in estimates.items():
+        total += e.bytes or 0.0
+        why = "; ".join(f"{r} ({n:,})" for r, n in list(e.why.items())[:3])
+        table.add_row(stage_name, f"{e.to_compute:,}", f"{e.reused:,}", f"{e.audio_seconds / 3600:.2f} h",
+                      "?" if e.bytes is None else human_bytes(e.bytes),
+                      "?" if e.seconds is None else f"{e.seconds / 60:.1f} min", why)
+    OUT.print(table)
+    OUT.print(f"about {human_bytes(total)} to write; {human_bytes(free)} free on the cache's filesystem; time on "
+              f"{ex.config.workers} worker(s), from a calibration on {calibrate} utterance(s) of this corpus", highlight=False)
 
 
 def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str] = (), corpus: Optional[str] = None):  # type: ignore[assignment]
@@ -144,6 +165,8 @@ def status(
 ) -> None:
     """How much of each stage of a feature set is fresh, stale, missing or failed, and the bytes it takes.
     Needs only the cache; --config/--set/--corpus compare it with other settings or a changed corpus."""
+    from msf.pipeline.extraction import human_bytes
+
     with user_errors():
         view = _view(cache, name, config, set_, corpus)
         try:
@@ -164,7 +187,7 @@ def status(
                   title=f"cache {cache}, feature set {name!r}")
     for stage_name, c in counts.items():
         table.add_row(stage_name, *(str(c[k]) for k in ("total", "fresh", "stale", "missing", "failed")),
-                      _human_bytes(c["bytes"]), _human_bytes(c["bytes_all"]))
+                      human_bytes(c["bytes"]), human_bytes(c["bytes_all"]))
     OUT.print(table)
     if len(sets) > 1:
         OUT.print(f"feature sets in this cache: {', '.join(sets)}", highlight=False)
@@ -304,6 +327,7 @@ def cache_gc(cache: Path = typer.Option(...), yes: bool = typer.Option(False, "-
     """Remove the entries no named feature set references (earlier variants, dropped utterances) and the
     shard files left empty. Shows what it would remove unless --yes."""
     from msf.pipeline.cache_view import collect_garbage, gc_plan
+    from msf.pipeline.extraction import human_bytes
 
     with _locked_store(cache) as store:
         plan = gc_plan(store)
@@ -313,12 +337,12 @@ def cache_gc(cache: Path = typer.Option(...), yes: bool = typer.Option(False, "-
         return
     d = plan.to_dict()
     verb = "removed" if yes else "would remove"
-    OUT.print(f"{verb} {d['entries']:,} entries no feature set references ({_human_bytes(d['entry_bytes'])}) "
-              f"and {d['files']} shard file(s) ({_human_bytes(d['file_bytes'])} of disk)"
+    OUT.print(f"{verb} {d['entries']:,} entries no feature set references ({human_bytes(d['entry_bytes'])}) "
+              f"and {d['files']} shard file(s) ({human_bytes(d['file_bytes'])} of disk)"
               + (f"; by stage: {', '.join(f'{s} {n:,}' for s, n in d['by_stage'].items())}" if d["by_stage"] else ""),
               highlight=False)
     if d["kept_in_shared_shards"]:
-        OUT.print(f"{_human_bytes(d['kept_in_shared_shards'])} of them sit in shards that also hold kept entries: "
+        OUT.print(f"{human_bytes(d['kept_in_shared_shards'])} of them sit in shards that also hold kept entries: "
                   "`msf cache compact` reclaims that space", highlight=False)
     if not yes:
         OUT.print("nothing removed: run `msf cache gc --yes` to remove it", highlight=False)

@@ -103,20 +103,30 @@ class FeatureSetRecord:
 
 
 class CacheIndex:
-    def __init__(self, root: Path, create: bool = True):
-        if create:
-            root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path, readonly: bool = False):
+        """`readonly` (a dry run): SQLite refuses every write, and a cache that does not exist yet is
+        an empty index in memory, so nothing is created on disk."""
         self.path = root / "index.sqlite"
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.readonly = readonly
+        if not readonly:
+            root.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+        elif self.path.is_file():  # immutable: not even SQLite's -shm/-wal files, unless a WAL is there
+            wal = self.path.with_name(self.path.name + "-wal").exists()
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro" + ("" if wal else "&immutable=1"), uri=True,
+                                      isolation_level=None)
+        else:
+            self.db = sqlite3.connect(":memory:", isolation_level=None)
         old = {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}
         if old and "params" not in old:
             self.db.close()
             raise ConfigError(f"the cache {root} was written by an older msf (index schema 1) that kept one "
                               "entry per stage and utterance; extract into a new cache directory")
-        self.db.executescript(SCHEMA)
-        if self.get_meta("schema") is None:
+        if not old or not readonly:
+            self.db.executescript(SCHEMA)
+        if not readonly and self.get_meta("schema") is None:
             self.set_meta("schema", SCHEMA_VERSION)
 
     def close(self) -> None:
@@ -282,7 +292,12 @@ class CacheIndex:
                 continue
             out[p] = ""
             todo.append((p, st.st_size, st.st_mtime_ns))
-        if todo:
+        if todo and self.readonly:  # hashed, not recorded
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(8, 2 * (os.cpu_count() or 1))) as pool:
+                out.update(zip([t[0] for t in todo], pool.map(lambda t: content_hash(t[0]), todo)))
+        elif todo:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(min(8, 2 * (os.cpu_count() or 1))) as pool:

@@ -7,9 +7,11 @@ committed and resumes from there.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
@@ -17,13 +19,15 @@ from rich.progress import Progress
 from msf.pipeline.cache_index import FeatureSetRecord, Failure
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, corpus_digest, load_corpus
-from msf.pipeline.errors import MsfError, NotFound
+from msf.pipeline.errors import MsfError, NotFound, UsageError
+from msf.pipeline.estimate import (Estimate, StageCost, audio_durations, calibrate as calibrate_stages,
+                                   estimate_stage, pick_for_calibration)
 from msf.pipeline.executors import DaskExecutor, Executor
 from msf.pipeline.faults import fault_point
 from msf.pipeline.fingerprint import params_digest
 from msf.pipeline.lock import CacheLock
-from msf.pipeline.planning import (Plan, Source, StageState, completion_keys, rows_digest, sources_from_corpus,
-                                   stage_state, status_of)
+from msf.pipeline.planning import (Plan, Source, StageState, completion_keys, reasons, rows_digest,
+                                   sources_from_corpus, stage_state, status_of)
 from msf.pipeline.progress import progress_bar
 from msf.pipeline.shard_store import ShardStore
 from msf.pipeline.stage import Record, load_plugins, stage_class, stage_order
@@ -42,17 +46,37 @@ def reports_json(reports: dict[str, StageReport]) -> str:
     return json.dumps({"stages": {k: asdict(v) for k, v in reports.items()}})
 
 
+def free_bytes(path: Path) -> int:
+    """Free space on the filesystem that holds `path` (or would, once created)."""
+    import shutil
+
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 class Extraction:
     """One cache, one corpus, one resolved configuration, recorded under a feature-set name."""
 
-    def __init__(self, config: MsfConfig, corpus: Corpus | None = None, executor: Executor | None = None):
+    def __init__(self, config: MsfConfig, corpus: Corpus | None = None, executor: Executor | None = None,
+                 dry_run: bool = False):
+        """`dry_run`: the cache is opened read-only (and not created); only `dry_run()` makes sense."""
         if corpus is None and config.corpus is None:
             raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
         load_plugins(config.plugins)
         self.config = config
         self._corpus = corpus
         self.root = config.cache_dir()
-        self.store = ShardStore(self.root)
+        self.store = ShardStore(self.root, readonly=dry_run)
         self.executor: Executor = executor or DaskExecutor(config.workers, config.scheduler)
         self._sources: list[Source] | None = None
         self._plans: dict[tuple[str, ...], Plan] = {}
@@ -143,7 +167,10 @@ class Extraction:
     def _config_json(self) -> str:
         return self.config.model_dump_json(exclude={"cache", "workers", "scheduler"})
 
-    def run(self, stages: list[str], progress: bool = True, wait_s: float = 0.0) -> dict[str, StageReport]:
+    def run(self, stages: list[str], progress: bool = True, wait_s: float = 0.0,
+            force: bool = False) -> dict[str, StageReport]:
+        """Bring the stages up to date. Unless `force`, first check that what the stages with a
+        declared output size would write fits in the cache's filesystem."""
         with CacheLock(self.root, wait_s=wait_s):
             unchanged = self._unchanged(stages)
             if unchanged is not None:
@@ -156,10 +183,74 @@ class Extraction:
                 if complete is not None:
                     return complete
                 plan = self.plan(stages)
+                if not force:
+                    self._check_free_space(plan)
                 reports: dict[str, StageReport] = {}
                 for name in plan.order:
                     reports[name] = self._run_stage(bar, plan, name, keys[name])
             return reports
+
+    # -- what it would cost ----------------------------------------------------------------
+    def _to_compute(self, plan: Plan, name: str) -> tuple[StageState, list[str]]:
+        """A stage's state and what a run would compute: what is not fresh, and for a group stage the
+        fresh members of every group it touches too (their statistics need them)."""
+        state = stage_state(self.store.index, self.store.shard_names(name), plan[name])
+        todo = state.todo
+        cls = plan[name].stage
+        if cls.group_by and todo:
+            touched = {plan.group_of(cls, u) for u in todo}
+            todo += [u for u in state.fresh if plan.group_of(cls, u) in touched]
+        return state, todo
+
+    def dry_run(self, stages: list[str], calibrate: int = 5) -> dict[str, Estimate]:
+        """Per stage: what would be computed and why, and its estimated bytes and wall time. Computes
+        and writes nothing in the cache (open it with `dry_run=True`)."""
+        plan = self.plan(stages)
+        todo = {name: self._to_compute(plan, name) for name in plan.order}
+        need = {u for _, t in todo.values() for u in t}
+        durations = audio_durations(plan.sources[u].utt.audio for u in need)
+        costs: dict[str, StageCost] = {}
+        busy = [n for n in plan.order if todo[n][1]]
+        if calibrate > 0 and busy:
+            utts = [plan.sources[u].utt for u in need]
+            costs = calibrate_stages(self._calibration_extraction, pick_for_calibration(utts, durations, calibrate),
+                                     busy, self.config.params_for)
+        out: dict[str, Estimate] = {}
+        for name in plan.order:
+            state, us = todo[name]
+            stage = plan[name].stage(plan[name].params)
+            why = {r: len(u) for r, u in reasons(plan, self.store.index, name, state).items()}
+            out[name] = estimate_stage(stage, [durations[plan.sources[u].utt.audio] for u in us],
+                                       len(state.fresh) - (len(us) - len(state.todo)), why, costs.get(name),
+                                       self.config.workers, None if self.config.scheduler else os.cpu_count(),
+                                       self.config.shard_size)
+        return out
+
+    def _calibration_extraction(self, root: Path, corpus: Corpus, executor: Executor) -> "Extraction":
+        return Extraction(self.config.model_copy(update={"cache": root, "name": "calibration", "shard_size": 1,
+                                                         "workers": 1, "scheduler": None}),
+                          corpus=corpus, executor=executor)
+
+    def _check_free_space(self, plan: Plan) -> None:
+        """Stop before a run whose declared output would not fit on the cache's filesystem."""
+        free = free_bytes(self.root)
+        total = 0.0
+        durations: dict[str, float] | None = None
+        for name in plan.order:
+            stage = plan[name].stage(plan[name].params)
+            _, us = self._to_compute(plan, name)
+            if not us or stage.declared_bytes(1.0) is None:
+                continue
+            if durations is None:
+                durations = audio_durations(s.utt.audio for s in plan.sources.values())
+            need = sum(stage.declared_bytes(durations[plan.sources[u].utt.audio]) or 0.0 for u in us)
+            total += need
+            if total > free:
+                raise UsageError(
+                    f"stage {name!r} would write about {human_bytes(need)} ({human_bytes(total)} for this run so "
+                    f"far), but the filesystem of {self.root} has {human_bytes(free)} free. Free some space, keep "
+                    "fewer layers or float16, extract to another --cache, or pass --force to go on; "
+                    "`msf extract --dry-run` shows the whole estimate.")
 
     # -- what the cache is made from -------------------------------------------------------
     def _record(self, stages: list[str]) -> None:

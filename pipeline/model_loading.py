@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from msf.pipeline.errors import MsfError
@@ -42,7 +43,43 @@ def load_whisper(model: str, device: str = "cpu", compute_type: str = "int8", ro
         ) from None
 
 
-def load_transformers(model: str, loader: str, param: str, offline: str | None) -> tuple[object, Path | str]:
+@lru_cache(maxsize=16)
+def whisper_dims(model: str) -> tuple[int, float]:
+    """(width, frames per second) of a CTranslate2 Whisper encoder, read from the shapes in its
+    model.bin (name, rank, dims, dtype, byte count, data per variable; the data is skipped), so a
+    size estimate needs no model in memory. CTranslate2's config.json does not say."""
+    import struct
+
+    path = bundled_tiny_en() if model == BUNDLED_TINY_EN else Path(model).expanduser()
+    with open(path / "model.bin", "rb") as f:
+        def string() -> str:
+            (n,) = struct.unpack("H", f.read(2))
+            return f.read(n)[:-1].decode()
+
+        f.read(4)  # binary version
+        string()  # spec name
+        f.read(4)  # spec revision
+        (count,) = struct.unpack("I", f.read(4))
+        for _ in range(count):
+            name = string()
+            (rank,) = struct.unpack("B", f.read(1))
+            dims = struct.unpack(f"{rank}I", f.read(4 * rank))
+            f.read(1)  # dtype
+            (nbytes,) = struct.unpack("I", f.read(4))
+            if name == "encoder/position_encodings/encodings":  # (frames per 30 s window, width)
+                return int(dims[1]), dims[0] / 30.0
+            f.seek(nbytes, 1)
+    raise ModelUnavailable(f"{path} is not a CTranslate2 Whisper model (no encoder position encodings)")
+
+
+@lru_cache(maxsize=16)
+def transformers_config(model: str, param: str):  # type: ignore[no-untyped-def]
+    """A transformers model's config alone (no weights), from a directory or the local hub cache."""
+    return load_transformers(model, "AutoConfig", param, offline=None, weights=False)[0]
+
+
+def load_transformers(model: str, loader: str, param: str, offline: str | None,
+                      weights: bool = True) -> tuple[object, Path | str]:
     """`transformers.<loader>.from_pretrained` from a local directory or the local hub cache, never
     the network; returns the model (eval mode) and where it came from. `param` is the --set key that
     names the model; `offline` names what the offline profile uses instead (None: nothing)."""
@@ -59,5 +96,6 @@ def load_transformers(model: str, loader: str, param: str, offline: str | None) 
             f"{param.split('.')[0]} model {model!r} cannot be loaded offline ({type(e).__name__}: "
             f"{str(e).splitlines()[0]}). Either pass a local directory holding it (--set {param}=PATH) or {way_out}."
         ) from None
-    m.eval()
+    if weights:
+        m.eval()
     return m, source

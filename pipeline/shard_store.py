@@ -127,7 +127,7 @@ class WrittenShard:
     bytes: list[int]  # each row's share of the file on disk
 
 
-def _record_nbytes(record: Record) -> int:
+def record_nbytes(record: Record) -> int:
     return sum(v.nbytes if isinstance(v, np.ndarray) else 8 for v in record.values()) + 16
 
 
@@ -181,7 +181,7 @@ def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> W
         _fsync_dir(stage_dir)
     finally:
         tmp.unlink(missing_ok=True)
-    nbytes = [_record_nbytes(r) for r in records]
+    nbytes = [record_nbytes(r) for r in records]
     total = sum(nbytes)
     return WrittenShard(final, [record_checksum(r) for r in records], [round(size * n / total) for n in nbytes])
 
@@ -273,9 +273,9 @@ class VerifyReport:
 class ShardStore:
     """The cache directory: `<root>/index.sqlite` and `<root>/<stage>/shard-*.h5`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, readonly: bool = False):
         self.root = Path(root)
-        self.index = CacheIndex(self.root)
+        self.index = CacheIndex(self.root, readonly=readonly)
         self.reader = ShardReader()
 
     def close(self) -> None:

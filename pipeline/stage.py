@@ -79,6 +79,12 @@ class Stage(ABC):
     def fingerprint_params(cls, params: StageParams) -> dict[str, Any]:
         return params.model_dump(mode="json", exclude=set(cls.volatile))
 
+    def declared_bytes(self, seconds: float) -> float | None:
+        """The size of one entry for `seconds` of audio, from the output's shape as the stage and its
+        model declare it (before compression; no model weights loaded, nothing computed). None when
+        only running the stage can tell; `msf extract --dry-run` then relies on its calibration."""
+        return None
+
 
 REGISTRY: dict[str, type[Stage]] = {}
 

@@ -62,5 +62,11 @@ class TextStage(Stage):
     profiles = {"offline": OFFLINE_TEXT}
     batch_size = 32
 
+    def declared_bytes(self, seconds: float) -> float | None:
+        """One float32 vector of the encoder's width (plus LES's mask and count): any length of audio."""
+        from msf.pipeline.model_loading import transformers_config
+
+        return 4.0 * transformers_config(self.params.model, f"{self.name}.model").hidden_size + 16  # type: ignore[attr-defined]
+
     def setup(self) -> None:
         self.encoder = TextEncoder(self.params, f"{self.name}.model")  # type: ignore[arg-type]

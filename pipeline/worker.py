@@ -39,7 +39,7 @@ def describe_error(e: BaseException) -> str:
 
 
 def stage_instance(name: str, params: dict[str, Any], root: str) -> Stage:
-    key = (name, canonical_json(params))
+    key = (name, canonical_json(params), root)  # the root too: a stage's workdir lives in its cache
     if key not in _STAGES:
         cls = stage_class(name)
         stage = cls(cls.Params(**params), workdir=Path(root) / "_work" / name)

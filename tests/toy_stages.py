@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -32,6 +34,9 @@ class ToyEnergy(Stage):
             zcr = np.mean(np.abs(np.diff(np.sign(frames), axis=1)) > 0, axis=1)
             out.append({"frames": np.stack([energy, zcr], axis=1).astype(np.float16), "hop": hop})
         return out
+
+    def declared_bytes(self, seconds: float) -> float | None:
+        return seconds * 16000 / self.params.hop * 2 * 2  # type: ignore[attr-defined]  # (T, 2) float16
 
 
 class SummaryParams(StageParams):
@@ -79,3 +84,28 @@ class ToySlow(Stage):
             out.append({"frames": np.stack([frames.mean(1), frames.std(1)], 1).astype(np.float16),
                         "rms": float(np.sqrt(np.mean(x**2)))})
         return out
+
+
+class FragileParams(StageParams):
+    die_on: str = ""  # the utterance whose first visit SIGKILLs the worker process computing it
+    marker: str = ""  # a file that records the kill, so the retried task survives
+
+
+@register
+class ToyFragile(Stage):
+    """toy_summary's twin that kills its own worker process once, at a fixed point (a fault injected
+    at a chosen utterance, never after a random sleep); its fault settings cannot change results."""
+
+    name = "toy_fragile"
+    needs = ("toy_energy",)
+    Params = FragileParams
+    volatile = frozenset({"die_on", "marker"})
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        p: FragileParams = self.params  # type: ignore[assignment]
+        for it in batch:
+            if it.utt.id == p.die_on and p.marker and not os.path.exists(p.marker):
+                with open(p.marker, "w") as f:
+                    f.write(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+        return [{"mean": np.asarray(it.inputs["toy_energy"]["frames"], np.float32).mean(0)} for it in batch]

@@ -9,7 +9,8 @@ from typing import Literal
 
 import numpy as np
 
-from msf.pipeline.model_loading import BUNDLED_TINY_EN, load_transformers, load_whisper
+from msf.pipeline.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
+                                        whisper_dims)
 from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
 
 SR = 16_000
@@ -131,6 +132,19 @@ class AcousticStage(Stage):
         super().__init__(params, workdir)
         p: AcousticParams = params  # type: ignore[assignment]
         self.batch_size = p.batch_size or (1 if p.device == "cpu" else 16)
+
+    def declared_bytes(self, seconds: float) -> float | None:
+        """frames x layers x width x dtype size, from the model's config (or model.bin for Whisper)."""
+        p: AcousticParams = self.params  # type: ignore[assignment]
+        if p.backend == "whisper":
+            width, rate = whisper_dims(p.model)
+            layers = 1
+        else:
+            cfg = transformers_config(p.model, "acoustic.model")
+            width, rate = cfg.hidden_size, SR / float(np.prod(cfg.conv_stride))
+            layers = cfg.num_hidden_layers + 1 if p.layers == "all" else len(p.layers)
+        frames = np.ceil(seconds * rate)
+        return float(frames * layers * width * (2 if p.dtype == "float16" else 4))
 
     def setup(self) -> None:
         p: AcousticParams = self.params  # type: ignore[assignment]
