@@ -471,12 +471,17 @@ def demo(
     n: int = typer.Option(300, help="Utterances in the demo corpus."),
     seed: int = typer.Option(0),
     workers: int = typer.Option(2, help="Local Dask workers for extraction."),
+    alignment: str = typer.Option("automatic", help="automatic (PocketSphinx forced alignment) or provided "
+                                                    "(the synthesiser's word times: the upper bound)."),
 ) -> None:
     """The whole product on a synthetic corpus: build it, extract with the offline profile, report."""
+    from msf.pipeline.errors import UsageError
     from msf.trainer.demo import run_demo
 
     with user_errors():
-        run_demo(out, n=n, seed=seed, workers=workers)
+        if alignment not in ("automatic", "provided"):
+            raise UsageError(f"--alignment is automatic or provided, not {alignment!r}")
+        run_demo(out, n=n, seed=seed, workers=workers, alignment=alignment)  # type: ignore[arg-type]
 
 
 @app.callback()

@@ -30,7 +30,7 @@ from msf.pipeline.planning import (Plan, Source, StageState, completion_keys, re
                                    sources_from_corpus, stage_state, status_of)
 from msf.pipeline.progress import progress_bar
 from msf.pipeline.shard_store import ShardStore
-from msf.pipeline.stage import Record, load_plugins, stage_class, stage_order
+from msf.pipeline.stage import Record, load_plugins, needs_for, stage_class, stage_order
 from msf.pipeline.worker import TaskItem, TaskResult, describe_error, run_task
 
 
@@ -346,7 +346,7 @@ class Extraction:
         blocked: list[Failure] = []
         for uid in utts:
             upstream: dict[str, tuple[str, int]] = {}
-            for up in cls.needs:
+            for up in needs_for(cls, plan.sources[uid].utt):
                 loc = located[up].get((uid, plan[up].fingerprints[uid]))
                 if loc is None or loc[0] not in shards[up]:
                     why = errors[up].get(uid, "no fresh entry")

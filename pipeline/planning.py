@@ -16,7 +16,7 @@ from msf.pipeline.cache_index import CacheIndex, Entry, Failure, RecordedUtteran
 from msf.pipeline.corpus import FILE_EXTRAS, Corpus, Utterance
 from msf.pipeline.fingerprint import Parts, canonical_json, digest, join_parts, params_digest, split_parts
 from msf.pipeline.shard_store import ShardStore
-from msf.pipeline.stage import Stage, StageParams, stage_class, stage_order
+from msf.pipeline.stage import Stage, StageParams, needs_for, stage_class, stage_order
 
 
 @dataclass(slots=True)  # not frozen: at 100k utterances a frozen dataclass costs 0.3 s to build
@@ -99,10 +99,11 @@ class Plan:
 
     def _plan(self, cls: type[Stage], params: StageParams) -> StagePlan:
         pd = params_digest(cls, params)
-        ups = [(up, self.stages[up].fingerprints) for up in cls.needs]
+        ups = [(up, self.stages[up].fingerprints, cls.needed_unless.get(up)) for up in cls.needs]
         fps: dict[str, str] = {}
         for uid, src in self.sources.items():  # the hot loop at 100k utterances: plain strings only
-            upstream = ";".join(f"{up}={fp[uid]}" for up, fp in ups)
+            upstream = ";".join(f"{up}={fp[uid]}" for up, fp, unless in ups
+                                if not (unless and getattr(src.utt, unless)))
             fps[uid] = digest(f"{pd}|{src.audio_hash}|{self.fields(cls, src)}|{upstream}")
         plan = StagePlan(cls, params, pd, fps)
         if cls.group_by:  # every member's fingerprint also covers its group's members
@@ -139,7 +140,7 @@ class Plan:
         """The fingerprint of (stage, utterance) taken apart, as the index keeps it beside the entry."""
         sp = self.stages[stage]
         cls, src = sp.stage, self.sources[uid]
-        upstream = join_parts({up: self.stages[up].fingerprints[uid] for up in cls.needs})
+        upstream = join_parts({up: self.stages[up].fingerprints[uid] for up in needs_for(cls, src.utt)})
         group = sp.group_digests[self.group_of(cls, uid)] if cls.group_by else ""
         return Parts(sp.params_digest, src.audio_hash, self.fields(cls, src), upstream, group)
 

@@ -46,9 +46,21 @@ class Item:
         return load_waveform(self.utt.audio)
 
 
+def needs_for(cls: type["Stage"], utt: Any) -> tuple[str, ...]:
+    """The upstream stages this stage reads for one utterance (see `Stage.needed_unless`)."""
+    if not cls.needed_unless:
+        return cls.needs
+    return tuple(up for up in cls.needs
+                 if not (up in cls.needed_unless and getattr(utt, cls.needed_unless[up], None)))
+
+
 class Stage(ABC):
     name: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ("audio",)
+    # Upstream stages needed only by utterances that lack a field: {"align": "transcript"} lets
+    # `global` embed a manifest transcript whether or not its alignment succeeded, and keeps the
+    # aligner's settings out of its fingerprint.
+    needed_unless: ClassVar[dict[str, str]] = {}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[StageParams]] = StageParams
     # Utterance fields whose values enter the fingerprint (e.g. the transcript for `align`).

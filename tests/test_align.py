@@ -72,3 +72,69 @@ def test_whisper_forced_alignment_keeps_the_reference_words(demo_corpus: Path) -
 def test_missing_model_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="--profile offline"):
         _stage(backend="whisper", model=str(tmp_path / "no-such-model"))
+
+
+def _truth(corpus: Path) -> dict[str, list[dict]]:
+    return {json.loads(l)["id"]: json.loads(l)["words"] for l in (corpus / "truth.jsonl").read_text().splitlines()}
+
+
+def test_sphinx_times_words_and_phones_close_to_the_truth(demo_corpus: Path) -> None:
+    stage = _stage(backend="sphinx")
+    corpus, truth = load_corpus(f"demo:{demo_corpus}"), _truth(demo_corpus)
+    errors = []
+    for utt in corpus.utterances[:6]:
+        rec = stage.compute([Item(utt)])[0]
+        assert not isinstance(rec, Exception), rec
+        assert rec["source"] == "sphinx" and rec["words"].tolist() == [w["word"] for w in truth[utt.id]]
+        errors += [abs(s - w["start"]) for s, w in zip(rec["start"], truth[utt.id])]
+        errors += [abs(e - w["end"]) for e, w in zip(rec["end"], truth[utt.id])]
+        # every word has phones, inside the word, in order
+        assert sorted(set(rec["phone_word"].tolist())) == list(range(len(rec["words"])))
+        for p, s, e in zip(rec["phone_word"], rec["phone_start"], rec["phone_end"]):
+            assert rec["start"][p] - 1e-3 <= s < e <= rec["end"][p] + 1e-3
+    assert np.median(errors) <= 0.03 and np.percentile(errors, 90) <= 0.08
+
+
+def test_sphinx_pronounces_a_word_the_dictionary_lacks(tmp_path: Path) -> None:
+    import soundfile as sf
+    import soxr
+
+    from msf.pipeline.aligners.sphinx import ipa_to_arpabet
+    from msf.pipeline.corpora.espeak import espeak
+
+    assert ipa_to_arpabet("dᵻlˈaɪtfəl") == ["D", "IH", "L", "AY", "T", "F", "AH", "L"]
+    text = "please tell zorblax the meeting starts at noon"  # zorblax: in no dictionary
+    syn = espeak().synth(text, "en-us", 150, 50, 50, 100)
+    wav = tmp_path / "z.wav"
+    sf.write(wav, soxr.resample(syn.samples.astype(np.float32) / 32768, syn.sample_rate, 16000), 16000)
+    stage = _stage(backend="sphinx")
+    rec = stage.compute([Item(Utterance("z", str(wav), transcript=text))])[0]
+    assert not isinstance(rec, Exception), rec
+    assert rec["words"].tolist() == text.split()  # never silently dropped
+    assert stage._aligner.added["zorblax"][:3] == ["Z", "AO", "R"]  # type: ignore[union-attr]
+    z = text.split().index("zorblax")
+    truth_start = syn.words[z].sample / syn.sample_rate
+    assert abs(rec["start"][z] - truth_start) < 0.06
+
+
+def test_sphinx_refuses_a_transcript_that_is_not_what_is_said(demo_corpus: Path) -> None:
+    stage = _stage(backend="sphinx")
+    corpus = load_corpus(f"demo:{demo_corpus}").utterances
+    wrong = "the committee will reconvene on thursday afternoon to discuss the budget in detail"
+    rec = stage.compute([Item(Utterance("x", corpus[0].audio, transcript=wrong))])[0]
+    assert isinstance(rec, Exception)
+    assert "does not match the audio" in str(rec)
+
+
+def test_sphinx_refuses_other_languages_clearly() -> None:
+    with pytest.raises(ModelUnavailable, match="English only"):
+        _stage(backend="sphinx", language="de")
+
+
+@pytest.mark.slow
+def test_no_transcript_whisper_asr_then_sphinx_realigns(demo_corpus: Path) -> None:
+    stage = _stage(backend="sphinx", model=BUNDLED_TINY_EN)
+    utt = load_corpus(f"demo:{demo_corpus}").utterances[0]
+    rec = stage.compute([Item(Utterance("x", utt.audio))])[0]
+    assert not isinstance(rec, Exception), rec
+    assert rec["source"] == "whisper:asr+sphinx" and len(rec["words"]) >= 8 and len(rec["phones"]) > len(rec["words"])

@@ -183,3 +183,26 @@ def test_knowledge_describer_is_deterministic_and_reads_stance(tmp_path: Path) -
             assert 'gives a command ("listen")' in t
             checked["command"] += 1
     assert all(checked.values()), checked  # every stance case occurs in this corpus (seed 0, 10 utterances)
+
+
+def test_global_embeds_a_transcript_whose_alignment_failed(tmp_path: Path, demo_corpus: Path) -> None:
+    """GS needs only the transcript: an utterance the aligner refuses still gets its GS; one with no
+    transcript needs the (ASR) alignment, and says so when there is none."""
+    import csv
+
+    rows = list(csv.DictReader(open(demo_corpus / "manifest.csv")))[:3]
+    rows[1]["transcript"] = "the committee will reconvene on thursday afternoon to discuss the budget in detail"
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "audio": str(demo_corpus / r["audio"])} for r in rows)
+    cfg = load_config(None, ["align.backend=sphinx"], corpus=str(tmp_path / "m.csv"), cache=str(tmp_path / "c"),
+                      workers=1, profile="offline")
+    ex = Extraction(cfg)
+    reports = ex.run(["global", "emphasis"], progress=False)
+    assert reports["align"].failed == 1 and reports["global"].computed == 3 and reports["global"].failed == 0
+    assert reports["emphasis"].failed == 1  # emphasis does need the word times
+    failed = ex.store.index.failures("align")[0]
+    assert failed.utt == rows[1]["id"] and "does not match the audio" in failed.error
+    assert ex.read("global", rows[1]["id"])["embedding"].shape == (384,)
+    ex.close()

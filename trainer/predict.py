@@ -27,8 +27,9 @@ def predict(audio: list[Path], run: Path, transcript: str | None = None, device:
     stages = dict(config.stages)
     if stages.get("align", {}).get("backend") == "provided":
         # A corpus's own alignment does not exist for new audio: the offline profile's aligner instead.
-        stages["align"] = {**stages["align"], "backend": "whisper"}
-        STDERR.print("align: the features used the corpus's provided alignment; new audio is aligned with whisper")
+        stages["align"] = {**stages["align"], "backend": "sphinx"}
+        STDERR.print("align: the features used the corpus's provided alignment; new audio is aligned with sphinx "
+                     "(after whisper ASR when there is no --transcript)")
     missing = [str(a) for a in audio if not Path(a).is_file()]
     if missing:
         raise NotFound(f"audio not found: {', '.join(missing)}")

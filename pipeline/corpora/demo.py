@@ -18,13 +18,14 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from msf.pipeline.corpora import manifest
+from msf.pipeline.corpora.espeak import espeak
 from msf.pipeline.corpus import Corpus, CorpusError
 from msf.pipeline.errors import UsageError
 
@@ -133,18 +134,6 @@ def draw_specs(n: int, seed: int) -> list[UtteranceSpec]:
     return specs
 
 
-_ENGINE = None
-
-
-def _engine():  # type: ignore[no-untyped-def]
-    global _ENGINE
-    if _ENGINE is None:
-        from msf.pipeline.corpora.espeak import Espeak
-
-        _ENGINE = Espeak()
-    return _ENGINE
-
-
 def _trim(frame_db: np.ndarray, lo: int, hi: int, floor_db: float) -> tuple[int, int]:
     """Shrink [lo, hi) (in 10 ms frames) to the frames above the floor: words without the pauses."""
     loud = np.nonzero(frame_db[lo:hi] > floor_db)[0]
@@ -155,7 +144,7 @@ def _trim(frame_db: np.ndarray, lo: int, hi: int, floor_db: float) -> tuple[int,
 
 def synthesise(spec: UtteranceSpec, out_dir: str) -> dict:
     """Speak one utterance, write its wav, return its truth (words with start, end, emphasis)."""
-    syn = _engine().synth(
+    syn = espeak().synth(
         spec.text(ssml=True), spec.speaker,
         rate=int(round(120 + 110 * spec.rate)), pitch=int(round(25 + 45 * spec.pitch)),
         pitch_range=int(round(20 + 60 * spec.pitch_range)), volume=int(round(60 + 90 * spec.volume)),
@@ -258,3 +247,36 @@ def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
         raise CorpusError(f"no demo corpus at {root}: build one with `msf corpus demo {root}`")
     truth = str((root / "truth.jsonl").resolve())
     return manifest.read(path, spec, extra={"truth": truth}, label_range=(1.0, 7.0), check_audio=check_audio)
+
+
+def read_truth(root: Path) -> dict[str, list[dict]]:
+    """Each utterance's spoken words with the synthesiser's times and emphasis flags."""
+    with open(Path(root) / "truth.jsonl", encoding="utf-8") as f:
+        return {t["id"]: t["words"] for t in map(json.loads, f)}
+
+
+def score_against_truth(read: Callable[[str, str], dict], failed: set[str], truth: dict[str, list[dict]]) -> dict[str, float]:
+    """Word-boundary error (ms, starts and ends pooled) and emphasis precision/recall/F1 of a cache's
+    `align` and `emphasis` entries (`read(stage, utt)`) against the corpus's truth; utterances whose
+    aligned words differ from the truth (ASR) are left out of both, and counted."""
+    errors: list[float] = []
+    tp = fp = fn = 0
+    compared = 0
+    for utt, words in truth.items():
+        try:
+            a, e = read("align", utt), read("emphasis", utt)
+        except KeyError:
+            continue
+        if a["words"].tolist() != [w["word"] for w in words]:
+            continue
+        compared += 1
+        errors += list(np.abs(a["start"] - [w["start"] for w in words]) * 1000)
+        errors += list(np.abs(a["end"] - [w["end"] for w in words]) * 1000)
+        t = np.array([w["emphasized"] for w in words])
+        f = e["emphasized"]
+        tp, fp, fn = tp + int((f & t).sum()), fp + int((f & ~t).sum()), fn + int((~f & t).sum())
+    p, r = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {"utterances": compared, "align_failed_fraction": len(failed & set(truth)) / max(1, len(truth)),
+            "boundary_median_ms": float(np.median(errors)) if errors else float("nan"),
+            "boundary_p90_ms": float(np.percentile(errors, 90)) if errors else float("nan"),
+            "precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-9)}

@@ -17,6 +17,7 @@ CHARS_UTF8 = 0x1
 SSML = 0x10
 EVENT_LIST_TERMINATED, EVENT_WORD, EVENT_END, EVENT_MSG_TERMINATED = 0, 1, 5, 6
 RATE, VOLUME, PITCH, RANGE = 1, 2, 3, 4
+PHONEMES_IPA = 0x02
 
 
 class _Event(ctypes.Structure):
@@ -92,3 +93,29 @@ class Espeak:
         words = [WordEvent(p - 1, ln, s) for t, p, ln, s in self._events if t == EVENT_WORD]
         bounds = sorted({s for t, _, _, s in self._events if t in (EVENT_WORD, EVENT_END)} | {len(samples)})
         return Synthesis(samples, self.sample_rate, words, bounds)
+
+    def phonemes(self, text: str, voice: str = "en-us") -> str:
+        """The IPA eSpeak NG would speak for `text` (its letter-to-sound rules and exception lists)."""
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"eSpeak NG has no voice {voice!r}")
+        self._lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        buf = ctypes.c_char_p(text.encode("utf-8"))
+        ptr = ctypes.pointer(buf)
+        out = []
+        while buf.value:  # the call advances the pointer clause by clause
+            chunk = self._lib.espeak_TextToPhonemes(ptr, CHARS_UTF8, PHONEMES_IPA)
+            if chunk is None:
+                break
+            out.append(chunk.decode("utf-8"))
+        return " ".join(out)
+
+
+_ENGINE: Espeak | None = None
+
+
+def espeak() -> Espeak:
+    """The process's one engine: the library keeps global state."""
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = Espeak()
+    return _ENGINE

@@ -2,7 +2,9 @@
 
 Per word: F0 mean/max/range in semitones relative to the speaker's median F0, intensity mean/max in
 dB relative to the utterance, duration per syllable (or character), and the z-scores of these within
-the utterance. The soft score contrasts each word with the other words of its utterance (a stressed
+the utterance. Where the aligner gives phones (sphinx), syllables are the word's vowel phones and the
+duration cue also weighs the lengthening of the word's longest vowel (its stressed vowel, in all but
+a few words) against the utterance's other vowels. The soft score contrasts each word with the other words of its utterance (a stressed
 word is higher, louder and longer than its neighbours), scaled by the size of a typical stress, so
 that an utterance with no stressed word scores low everywhere instead of always crowning its maximum.
 """
@@ -19,7 +21,9 @@ from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError,
 
 SR = 16_000
 FRAME_S = 0.01
-FEATURES = ("f0_mean_st", "f0_max_st", "f0_range_st", "intensity_mean_db", "intensity_max_db", "duration_norm")
+FEATURES = ("f0_mean_st", "f0_max_st", "f0_range_st", "intensity_mean_db", "intensity_max_db", "duration_norm",
+            "vowel_s")
+VOWEL_PHONES = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())  # ARPABET
 
 
 class EmphasisParams(StageParams):
@@ -37,11 +41,33 @@ class EmphasisParams(StageParams):
     midpoint: float = 0.9
     sharpness: float = 8.0
     min_word_s: float = 0.03  # shorter words carry no usable prosody: score 0
+    # Where the alignment has phones: syllables from vowel phones, and the longest vowel's lengthening
+    # as part of the duration cue. False: vowel letters and word durations only (as without phones).
+    use_phones: bool = True
+    # A word's duration counts its frames from the first to the last within this many dB of the
+    # utterance's loudness: a pause the aligner let the word absorb is not lengthening (demo, sphinx
+    # alignment: emphasis F1 0.818 -> 0.846; 20-30 dB alike). 0: the span as aligned.
+    pause_db: float = 25.0
 
 
 def syllables(word: str) -> int:
-    """Vowel groups: a crude count, but consistent for a word, which is all the normalisation needs."""
+    """Vowel letter groups: a crude count, but consistent for a word, which is all the normalisation
+    needs when the aligner gives no phones."""
     return max(1, len(re.findall(r"[aeiouy]+", word.lower())))
+
+
+def word_vowels(align: Record, n_words: int) -> tuple[list[int], np.ndarray] | None:
+    """Per word: its vowel phones (syllables) and its longest vowel's duration (s); None without phones."""
+    phones = align.get("phones")
+    if phones is None or not len(phones):
+        return None
+    count = [0] * n_words
+    longest = np.full(n_words, np.nan)
+    for ph, w, s, e in zip(phones, align["phone_word"], align["phone_start"], align["phone_end"]):
+        if str(ph) in VOWEL_PHONES:
+            count[int(w)] += 1
+            longest[int(w)] = np.fmax(longest[int(w)], float(e - s))
+    return [max(1, c) for c in count], longest
 
 
 def semitones(hz: np.ndarray, ref_hz: float) -> np.ndarray:
@@ -92,6 +118,14 @@ class Contours:
         v = self.f0[(self.f0_t >= start) & (self.f0_t < end)]
         return v[np.isfinite(v)]
 
+    def sounding_s(self, start: float, end: float, floor_db: float) -> float:
+        """Seconds from the first to the last frame above floor_db within [start, end): the word
+        without a pause the aligner let it absorb."""
+        inside = np.nonzero((self.int_t >= start) & (self.int_t < end) & (self.intensity > floor_db))[0]
+        if not len(inside):
+            return end - start
+        return float(self.int_t[inside[-1]] - self.int_t[inside[0]] + FRAME_S)
+
     def intensity_in(self, start: float, end: float) -> np.ndarray:
         v = self.intensity[(self.int_t >= start) & (self.int_t < end)]
         if not len(v):  # a word shorter than a frame: the nearest frame
@@ -112,7 +146,10 @@ class _Utterance:
         self.c = Contours(item.waveform, p.pitch_floor, p.pitch_ceiling)
         span = max(float(self.end.max() - self.start.min()), 1e-3)
         self.loudness_db = float(np.mean(self.c.intensity_in(float(self.start.min()), float(self.end.max()))))
-        self.rate = sum(syllables(w) for w in self.words) / span
+        vowels = word_vowels(a, len(self.words)) if p.use_phones else None
+        self.syllables = vowels[0] if vowels else [syllables(w) for w in self.words]
+        self.vowel_s = vowels[1] if vowels else np.full(len(self.words), np.nan)
+        self.rate = sum(self.syllables) / span
         voiced = self.c.f0[np.isfinite(self.c.f0)]
         self.f0_median = float(np.median(voiced)) if len(voiced) else float("nan")
 
@@ -140,7 +177,7 @@ class SpeakerStats:
 class EmphasisStage(Stage):
     name = "emphasis"
     needs = ("audio", "align")
-    version = "1"
+    version = "2"  # syllables from phones, vowel lengthening
     Params = EmphasisParams
     group_by = "speaker"  # F0, loudness and rate are relative to the speaker's medians over the corpus
 
@@ -173,14 +210,21 @@ class EmphasisStage(Stage):
             db = u.c.intensity_in(s, e)
             f["intensity_mean_db"][i] = db.mean() - u.loudness_db
             f["intensity_max_db"][i] = db.max() - u.loudness_db
-            units = syllables(w) if p.duration_unit == "syllables" else max(1, len(w))
-            f["duration_norm"][i] = max(e - s, 1e-3) / units
+            units = u.syllables[i] if p.duration_unit == "syllables" else max(1, len(w))
+            span = u.c.sounding_s(s, e, u.loudness_db - p.pause_db) if p.pause_db > 0 else e - s
+            f["duration_norm"][i] = max(span, 1e-3) / units
+        f["vowel_s"] = u.vowel_s
         # Cues: pitch and loudness as contrasts with the other words, duration as a log ratio; an
-        # unvoiced word has no pitch cue (0), not a missing score.
+        # unvoiced word has no pitch cue (0), not a missing score. With phones, the duration cue is
+        # the mean of the word's lengthening per syllable and its longest vowel's.
+        lengthening = np.clip(_contrast(np.log(f["duration_norm"])) / np.log(p.stress_lengthening), -2, 2)
+        if np.isfinite(u.vowel_s).sum() >= 2:
+            vowel = np.clip(_contrast(np.log(np.maximum(u.vowel_s, 1e-3))) / np.log(p.stress_lengthening), -2, 2)
+            lengthening = np.where(np.isfinite(u.vowel_s), (lengthening + vowel) / 2, lengthening)
         evidence = (
             np.clip(_contrast(f["f0_mean_st"]) / p.stress_pitch_st, -2, 2)
             + np.clip(_contrast(f["intensity_mean_db"]) / p.stress_loudness_db, -2, 2)
-            + np.clip(_contrast(np.log(f["duration_norm"])) / np.log(p.stress_lengthening), -2, 2)
+            + lengthening
         ) / 3.0
         score = 1.0 / (1.0 + np.exp(-p.sharpness * (evidence - p.midpoint)))
         score[(u.end - u.start) < p.min_word_s] = 0.0

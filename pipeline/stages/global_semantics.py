@@ -18,6 +18,7 @@ def transcript_of(item: Item) -> str:
 class GlobalStage(TextStage):
     name = "global"
     needs = ("audio", "align")
+    needed_unless = {"align": "transcript"}  # the manifest's transcript needs no alignment
     version = "1"
     reads = ("transcript",)
 

@@ -1,0 +1,71 @@
+"""whisperX's method without whisperX: wav2vec2-CTC character emissions, then the best CTC path of
+the reference characters (Viterbi, ctc_viterbi.py), grouped back into words."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from msf.pipeline.corpora.alignment_files import WordTimes
+from msf.pipeline.model_loading import load_transformers
+from msf.pipeline.stage import UtteranceError
+
+
+class CtcAligner:
+    """whisperX's method without whisperX: wav2vec2-CTC character emissions, then the best CTC path
+    of the reference characters (Viterbi), grouped back into words."""
+
+    def __init__(self, model: str, device: str):
+        import transformers
+
+        self.model, source = load_transformers(model, "AutoModelForCTC", "align.ctc_model", offline=None)
+        self.model.to(device)  # type: ignore[attr-defined]
+        self.device = device
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        self.features = transformers.AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
+        self.vocab = self.tokenizer.get_vocab()
+        self.upper = sum(k.isupper() for k in self.vocab) > sum(k.islower() for k in self.vocab)
+        self.blank = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.samples_per_frame = int(np.prod(self.model.config.conv_stride))  # type: ignore[attr-defined]
+
+    def emissions(self, audio: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = self.features(audio, sampling_rate=16000, return_tensors="pt").input_values.to(self.device)
+        with torch.inference_mode():
+            logits = self.model(x).logits[0].float()  # type: ignore[operator]
+        return torch.log_softmax(logits, dim=-1).cpu().numpy()
+
+    def align(self, audio: np.ndarray, words: list[str]) -> WordTimes:
+        from msf.pipeline.ctc_viterbi import token_spans
+
+        # Characters the model has no token for are skipped (digits, accents); a word left with no
+        # characters at all takes the gap between its neighbours, with score 0.
+        targets: list[int] = []
+        owner: list[int] = []
+        for i, w in enumerate(words):
+            for ch in (w.upper() if self.upper else w):
+                if ch in self.vocab:
+                    targets.append(self.vocab[ch])
+                    owner.append(i)
+        if not targets:
+            raise UtteranceError(f"no character of the transcript is in the vocabulary of {self.model.name_or_path}")  # type: ignore[attr-defined]
+        lp = self.emissions(audio)
+        try:
+            spans = token_spans(lp, targets, self.blank)
+        except ValueError as e:
+            raise UtteranceError(f"CTC alignment failed: {e}") from None
+        sec = self.samples_per_frame / 16000
+        start = [float("nan")] * len(words)
+        end = [float("nan")] * len(words)
+        probs: list[list[float]] = [[] for _ in words]
+        for sp in spans:
+            i = owner[sp.token]
+            start[i] = sp.start * sec if np.isnan(start[i]) else start[i]
+            end[i] = sp.end * sec
+            probs[i].append(sp.score)
+        for i in range(len(words)):
+            if np.isnan(start[i]):
+                start[i] = end[i - 1] if i and not np.isnan(end[i - 1]) else 0.0
+                nxt = [s for s in start[i + 1 :] if not np.isnan(s)]
+                end[i] = max(start[i], nxt[0] if nxt else len(audio) / 16000)
+        return WordTimes(words, start, end, [float(np.mean(p)) if p else 0.0 for p in probs], "ctc")
