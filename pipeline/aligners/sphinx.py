@@ -65,6 +65,8 @@ class Beams:
 
 
 DEFAULT_BEAMS = Beams(1e-48, 7e-29, 1e-48)  # PocketSphinx's own defaults
+# Wider still (1e-160) aligned two more correct demo transcripts, but also aligned unrelated text
+# with a score close to the free phones': a path found that far out is not evidence.
 WIDE_BEAMS = Beams(1e-80, 1e-60, 1e-80)
 
 
@@ -145,9 +147,9 @@ class SphinxAligner:
                             f"recognition of the same audio (align.sphinx_max_score_gap={self.max_score_gap:g})")
                 return timed
         raise UtteranceError(
-            f"PocketSphinx found no path through the transcript's {len(words)} words, with default and with "
-            f"wide beams ({WIDE_BEAMS.beam:g}): the transcript does not match the audio (another utterance's "
-            "text, missing or extra words), or the audio is not English speech")
+            f"the transcript does not match the audio: PocketSphinx found no path through its {len(words)} "
+            f"words, with default or with wide beams ({WIDE_BEAMS.beam:g}) (another recording's text, missing "
+            "or extra words, or not English speech)")
 
     def _free_phones_score(self, pcm: bytes) -> float | None:
         """The per-frame score of the phones a free phone recognition hears, forced-aligned as one word."""
@@ -196,6 +198,9 @@ class SphinxAligner:
         total = 0.0
         for seg in alignment:
             name = seg.name.split("(")[0]
+            # the score covers silences and fillers too: speech the words leave out scores badly there
+            frames += seg.duration
+            total += sum(ph.score for ph in seg)
             if name in NON_WORDS:
                 continue
             i = len(out.words)
@@ -210,8 +215,6 @@ class SphinxAligner:
             out.start.append(seg.start / 100)
             out.end.append((seg.start + seg.duration) / 100)
             out.score.append(float(sum(scores)) / max(1, seg.duration))
-            frames += seg.duration
-            total += sum(scores)
         if out.words != words:
             return None
         return out, total / max(1, frames)
