@@ -6,9 +6,11 @@ Rows (audio seconds per wall second, median of --repeats):
   per-file    the common practice: one utterance at a time, one .npy file per utterance
 Peak RSS of `msf extract` at 1x and 10x the corpus (the 10x manifest lists every file ten times).
 The same pipeline/bare comparison on a WavLM-large-sized random model over a subset, and on a GPU
-when torch sees one.
+when torch sees one. The FLOP rate the pipeline achieves with each model (torch's FLOP counter over the
+same forwards, divided by the pipeline's wall time) against a large float32 matmul measured in the same
+run: the share of this machine's practical ceiling the extraction reaches.
 
-    python bench/acoustic.py [--minutes 10] [--repeats 3] [--large-seconds 60] [--out DIR]
+    python bench/acoustic.py [--minutes 10] [--repeats 3] [--large-seconds 30] [--out DIR]
 
 Random weights (no download needed) have the same cost as trained ones. Last stdout line: JSON.
 """
@@ -92,6 +94,33 @@ def bare_loop(manifest: Path, model: Path, device: str, batch: int) -> float:
     return time.perf_counter() - t0
 
 
+def forward_flops(manifest: Path, model: Path, batch: int) -> float:
+    """Floating-point operations of the bare loop's forwards over the manifest (torch's FLOP counter:
+    matrix products and convolutions, which are nearly all of an encoder's work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    enc = TransformersEncoder(AcousticParams(model=str(model)))
+    batch = batch or 1
+    waves = sorted((load_waveform(r["audio"]) for r in csv.DictReader(open(manifest))), key=len)
+    with FlopCounterMode(display=False) as counter:
+        for i in range(0, len(waves), batch):
+            enc.forward(waves[i : i + batch])
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large float32 matrix product on this machine, torch's threads as extraction uses them:
+    the practical ceiling the encoder's forward is measured against."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times))
+
+
 def per_file(manifest: Path, model: Path, device: str, out: Path) -> float:
     enc = TransformersEncoder(AcousticParams(model=str(model), device=device))
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--large-seconds", type=float, default=60.0)
+    ap.add_argument("--large-seconds", type=float, default=30.0)
     ap.add_argument("--batch", type=int, default=0, help="0: the stage's automatic size (1 on CPU, 16 on GPU)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -129,8 +158,8 @@ def main() -> None:
     rows = []
     for device in devices:
         for label, model, manifest, secs in (("small", small, m1, audio_s),):
-            pipe = [secs / pipeline_run(manifest, root / f"cache-{device}-{k}", model, device, args.batch)
-                    for k in range(args.repeats)]
+            pipe = pipe_small = [secs / pipeline_run(manifest, root / f"cache-{device}-{k}", model, device, args.batch)
+                                 for k in range(args.repeats)]
             bare = [secs / bare_loop(manifest, model, device, args.batch) for _ in range(args.repeats)]
             pf = [secs / per_file(manifest, model, device, root / f"npy-{device}-{k}") for k in range(args.repeats)]
             bare8 = [secs / bare_loop(manifest, model, device, 8) for _ in range(args.repeats)]
@@ -138,9 +167,13 @@ def main() -> None:
         large = save_model(root / "wavlm-large-sized", LARGE)
         ml, large_s = manifest_subset(corpus, root / "ml.csv", args.large_seconds)
         pipe = [large_s / pipeline_run(ml, root / f"cache-large-{device}-{k}", large, device, args.batch)
-                for k in range(max(1, args.repeats - 1))]
-        bare = [large_s / bare_loop(ml, large, device, args.batch) for _ in range(max(1, args.repeats - 1))]
+                for k in range(args.repeats)]
+        bare = [large_s / bare_loop(ml, large, device, args.batch) for _ in range(args.repeats)]
         rows.append((f"large-sized/{device}", np.median(pipe), np.median(bare), float("nan"), float("nan")))
+        if device == "cpu":
+            peak = matmul_peak()
+            flops = {"small": forward_flops(m1, small, args.batch) * np.median(pipe_small) / audio_s,
+                     "large": forward_flops(ml, large, args.batch) * np.median(pipe) / large_s}
     m10, _ = manifest_subset(corpus, root / "m10.csv", args.minutes * 60, copies=10)
     rss1 = peak_rss_mb(m1, root / "rss-1x", small)
     rss10 = peak_rss_mb(m10, root / "rss-10x", small)
@@ -151,11 +184,14 @@ def main() -> None:
     for name, p, b, f, b8 in rows:
         print(f"{name:<20}{p:>10.1f}{b:>10.1f}{f:>10.1f}{b8:>10.1f}{p / b:>11.2f}{p / f:>15.2f}")
     print(f"peak RSS of msf extract: 1x {rss1:.0f} MB, 10x {rss10:.0f} MB (ratio {rss10 / rss1:.2f})")
+    print(f"float32 matmul peak (2048^3, {torch.get_num_threads()} torch threads): {peak / 1e9:.1f} GFLOP/s; "
+          + "; ".join(f"{k} model in the pipeline: {v / 1e9:.1f} GFLOP/s = {v / peak:.2f} of peak" for k, v in flops.items()))
     res = {"pipeline_vs_bare": round(rows[0][1] / rows[0][2], 3), "pipeline_vs_per_file": round(rows[0][1] / rows[0][3], 3),
            "pipeline_audio_s_per_s": round(rows[0][1], 2), "bare_audio_s_per_s": round(rows[0][2], 2),
            "per_file_audio_s_per_s": round(rows[0][3], 2),
            "bare_batch8_audio_s_per_s": round(rows[0][4], 2), "large_pipeline_vs_bare": round(rows[1][1] / rows[1][2], 3),
-           "rss_mb_1x": round(rss1), "rss_mb_10x": round(rss10), "rss_ratio_10x": round(rss10 / rss1, 3),
+           "flops_fraction": round(flops["large"] / peak, 3), "flops_fraction_small": round(flops["small"] / peak, 3),
+           "matmul_peak_gflops": round(peak / 1e9, 1), "rss_mb_1x": round(rss1), "rss_mb_10x": round(rss10), "rss_ratio_10x": round(rss10 / rss1, 3),
            "audio_minutes": round(audio_s / 60, 2), "devices": devices}
     print(json.dumps(res))
 

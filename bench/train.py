@@ -1,20 +1,27 @@
 """Training epoch time by where the frames come from, and training steps per second.
 
-Rows: frames streamed from the HDF5 shards (shard-aware order, read-ahead thread), one .npy file per
-utterance (the common practice), and in-memory arrays; each as a full training epoch (load, forward,
-backward, step) and as loading alone. Median of --repeats epochs, on CPU and on a GPU when present.
+Rows: frames streamed from the HDF5 shards (one read per shard per batch, read-ahead thread), one
+.npy file per utterance (the common practice), and in-memory arrays; each as a full training epoch
+(load, forward, backward, step) and as loading alone. Median of --repeats epochs, on CPU and on a GPU
+when present. Then the same at scale: a synthetic frames cache of --scale-n utterances written
+through the shard store (shards of 256, as extraction writes them), more than the trainer's
+in-memory budget (--memory-gb), so training streams it; the memory row runs only when the frames
+fit in --memory-gb.
 
-    python bench/train.py [--n 160] [--repeats 5] [--features CACHE]
+    python bench/train.py [--n 160] [--repeats 5] [--features CACHE] [--scale-n 20000]
 
-Last stdout line: one JSON object (epoch_s_shards, epoch_s_npy, epoch_s_memory, steps_per_s, ...).
+Last stdout line: one JSON object (epoch_s_shards, epoch_s_npy, epoch_s_memory, steps_per_s,
+epoch_s_shards_20k, epoch_s_npy_20k, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +30,8 @@ import torch
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.extraction import Extraction
-from msf.trainer.data import FeatureSet, parse_sources
+from msf.pipeline.shard_store import write_shard
+from msf.trainer.data import FeatureSet, Split, parse_sources
 from msf.trainer.model import ModelConfig, MsfSer, ccc, load_balance
 from msf.trainer.train import to_tensors
 
@@ -34,8 +42,56 @@ class NpyFeatureSet(FeatureSet):
     """The same utterances, frames read from one .npy file per utterance."""
 
     @classmethod
-    def _read(cls, path: Path, row: int) -> np.ndarray:
-        return np.load(path).astype(np.float32) if path.suffix == ".npy" else super()._read(path, row)
+    def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
+        if at and at[0][0].suffix == ".npy":
+            return [np.load(p).astype(np.float32) for p, _ in at]
+        return super()._read_frames(at)
+
+
+def as_npy(data: FeatureSet, out: Path) -> NpyFeatureSet:
+    """A copy of `data` whose frames come from one .npy file per utterance (float16, as stored)."""
+    npy = NpyFeatureSet.__new__(NpyFeatureSet)
+    npy.__dict__.update(data.__dict__)
+    npy.splits = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in data.splits.items():
+        paths = []
+        for uid, at in zip(split.ids, split.frames_at):
+            p = out / f"{uid}.npy"
+            np.save(p, FeatureSet._read(*at).astype(np.float16))
+            paths.append((p, -1))
+        npy.splits[name] = Split(split.ids, split.labels, split.vectors, split.les_mask, paths)
+    return npy
+
+
+class SyntheticFeatureSet(FeatureSet):
+    """n training utterances of random float16 frames (1 to 6 s at 50 frames/s, width `dim`), written
+    by the shard store's own writer, with random text vectors and labels."""
+
+    def __init__(self, root: Path, n: int, dim: int, vector_dims: dict[str, int]):
+        rng = np.random.default_rng(0)
+        ids = [f"s{i:06d}" for i in range(n)]
+        lengths = rng.integers(50, 300, n)
+        frames_at: list[tuple[Path, int]] = []
+        for start in range(0, n, 256):
+            block = range(start, min(n, start + 256))
+            records = [{"frames": rng.standard_normal((lengths[i], dim), np.float32).astype(np.float16),
+                        "frame_rate": 50.0} for i in block]
+            w = write_shard(root / "acoustic", [ids[i] for i in block], records)
+            frames_at += [(root / "acoustic" / w.name, r) for r in range(len(records))]
+        self.root, self.sources, self.name = root, SOURCES, "synthetic"
+        self.frame_shape, self.vector_dims = (dim,), vector_dims
+        split = Split(ids, rng.uniform(1, 7, (n, 3)).astype(np.float32),
+                      {s: rng.standard_normal((n, d), np.float32) for s, d in vector_dims.items()},
+                      np.ones(n, bool), frames_at)
+        self.splits = {"train": split}
+
+
+def loaded(data: FeatureSet) -> FeatureSet:
+    """A copy of `data` with its frames held in memory."""
+    out = copy.copy(data)
+    out.splits = {k: replace(s, frames=data._read_frames(s.frames_at)) for k, s in data.splits.items()}
+    return out
 
 
 def build(n: int, root: Path) -> Path:
@@ -63,53 +119,74 @@ def epoch(data: FeatureSet, model: MsfSer | None, opt: torch.optim.Optimizer | N
     return time.perf_counter() - t0, steps
 
 
+def median_epochs(data: FeatureSet, device: str, repeats: int) -> tuple[float, float, int]:
+    """(epoch s, load-only s, steps): medians over `repeats` epochs after a warm-up epoch."""
+    torch.manual_seed(0)
+    model = MsfSer(ModelConfig(tuple(data.frame_shape), data.vector_dims, SOURCES)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    epoch(data, model, opt, device, 0)  # warm-up: caches, allocator, threads
+    full = [epoch(data, model, opt, device, k) for k in range(1, repeats + 1)]
+    load = [epoch(data, None, None, device, k)[0] for k in range(1, repeats + 1)]
+    return float(np.median([f[0] for f in full])), float(np.median(load)), full[0][1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=160)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--features", type=Path, help="an existing cache with acoustic, global, local, extended")
+    ap.add_argument("--scale-n", type=int, default=20000, help="utterances in the synthetic frames cache (0: skip)")
+    ap.add_argument("--scale-repeats", type=int, default=3)
+    ap.add_argument("--memory-gb", type=float, default=1.0, help="in-memory budget for the scale rows")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="msf-bench-train-"))
     cache = args.features or build(args.n, root)
     sets = {"shards": FeatureSet(cache, SOURCES, in_memory=False), "memory": FeatureSet(cache, SOURCES, in_memory=True)}
-    npy = NpyFeatureSet(cache, SOURCES, in_memory=False)
-    for split in npy.splits.values():  # one .npy per utterance, as extraction scripts commonly write
-        paths = []
-        for uid, at in zip(split.ids, split.frames_at):
-            p = root / "npy" / f"{uid}.npy"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            np.save(p, FeatureSet._read(*at).astype(np.float16))
-            paths.append((p, -1))
-        split.frames_at = paths
-    sets["npy"] = npy
+    sets["npy"] = as_npy(sets["shards"], root / "npy")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows, res = [], {}
     for device in devices:
-        torch.manual_seed(0)
-        d0 = sets["memory"]
-        model = MsfSer(ModelConfig(tuple(d0.frame_shape), d0.vector_dims, SOURCES)).to(device)
-        opt = torch.optim.AdamW(model.parameters(), 1e-3)
         for name in ("shards", "npy", "memory"):
-            epoch(sets[name], model, opt, device, 0)  # warm-up: caches, allocator, threads
-            full = [epoch(sets[name], model, opt, device, k) for k in range(args.repeats)]
-            load = [epoch(sets[name], None, None, device, k)[0] for k in range(args.repeats)]
-            t = float(np.median([f[0] for f in full]))
-            rows.append((device, name, t, float(np.median(load)), full[0][1] / t))
-            if device == "cpu":
-                res[f"epoch_s_{name}"] = round(t, 4)
-                res[f"load_s_{name}"] = round(float(np.median(load)), 4)
-            else:
-                res[f"gpu_epoch_s_{name}"] = round(t, 4)
+            t, load, steps = median_epochs(sets[name], device, args.repeats)
+            rows.append((device, f"{name}", t, load, steps / t))
+            prefix = "" if device == "cpu" else "gpu_"
+            res[f"{prefix}epoch_s_{name}"] = round(t, 4)
+            res[f"{prefix}load_s_{name}"] = round(load, 4)
     n_train = len(sets["memory"].splits["train"].ids)
     print(f"{n_train} training utterances, batch 32, frames {tuple(sets['memory'].frame_shape)}; median of {args.repeats}")
-    print(f"{'device':<8}{'frames from':<14}{'epoch s':>9}{'load-only s':>13}{'steps/s':>9}{'epoch vs memory':>17}")
-    for device, name, t, load, sps in rows:
-        mem = next(r[2] for r in rows if r[0] == device and r[1] == "memory")
-        print(f"{device:<8}{name:<14}{t:>9.3f}{load:>13.3f}{sps:>9.1f}{t / mem:>17.2f}")
+    table(rows)
     res["steps_per_s"] = round(next(r[4] for r in rows if r[0] == "cpu" and r[1] == "memory"), 2)
     res["shards_vs_memory"] = round(res["epoch_s_shards"] / res["epoch_s_memory"], 3)
     res["npy_vs_memory"] = round(res["epoch_s_npy"] / res["epoch_s_memory"], 3)
+    if args.scale_n:
+        dims = sets["memory"].vector_dims
+        dim = 256
+        gb = args.scale_n * 175 * dim * 4 / 1e9  # float32 in memory, 175 frames on average
+        big = {"shards": SyntheticFeatureSet(root / "scale", args.scale_n, dim, dims)}
+        big["npy"] = as_npy(big["shards"], root / "scale-npy")
+        if gb <= args.memory_gb:
+            big["memory"] = loaded(big["shards"])
+        rows = []
+        for device in devices:
+            for name, data in big.items():
+                t, load, steps = median_epochs(data, device, args.scale_repeats)
+                rows.append((device, name, t, load, steps / t))
+                prefix = "" if device == "cpu" else "gpu_"
+                res[f"{prefix}epoch_s_{name}_20k"] = round(t, 4)
+                res[f"{prefix}load_s_{name}_20k"] = round(load, 4)
+        print(f"\nscale: {args.scale_n} synthetic utterances, frames (T, {dim}) float16, about {gb:.1f} GB as "
+              f"float32 (in-memory budget {args.memory_gb} GB{': memory row skipped' if 'memory' not in big else ''}); "
+              f"median of {args.scale_repeats}")
+        table(rows, against="memory" if "memory" in big else "npy")
+        res["shards_vs_npy_20k"] = round(res["epoch_s_shards_20k"] / res["epoch_s_npy_20k"], 3)
     print(json.dumps(res))
+
+
+def table(rows: list[tuple[str, str, float, float, float]], against: str = "memory") -> None:
+    print(f"{'device':<8}{'frames from':<14}{'epoch s':>9}{'load-only s':>13}{'steps/s':>9}{'epoch vs ' + against:>17}")
+    for device, name, t, load, sps in rows:
+        ref = next(r[2] for r in rows if r[0] == device and r[1] == against)
+        print(f"{device:<8}{name:<14}{t:>9.3f}{load:>13.3f}{sps:>9.1f}{t / ref:>17.2f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from msf.pipeline.cache_index import Entry
-from msf.pipeline.shard_store import ShardFormatError, ShardStore, record_checksum, write_shard
+from msf.pipeline.shard_store import ShardFormatError, ShardReader, ShardStore, record_checksum, write_shard
 
 
 def _records(n: int, seed: int = 0) -> list[dict]:
@@ -51,6 +51,30 @@ def test_round_trip_ragged_strings_scalars(tmp_path: Path) -> None:
     assert len(files) == 1 and files[0].startswith("shard-")  # no temporary file left behind
     size = (store.root / "feat" / files[0]).stat().st_size
     assert abs(sum(store.index.bytes_by_stage().values()) - size) <= len(recs)  # rows share the file's bytes
+
+
+def test_array_rows_equal_rows_read_one_by_one_in_any_order(tmp_path: Path) -> None:
+    """The streaming trainer's read: memory-mapped frames in a new shard, the h5py path for a shard
+    whose frames are chunked and compressed (as earlier versions wrote them)."""
+    import h5py
+
+    store, recs = _store(tmp_path, n=40)
+    path = next((store.root / "feat").glob("shard-*.h5"))
+    old = path.with_name("shard-chunked.h5")
+    with h5py.File(path, "r") as src, h5py.File(old, "w") as dst:
+        for name in src:
+            src.copy(name, dst)
+        del dst["frames/data"]
+        dst["frames"].create_dataset("data", data=src["frames/data"][...], chunks=(300, 64), compression="lzf",
+                                     shuffle=True)
+    reader = ShardReader()
+    assert reader._column(path, "frames")[1].__class__ is np.memmap  # contiguous floats: mapped
+    rng = np.random.default_rng(1)
+    for p in (path, old):
+        for rows in ([5], [39, 0, 7, 8, 9, 8], list(rng.permutation(40)), list(rng.integers(0, 40, 12))):
+            got = reader.array_rows(p, "frames", rows)
+            assert [g.tobytes() for g in got] == [recs[r]["frames"].tobytes() for r in rows]
+    reader.close()
 
 
 def test_mixed_field_sets_are_a_clear_error(tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ class FeatureSet:
         est_gb = total * first.nbytes * 4 / 1e9  # float16 -> float32, plus length variation
         if in_memory if in_memory is not None else est_gb < memory_limit_gb:
             for s in self.splits.values():
-                s.frames = [self._read(p, r) for p, r in s.frames_at]
+                s.frames = self._read_frames(s.frames_at)
 
     def digest(self, sources: tuple[str, ...]) -> str:
         """What a run trains and is evaluated on: ids, splits, labels and the fingerprints of the
@@ -158,7 +158,19 @@ class FeatureSet:
 
     @classmethod
     def _read(cls, path: Path, row: int) -> np.ndarray:
-        return np.asarray(cls._reader.row(path, row)["frames"], dtype=np.float32)
+        return cls._read_frames([(path, row)])[0]
+
+    @classmethod
+    def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
+        """Frames (float32) of several utterances in the order given, one read per shard."""
+        by_shard: dict[Path, list[int]] = defaultdict(list)
+        for k, (path, _) in enumerate(at):
+            by_shard[path].append(k)
+        out: list[np.ndarray | None] = [None] * len(at)
+        for path, ks in by_shard.items():
+            for k, f in zip(ks, cls._reader.array_rows(path, "frames", [at[k][1] for k in ks])):
+                out[k] = f.astype(np.float32)
+        return out  # type: ignore[return-value]
 
     def batches(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
                 prefetch: int = 4) -> Iterator[Batch]:
@@ -186,12 +198,8 @@ class FeatureSet:
     def _batch(self, s: Split, idx: list[int]) -> Batch:
         if s.frames is not None:
             frames = [s.frames[i] for i in idx]
-        else:  # read shard by shard, then put the rows back in the batch's order
-            by_shard: dict[Path, list[int]] = defaultdict(list)
-            for i in idx:
-                by_shard[s.frames_at[i][0]].append(i)
-            read = {i: self._read(*s.frames_at[i]) for rows in by_shard.values() for i in sorted(rows, key=lambda i: s.frames_at[i][1])}
-            frames = [read[i] for i in idx]
+        else:
+            frames = self._read_frames([s.frames_at[i] for i in idx])
         return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, s.les_mask[idx], s.labels[idx],
                           [s.ids[i] for i in idx])
 
