@@ -71,9 +71,9 @@ def manifest_subset(corpus: Path, out: Path, seconds: float, copies: int = 1) ->
     return out, total * copies
 
 
-def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: int) -> float:
+def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: int, workers: int = 1) -> float:
     """Seconds for the acoustic stage alone (audio decoded and validated beforehand)."""
-    cfg = MsfConfig(corpus=str(manifest), cache=cache, workers=1,
+    cfg = MsfConfig(corpus=str(manifest), cache=cache, workers=workers,
                     stages={"acoustic": {"model": str(model), "device": device, "batch_size": batch}})
     ex = Extraction(cfg)
     ex.run(["audio"], progress=False)

@@ -307,7 +307,8 @@ class Extraction:
             report.failed += len(blocked)
             bar.advance(task, len(blocked))
         params = sp.params.model_dump(mode="json")
-        argsets = ((str(self.root), name, params, g, self.config.plugins) for g in groups)
+        threads = 0 if self.config.scheduler else max(1, (os.cpu_count() or 1) // self.executor.workers)
+        argsets = ((str(self.root), name, params, g, self.config.plugins, threads) for g in groups)
         # two tasks per worker in flight: one running, one queued, and nothing more held anywhere
         results = self.executor.run(run_task, argsets, window=2 * self.executor.workers)
         try:

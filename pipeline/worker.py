@@ -6,6 +6,7 @@ Models load once per worker process (the stage instances are kept here), not onc
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -101,14 +102,21 @@ def _upstream_records(root: Path, reader: ShardReader, items: list[TaskItem]) ->
 
 
 def run_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem],
-             plugins: list[str] = ()) -> TaskResult:  # type: ignore[assignment]
+             plugins: list[str] = (), torch_threads: int = 0) -> TaskResult:  # type: ignore[assignment]
     """One shard. numpy's BLAS runs on one thread here whatever the worker count: a float32 matrix
     product split over two threads rounds differently in the last bit, and an int8 encoder (the
     Whisper encoder of the offline profile) amplifies that to differences of 0.25 in its output. So
     the same fingerprint gives the same bytes with one worker or many (Dask's worker processes get
-    one BLAS thread from its nanny; a single in-process worker would otherwise use them all)."""
+    one BLAS thread from its nanny; a single in-process worker would otherwise use them all).
+    torch's intra-op threads are set to `torch_threads` (the driver passes cores // workers for a
+    local cluster, so workers x threads never exceeds the cores; 0 leaves the worker's setting)."""
     from threadpoolctl import threadpool_limits
 
+    if torch_threads > 0 and "torch" in sys.modules:
+        import torch
+
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
     with threadpool_limits(1, user_api="blas"):
         return _run_task(root, stage_name, params, items, plugins)
 
