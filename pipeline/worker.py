@@ -112,19 +112,19 @@ def run_task(root: str, stage_name: str, params: dict[str, Any], items: list[Tas
     local cluster, so workers x threads never exceeds the cores; 0 leaves the worker's setting)."""
     from threadpoolctl import threadpool_limits
 
-    if torch_threads > 0 and "torch" in sys.modules:
+    with threadpool_limits(1, user_api="blas"):
+        return _run_task(root, stage_name, params, items, plugins, torch_threads)
+
+
+def _run_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem],
+              plugins: list[str], torch_threads: int) -> TaskResult:
+    load_plugins(list(plugins))
+    stage = stage_instance(stage_name, params, root)
+    if torch_threads > 0 and "torch" in sys.modules:  # after setup, which imports it if the stage uses it
         import torch
 
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
-    with threadpool_limits(1, user_api="blas"):
-        return _run_task(root, stage_name, params, items, plugins)
-
-
-def _run_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem],
-              plugins: list[str]) -> TaskResult:
-    load_plugins(list(plugins))
-    stage = stage_instance(stage_name, params, root)
     reader = _READERS.setdefault(root, ShardReader())
     upstream = _upstream_records(Path(root), reader, items)
     prepared: list[tuple[TaskItem, Item]] = []
