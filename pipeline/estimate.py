@@ -112,7 +112,7 @@ def calibrate(extraction_factory: Callable[..., Any], utterances: list[Utterance
     seconds_of: dict[tuple[str, str], tuple[float, float]] = {}
 
     def on_task(args: tuple, seconds: float, cpu: float) -> None:
-        _, stage, _, items, _ = args  # one utterance per task (a whole group for group stages)
+        _, stage, _, items, *_ = args  # one utterance per task (a whole group for group stages)
         seconds_of.update({(stage, item.utt["id"]): (seconds / len(items), cpu / len(items)) for item in items})
 
     with tempfile.TemporaryDirectory(prefix="msf-calibrate-") as tmp:
