@@ -94,13 +94,18 @@ def bare_loop(manifest: Path, model: Path, device: str, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def forward_flops(manifest: Path, model: Path, batch: int) -> float:
+def forward_flops(manifest: Path, model: Path, batch: int, device: str = "cpu") -> float:
     """Floating-point operations of the bare loop's forwards over the manifest (torch's FLOP counter:
     matrix products and convolutions, which are nearly all of an encoder's work)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    enc = TransformersEncoder(AcousticParams(model=str(model)))
-    batch = batch or 1
+    from torch.nn.utils import parametrize
+
+    enc = TransformersEncoder(AcousticParams(model=str(model), device=device))
+    for m in enc.model.modules():  # type: ignore[attr-defined]
+        if parametrize.is_parametrized(m, "weight"):  # the counter's mode cannot run weight_norm's getter;
+            parametrize.remove_parametrizations(m, "weight")  # the same weights, fixed: the same FLOPs
+    batch = batch or (1 if device == "cpu" else 16)
     waves = sorted((load_waveform(r["audio"]) for r in csv.DictReader(open(manifest))), key=len)
     with FlopCounterMode(display=False) as counter:
         for i in range(0, len(waves), batch):
@@ -108,15 +113,18 @@ def forward_flops(manifest: Path, model: Path, batch: int) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a large float32 matrix product on this machine, torch's threads as extraction uses them:
     the practical ceiling the encoder's forward is measured against."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = n if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / float(np.median(times))
 
@@ -132,10 +140,13 @@ def per_file(manifest: Path, model: Path, device: str, out: Path) -> float:
 
 
 def peak_rss_mb(manifest: Path, cache: Path, model: Path) -> float:
-    code = ("import resource,sys; from msf.pipeline.config import MsfConfig; from msf.pipeline.extraction import Extraction;"
+    """Peak resident memory of `msf extract --stage acoustic` with one worker (threads in the process, so
+    the one process is the whole footprint). VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
+    parent that spawned the process, which would report this bench's own peak."""
+    code = ("import sys; from msf.pipeline.config import MsfConfig; from msf.pipeline.extraction import Extraction;"
             f"ex=Extraction(MsfConfig(corpus={str(manifest)!r}, cache={str(cache)!r}, workers=1,"
             f" stages={{'acoustic': {{'model': {str(model)!r}}}}})); ex.run(['acoustic'], progress=False); ex.close();"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
@@ -146,55 +157,59 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--large-seconds", type=float, default=30.0)
     ap.add_argument("--batch", type=int, default=0, help="0: the stage's automatic size (1 on CPU, 16 on GPU)")
+    ap.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda rows run only where torch sees a GPU")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-acoustic-"))
     n = int(args.minutes * 60 / 4.0) + 20  # demo utterances average about 4.5 s
     corpus = build_demo_corpus(root / "corpus", n=n, seed=0, progress=False)
-    small = save_model(root / "wavlm-small", SMALL)
+    small, large = save_model(root / "wavlm-small", SMALL), save_model(root / "wavlm-large-sized", LARGE)
     m1, audio_s = manifest_subset(corpus, root / "m1.csv", args.minutes * 60)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    res: dict[str, float] = {}
+    ml, large_s = manifest_subset(corpus, root / "ml.csv", args.large_seconds)
+    devices = [d for d in args.devices.split(",") if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
+    res: dict = {}
     rows = []
     for device in devices:
-        for label, model, manifest, secs in (("small", small, m1, audio_s),):
-            pipe = pipe_small = [secs / pipeline_run(manifest, root / f"cache-{device}-{k}", model, device, args.batch)
-                                 for k in range(args.repeats)]
-            bare = [secs / bare_loop(manifest, model, device, args.batch) for _ in range(args.repeats)]
-            pf = [secs / per_file(manifest, model, device, root / f"npy-{device}-{k}") for k in range(args.repeats)]
-            bare8 = [secs / bare_loop(manifest, model, device, 8) for _ in range(args.repeats)]
-            rows.append((f"{label}/{device}", np.median(pipe), np.median(bare), np.median(pf), np.median(bare8)))
-        large = save_model(root / "wavlm-large-sized", LARGE)
-        ml, large_s = manifest_subset(corpus, root / "ml.csv", args.large_seconds)
-        pipe = [large_s / pipeline_run(ml, root / f"cache-large-{device}-{k}", large, device, args.batch)
-                for k in range(args.repeats)]
-        bare = [large_s / bare_loop(ml, large, device, args.batch) for _ in range(args.repeats)]
-        rows.append((f"large-sized/{device}", np.median(pipe), np.median(bare), float("nan"), float("nan")))
-        if device == "cpu":
-            peak = matmul_peak()
-            flops = {"small": forward_flops(m1, small, args.batch) * np.median(pipe_small) / audio_s,
-                     "large": forward_flops(ml, large, args.batch) * np.median(pipe) / large_s}
-    m10, _ = manifest_subset(corpus, root / "m10.csv", args.minutes * 60, copies=10)
-    rss1 = peak_rss_mb(m1, root / "rss-1x", small)
-    rss10 = peak_rss_mb(m10, root / "rss-10x", small)
-    print(f"{audio_s / 60:.1f} min of demo audio; WavLM-architecture random models; batch {args.batch}; "
-          f"{os.cpu_count()} CPUs; audio seconds per wall second (median of {args.repeats})")
+        med = lambda f, k=args.repeats: float(np.median([f(i) for i in range(k)]))  # noqa: E731
+        pipe = med(lambda k: audio_s / pipeline_run(m1, root / f"cache-{device}-{k}", small, device, args.batch))
+        bare = med(lambda k: audio_s / bare_loop(m1, small, device, args.batch))
+        pf = med(lambda k: audio_s / per_file(m1, small, device, root / f"npy-{device}-{k}"))
+        bare8 = med(lambda k: audio_s / bare_loop(m1, small, device, 8))
+        lpipe = med(lambda k: large_s / pipeline_run(ml, root / f"cache-large-{device}-{k}", large, device, args.batch))
+        lbare = med(lambda k: large_s / bare_loop(ml, large, device, args.batch))
+        rows += [(f"small/{device}", pipe, bare, pf, bare8), (f"large-sized/{device}", lpipe, lbare, float("nan"), float("nan"))]
+        peak = matmul_peak(device)
+        flops_small, flops_large = forward_flops(m1, small, args.batch, device), forward_flops(ml, large, args.batch, device)
+        prefix = "" if device == "cpu" else "gpu_"
+        res |= {f"{prefix}pipeline_vs_bare": round(pipe / bare, 3), f"{prefix}pipeline_vs_per_file": round(pipe / pf, 3),
+                f"{prefix}pipeline_audio_s_per_s": round(pipe, 2), f"{prefix}bare_audio_s_per_s": round(bare, 2),
+                f"{prefix}per_file_audio_s_per_s": round(pf, 2), f"{prefix}bare_batch8_audio_s_per_s": round(bare8, 2),
+                f"{prefix}large_pipeline_vs_bare": round(lpipe / lbare, 3),
+                f"{prefix}flops_fraction": round(flops_large * lpipe / large_s / peak, 4),
+                f"{prefix}flops_fraction_small": round(flops_small * pipe / audio_s / peak, 4),
+                f"{prefix}matmul_peak_gflops": round(peak / 1e9, 1)}
+    if "cpu" in devices:  # the memory rows are about the host process: taken with the CPU rows
+        m10, _ = manifest_subset(corpus, root / "m10.csv", args.minutes * 60, copies=10)
+        rss1 = peak_rss_mb(m1, root / "rss-1x", small)
+        rss10 = peak_rss_mb(m10, root / "rss-10x", small)
+        res |= {"rss_mb_1x": round(rss1), "rss_mb_10x": round(rss10), "rss_ratio_10x": round(rss10 / rss1, 3)}
+    print(f"{audio_s / 60:.1f} min of demo audio ({large_s:.0f} s for the large-sized model); WavLM-architecture "
+          f"random models; batch {args.batch or 'automatic'}; {os.cpu_count()} CPUs; audio seconds per wall second "
+          f"(median of {args.repeats})")
     print(f"{'model/device':<20}{'pipeline':>10}{'bare':>10}{'per-file':>10}{'bare b=8':>10}{'pipe/bare':>11}"
           f"{'pipe/per-file':>15}")
     for name, p, b, f, b8 in rows:
         print(f"{name:<20}{p:>10.1f}{b:>10.1f}{f:>10.1f}{b8:>10.1f}{p / b:>11.2f}{p / f:>15.2f}")
-    print(f"peak RSS of msf extract: 1x {rss1:.0f} MB, 10x {rss10:.0f} MB (ratio {rss10 / rss1:.2f})")
-    print(f"float32 matmul peak (2048^3, {torch.get_num_threads()} torch threads): {peak / 1e9:.1f} GFLOP/s; "
-          + "; ".join(f"{k} model in the pipeline: {v / 1e9:.1f} GFLOP/s = {v / peak:.2f} of peak" for k, v in flops.items()))
-    res = {"pipeline_vs_bare": round(rows[0][1] / rows[0][2], 3), "pipeline_vs_per_file": round(rows[0][1] / rows[0][3], 3),
-           "pipeline_audio_s_per_s": round(rows[0][1], 2), "bare_audio_s_per_s": round(rows[0][2], 2),
-           "per_file_audio_s_per_s": round(rows[0][3], 2),
-           "bare_batch8_audio_s_per_s": round(rows[0][4], 2), "large_pipeline_vs_bare": round(rows[1][1] / rows[1][2], 3),
-           "flops_fraction": round(flops["large"] / peak, 3), "flops_fraction_small": round(flops["small"] / peak, 3),
-           "matmul_peak_gflops": round(peak / 1e9, 1), "rss_mb_1x": round(rss1), "rss_mb_10x": round(rss10), "rss_ratio_10x": round(rss10 / rss1, 3),
-           "audio_minutes": round(audio_s / 60, 2), "devices": devices}
+    if "rss_mb_1x" in res:
+        print(f"peak RSS of msf extract: 1x {res['rss_mb_1x']} MB, 10x {res['rss_mb_10x']} MB "
+              f"(ratio {res['rss_ratio_10x']:.2f})")
+    for device in devices:
+        prefix = "" if device == "cpu" else "gpu_"
+        print(f"{device}: float32 matmul peak {res[prefix + 'matmul_peak_gflops']:.1f} GFLOP/s "
+              f"({torch.get_num_threads()} torch threads on CPU); share of it the pipeline reaches: small model "
+              f"{res[prefix + 'flops_fraction_small']:.3f}, large-sized model {res[prefix + 'flops_fraction']:.3f}")
+    res |= {"audio_minutes": round(audio_s / 60, 2), "devices": devices}
     print(json.dumps(res))
-
 
 if __name__ == "__main__":
     main()

@@ -138,12 +138,13 @@ def main() -> None:
     ap.add_argument("--scale-n", type=int, default=20000, help="utterances in the synthetic frames cache (0: skip)")
     ap.add_argument("--scale-repeats", type=int, default=3)
     ap.add_argument("--memory-gb", type=float, default=1.0, help="in-memory budget for the scale rows")
+    ap.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda rows run only where torch sees a GPU")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="msf-bench-train-"))
     cache = args.features or build(args.n, root)
     sets = {"shards": FeatureSet(cache, SOURCES, in_memory=False), "memory": FeatureSet(cache, SOURCES, in_memory=True)}
     sets["npy"] = as_npy(sets["shards"], root / "npy")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [d for d in args.devices.split(",") if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
     rows, res = [], {}
     for device in devices:
         for name in ("shards", "npy", "memory"):
@@ -155,9 +156,11 @@ def main() -> None:
     n_train = len(sets["memory"].splits["train"].ids)
     print(f"{n_train} training utterances, batch 32, frames {tuple(sets['memory'].frame_shape)}; median of {args.repeats}")
     table(rows)
-    res["steps_per_s"] = round(next(r[4] for r in rows if r[0] == "cpu" and r[1] == "memory"), 2)
-    res["shards_vs_memory"] = round(res["epoch_s_shards"] / res["epoch_s_memory"], 3)
-    res["npy_vs_memory"] = round(res["epoch_s_npy"] / res["epoch_s_memory"], 3)
+    for device in devices:
+        p = "" if device == "cpu" else "gpu_"
+        res[f"{p}steps_per_s"] = round(next(r[4] for r in rows if r[0] == device and r[1] == "memory"), 2)
+        res[f"{p}shards_vs_memory"] = round(res[f"{p}epoch_s_shards"] / res[f"{p}epoch_s_memory"], 3)
+        res[f"{p}npy_vs_memory"] = round(res[f"{p}epoch_s_npy"] / res[f"{p}epoch_s_memory"], 3)
     if args.scale_n:
         dims = sets["memory"].vector_dims
         dim = 256
@@ -178,7 +181,9 @@ def main() -> None:
               f"float32 (in-memory budget {args.memory_gb} GB{': memory row skipped' if 'memory' not in big else ''}); "
               f"median of {args.scale_repeats}")
         table(rows, against="memory" if "memory" in big else "npy")
-        res["shards_vs_npy_20k"] = round(res["epoch_s_shards_20k"] / res["epoch_s_npy_20k"], 3)
+        for device in devices:
+            p = "" if device == "cpu" else "gpu_"
+            res[f"{p}shards_vs_npy_20k"] = round(res[f"{p}epoch_s_shards_20k"] / res[f"{p}epoch_s_npy_20k"], 3)
     print(json.dumps(res))
 
 

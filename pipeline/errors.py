@@ -17,3 +17,7 @@ class NotFound(MsfError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class CacheDamaged(MsfError):
+    """The cache on disk does not match its index (a shard deleted or damaged outside msf)."""

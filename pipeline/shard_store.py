@@ -15,6 +15,7 @@ import hashlib
 import os
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import h5py
 import numpy as np
 
 from msf.pipeline.cache_index import CacheIndex, Entry
-from msf.pipeline.errors import NotFound
+from msf.pipeline.errors import CacheDamaged, NotFound
 from msf.pipeline.faults import fault_point
 from msf.pipeline.stage import Record
 
@@ -81,7 +82,8 @@ def record_checksum(record: Record) -> str:
         if isinstance(v, np.ndarray) and v.dtype.kind == "U":
             h.update(b"S" + "\x00".join(v.tolist()).encode() + b"\x01" + str(len(v)).encode())
         elif isinstance(v, np.ndarray):
-            h.update(f"A{v.dtype.str}{v.shape}".encode() + np.ascontiguousarray(v).tobytes())
+            h.update(f"A{v.dtype.str}{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).data)  # the buffer itself: no copy, and hashing releases the GIL
         elif isinstance(v, str):
             h.update(b"s" + v.encode())
         else:
@@ -147,6 +149,11 @@ def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> W
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = f"shard-{uuid.uuid4().hex}.h5"
     tmp = stage_dir / f".tmp-{final}"
+    # Checksums are computed while the file is written and synced (hashing a large array releases
+    # the GIL): on a GPU the shard write, not the forward, is what the extraction waits on.
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="msf-checksum")
+    checksums = hashing.submit(lambda: [record_checksum(r) for r in records])
+    hashing.shutdown(wait=False)
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
@@ -186,7 +193,26 @@ def write_shard(stage_dir: Path, utt_ids: list[str], records: list[Record]) -> W
         tmp.unlink(missing_ok=True)
     nbytes = [record_nbytes(r) for r in records]
     total = sum(nbytes)
-    return WrittenShard(final, [record_checksum(r) for r in records], [round(size * n / total) for n in nbytes])
+    return WrittenShard(final, checksums.result(), [round(size * n / total) for n in nbytes])
+
+
+@dataclass(frozen=True)
+class ContiguousArray:
+    """A contiguous, unfiltered HDF5 dataset read by byte offset straight from the file: each slice
+    opens, reads and closes (a few microseconds, the GIL released during the read), so the reader can
+    remember every shard's layout without holding a file descriptor or h5py's lock per shard."""
+
+    path: Path
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        lo, hi, _ = s.indices(self.shape[0])
+        row = int(np.prod(self.shape[1:], dtype=np.int64))
+        flat = np.fromfile(self.path, self.dtype, count=max(0, hi - lo) * row,
+                           offset=self.offset + lo * row * self.dtype.itemsize)
+        return flat.reshape(-1, *self.shape[1:])
 
 
 class ShardReader:
@@ -195,7 +221,9 @@ class ShardReader:
     def __init__(self, max_open: int = 64):
         self.max_open = max_open
         self._open: dict[Path, h5py.File] = {}
-        self._columns: dict[tuple[Path, str], tuple[np.ndarray, Any]] = {}  # (offsets, data) of open files
+        # (path, field) -> (offsets, data). ContiguousArray entries outlive their file's handle (a few KB
+        # each), so random access over more shards than max_open does not reopen files every batch.
+        self._columns: dict[tuple[Path, str], tuple[np.ndarray, Any]] = {}
 
     def file(self, path: Path) -> h5py.File:
         f = self._open.pop(path, None)
@@ -204,22 +232,22 @@ class ShardReader:
             if len(self._open) >= self.max_open:
                 oldest = next(iter(self._open))
                 self._open.pop(oldest).close()
-                self._columns = {k: v for k, v in self._columns.items() if k[0] != oldest}
+                self._columns = {k: v for k, v in self._columns.items()
+                                 if k[0] != oldest or isinstance(v[1], ContiguousArray)}
         self._open[path] = f  # most recently used last
         return f
 
     def _column(self, path: Path, name: str) -> tuple[np.ndarray, Any]:
-        """An array field's offsets (read once) and its data: a read-only memory map when the dataset
-        is stored contiguous and unfiltered (slicing it is a plain copy that does not hold h5py's
-        lock), otherwise the h5py dataset."""
-        f = self.file(path)
+        """An array field's offsets (read once) and its data: a ContiguousArray when the dataset is
+        stored contiguous and unfiltered (a plain file read that does not hold h5py's lock), otherwise
+        the h5py dataset."""
         key = (path, name)
         if key not in self._columns:
-            g = f[name]
+            g = self.file(path)[name]
             data = g["data"]
             offset = data.id.get_offset()
             if data.chunks is None and offset is not None and data.size:
-                data = np.memmap(path, dtype=data.dtype, mode="r", offset=offset, shape=data.shape)
+                data = ContiguousArray(path, offset, data.dtype, data.shape)
             self._columns[key] = (g["offsets"][...], data)
         return self._columns[key]
 
@@ -377,8 +405,15 @@ class ShardStore:
 
     def compact(self, shard_size: int = 512) -> dict[str, int]:
         """Rewrite each stage's entries (every variant) into full shards and drop the old files;
-        returns shards per stage."""
+        returns shards per stage. Refuses, before writing anything, when a shard the index points at is
+        missing: compaction would stop half-way on it."""
         self.reader.close()
+        missing = [f"{stage}/{name}" for stage in self.index.stages()
+                   for name in sorted(self.index.referenced_shards(stage) - self.shard_names(stage))]
+        if missing:
+            raise CacheDamaged(f"cannot compact {self.root}: {len(missing)} shard file(s) the index points at are "
+                               f"missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                               "`msf cache verify` lists the entries they held")
         result: dict[str, int] = {}
         for stage in self.index.stages():
             entries = sorted(self.index.entries(stage).values(), key=lambda e: (e.shard, e.row))

@@ -161,8 +161,11 @@ def test_library_logs_are_quiet_unless_verbose(demo_corpus: Path, tmp_path: Path
 
     with socket.socket() as busy:  # Dask warns when its port is taken
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        busy.bind(("127.0.0.1", 8787))
-        busy.listen()
+        try:
+            busy.bind(("127.0.0.1", 8787))
+            busy.listen()
+        except OSError:  # already taken (another suite on this machine runs this test): the condition wanted
+            pass
         errs = {}
         for verbose in ([], ["--verbose"]):
             args = [sys.executable, "-m", "msf.cli", *verbose, "extract", "--corpus", f"demo:{demo_corpus}",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from msf.pipeline.cache_index import Entry
-from msf.pipeline.shard_store import ShardFormatError, ShardReader, ShardStore, record_checksum, write_shard
+from msf.pipeline.shard_store import ContiguousArray, ShardFormatError, ShardReader, ShardStore, record_checksum, write_shard
 
 
 def _records(n: int, seed: int = 0) -> list[dict]:
@@ -54,8 +54,9 @@ def test_round_trip_ragged_strings_scalars(tmp_path: Path) -> None:
 
 
 def test_array_rows_equal_rows_read_one_by_one_in_any_order(tmp_path: Path) -> None:
-    """The streaming trainer's read: memory-mapped frames in a new shard, the h5py path for a shard
-    whose frames are chunked and compressed (as earlier versions wrote them)."""
+    """The streaming trainer's read: frames read by byte offset from a new shard, the h5py path for a
+    shard whose frames are chunked and compressed (as earlier versions wrote them); with one open file
+    allowed, so every switch between the two evicts the other's handle."""
     import h5py
 
     store, recs = _store(tmp_path, n=40)
@@ -67,13 +68,15 @@ def test_array_rows_equal_rows_read_one_by_one_in_any_order(tmp_path: Path) -> N
         del dst["frames/data"]
         dst["frames"].create_dataset("data", data=src["frames/data"][...], chunks=(300, 64), compression="lzf",
                                      shuffle=True)
-    reader = ShardReader()
-    assert reader._column(path, "frames")[1].__class__ is np.memmap  # contiguous floats: mapped
+    reader = ShardReader(max_open=1)
+    assert isinstance(reader._column(path, "frames")[1], ContiguousArray)  # contiguous floats: plain reads
     rng = np.random.default_rng(1)
     for p in (path, old):
         for rows in ([5], [39, 0, 7, 8, 9, 8], list(rng.permutation(40)), list(rng.integers(0, 40, 12))):
             got = reader.array_rows(p, "frames", rows)
             assert [g.tobytes() for g in got] == [recs[r]["frames"].tobytes() for r in rows]
+    reader.file(path)  # evicts the chunked shard's handle: its h5py dataset goes with it, the plain layout stays
+    assert (path, "frames") in reader._columns and (old, "frames") not in reader._columns
     reader.close()
 
 
@@ -122,3 +125,18 @@ def test_compact_and_gc(tmp_path: Path) -> None:
         if i < 10:
             assert _read(store, f"u{i}", "fp2")["frames"].tobytes() == r["frames"].tobytes()
     assert store.verify().ok
+
+
+def test_compact_refuses_a_cache_with_a_missing_shard_before_writing(tmp_path: Path) -> None:
+    from msf.pipeline.errors import CacheDamaged
+
+    store, recs = _store(tmp_path)
+    ids = [f"v{i}" for i in range(5)]
+    w = write_shard(store.root / "other", ids, recs[:5])
+    store.index.commit([Entry("other", u, "fp", w.name, i, c, b) for i, (u, c, b) in enumerate(zip(ids, w.checksums, w.bytes))], [])
+    (store.root / "other" / w.name).unlink()
+    before = sorted(p.name for p in (store.root / "feat").iterdir())
+    with pytest.raises(CacheDamaged, match=rf"1 shard file\(s\) .* missing \(other/{w.name}\).*msf cache verify"):
+        store.compact(shard_size=8)
+    assert sorted(p.name for p in (store.root / "feat").iterdir()) == before  # nothing written or swept
+    assert _read(store, "u3")["frames"].tobytes() == recs[3]["frames"].tobytes()
