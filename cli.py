@@ -382,20 +382,22 @@ def train(
     features: Path = typer.Option(..., help="Cache directory with the extracted features."),
     out: Path = typer.Option(..., help="Run directory (resumed when it holds the same run)."),
     name: str = typer.Option("default", help="The cache's feature set to train on."),
-    sources: str = typer.Option("audio,gs,les,es", help="Comma-separated: audio, gs, les, es."),
+    sources: str = typer.Option("audio,gs,les,es", help="Comma-separated: audio, gs, les, es, prosody (pitch, "
+                                                        "loudness and rate relative to the speaker, from emphasis)."),
     fusion: str = typer.Option("fm-moe", help="fm-moe or concat."),
     fold: int = typer.Option(None, help="IEMOCAP leave-one-session-out fold (1-5)."),
     corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
     device: str = typer.Option("cpu"),
     seed: int = typer.Option(0),
     epochs: int = typer.Option(60),
+    speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
 ) -> None:
     """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves and usage statistics."""
     from msf.trainer.train import TrainConfig, train as run_training
 
     with user_errors():
         cfg = TrainConfig(features=features, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold,
-                          device=device, seed=seed, epochs=epochs)
+                          device=device, seed=seed, epochs=epochs, speaker_norm=speaker_norm)
         metrics = run_training(cfg, out)
     print(json.dumps(metrics))
 
@@ -414,7 +416,8 @@ def evaluate(
 
     with user_errors():
         model, cfg = load_run(run, device)
-        data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, corpus or cfg.labels)
+        data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, corpus or cfg.labels,
+                          speaker_norm=cfg.speaker_norm)
         result = {s: run_eval(model, data, s, device).ccc for s in ("dev", "test") if data.splits[s].ids}
     print(json.dumps(result))
 
@@ -455,13 +458,15 @@ def ablate(
     device: str = typer.Option("cpu"),
     seed: int = typer.Option(0, help="First training seed."),
     seeds: int = typer.Option(3, help="Seeds per variant; the table gives their mean."),
+    prosody: bool = typer.Option(False, help="Add the speaker-relative prosody source to every variant."),
+    speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
     from msf.trainer.ablate import ablate as run_ablation, table
 
     with user_errors():
         results = run_ablation(features, out, seeds=seeds, seed=seed, fold=fold, device=device, name=name,
-                               labels=corpus)
+                               labels=corpus, prosody=prosody, speaker_norm=speaker_norm)
     OUT.print(table(results))
 
 

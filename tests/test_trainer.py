@@ -57,6 +57,41 @@ def test_the_model_learns_dominance(demo_features: Path, tmp_path: Path) -> None
     assert m["test"]["ccc_dominance"] >= 0.5, m["test"]
 
 
+def test_prosody_source_and_speaker_standardisation(demo_features: Path, tmp_path: Path) -> None:
+    """`prosody` is the emphasis stage's speaker-relative pitch (st), loudness (dB) and log rate of each
+    utterance; speaker standardisation gives each speaker's frames zero mean and unit variance per
+    dimension. Both train, and a run remembers them for evaluation."""
+    import numpy as np
+
+    from msf.pipeline.cache_view import CacheView
+    from msf.trainer.data import FeatureSet, parse_sources
+
+    data = FeatureSet(demo_features, parse_sources("audio,prosody"), in_memory=True, speaker_norm=True)
+    split = data.splits["train"]
+    view = CacheView(demo_features)
+    rec, _ = view.read("emphasis", split.ids[3])
+    view.close()
+    assert split.vectors["prosody"][3].tolist() == pytest.approx(
+        [rec["pitch_st"], rec["loudness_db"], np.log(rec["rate_ratio"])], abs=1e-5)
+    assert data.vector_dims["prosody"] == 3
+    by_speaker: dict[str, list] = {}
+    for name in ("train", "dev", "test"):
+        s = data.splits[name]
+        for b in data.batches(name, 64, shuffle=False):
+            for uid, f, n in zip(b.ids, b.frames, b.lengths):
+                by_speaker.setdefault(s.speakers[s.ids.index(uid)], []).append(f[:n])
+    assert len(by_speaker) >= 2
+    for frames in by_speaker.values():
+        allf = np.concatenate(frames).reshape(-1, data.frame_shape[-1])
+        assert np.abs(allf.mean(0)).max() < 1e-3 and np.abs(allf.std(0) - 1).max() < 1e-2
+    m = train(TrainConfig(features=demo_features, sources="audio,prosody", speaker_norm=True, **FAST),
+              tmp_path / "run", progress=False)
+    assert all(-1 <= m["test"][k] <= 1 for k in ("ccc_valence", "ccc_arousal", "ccc_dominance"))
+    with pytest.raises(Exception, match="speaker_norm"):  # a feature set loaded otherwise is refused
+        train(TrainConfig(features=demo_features, sources="audio,prosody", **FAST), tmp_path / "other",
+              progress=False, data=data)
+
+
 @pytest.mark.slow
 def test_kill9_inside_training_batches_then_resume_equals_an_uninterrupted_run(demo_features: Path,
                                                                               tmp_path: Path) -> None:

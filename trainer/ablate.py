@@ -22,17 +22,21 @@ VARIANTS: dict[str, tuple[str, str]] = {
 COLUMNS = ("ccc_valence", "ccc_arousal", "ccc_dominance", "ccc_mean")
 
 
-def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True,
+def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True, prosody: bool = False,
            **train_options: Any) -> dict[str, dict[str, Any]]:
+    """Every variant with `seeds` training seeds; `prosody` adds the speaker-relative prosody vector to
+    every variant (audio included), and `speaker_norm` (a training option) standardises the frames."""
     out.mkdir(parents=True, exist_ok=True)
+    extra = ",prosody" if prosody else ""
     # One read of the cache for every variant: the full source set covers them all.
-    data = FeatureSet(features, parse_sources("audio,gs,les,es"), train_options.get("fold"),
-                      train_options.get("name", "default"), train_options.get("labels"), train_options.get("in_memory"))
+    data = FeatureSet(features, parse_sources("audio,gs,les,es" + extra), train_options.get("fold"),
+                      train_options.get("name", "default"), train_options.get("labels"), train_options.get("in_memory"),
+                      speaker_norm=train_options.get("speaker_norm", False))
     results: dict[str, dict[str, Any]] = {}
     for name, (sources, fusion) in VARIANTS.items():
         runs = []
         for k in range(seed, seed + seeds):
-            cfg = TrainConfig(features=features, sources=sources, fusion=fusion, seed=k, **train_options)
+            cfg = TrainConfig(features=features, sources=sources + extra, fusion=fusion, seed=k, **train_options)
             metrics = train(cfg, out / name / f"seed-{k}", progress=progress, data=data)
             runs.append(metrics["test" if "test" in metrics else "dev"])
         results[name] = {c: round(float(sum(r[c] for r in runs) / len(runs)), 4) for c in COLUMNS}

@@ -21,8 +21,18 @@ from msf.pipeline.errors import UsageError
 from msf.pipeline.fingerprint import canonical_json, digest
 from msf.pipeline.shard_store import ShardReader
 
-SOURCES = ("audio", "gs", "les", "es")
-STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended"}
+SOURCES = ("audio", "gs", "les", "es", "prosody")
+STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended", "prosody": "emphasis"}
+PROSODY = ("pitch_st", "loudness_db", "rate_ratio")  # the utterance relative to its speaker (emphasis stage)
+
+
+def source_vector(source: str, record: dict) -> np.ndarray:
+    """The vector a source feeds the model: a text embedding, or for `prosody` the utterance's median
+    pitch (semitones), loudness (dB) and log speaking rate, each relative to its speaker."""
+    if source == "prosody":
+        return np.array([record["pitch_st"], record["loudness_db"], np.log(max(record["rate_ratio"], 1e-3))],
+                        np.float32)
+    return np.asarray(record["embedding"], np.float32)
 TARGETS = ("valence", "arousal", "dominance")
 
 
@@ -44,6 +54,7 @@ class Split:
     les_mask: np.ndarray
     frames_at: list[tuple[Path, int]]  # acoustic shard and row of each utterance
     frames: list[np.ndarray] | None = None  # held in memory
+    speakers: list[str] | None = None  # the speaker group of each utterance (speaker standardisation)
 
 
 def parse_sources(spec: str) -> tuple[str, ...]:
@@ -51,6 +62,8 @@ def parse_sources(spec: str) -> tuple[str, ...]:
     bad = [s for s in sources if s not in SOURCES]
     if bad or not sources:
         raise UsageError(f"--sources: unknown {bad or 'empty'}; choose from {','.join(SOURCES)}")
+    if len(set(sources)) != len(sources):
+        raise UsageError(f"--sources: {spec!r} names a source twice")
     if "audio" not in sources:
         raise UsageError("--sources must include audio: the text sources modulate the acoustic branch")
     return sources
@@ -85,7 +98,8 @@ class FeatureSet:
     needed stage."""
 
     def __init__(self, cache: Path, sources: tuple[str, ...], fold: int | None = None, name: str = "default",
-                 labels: str | None = None, in_memory: bool | None = None, memory_limit_gb: float = 4.0):
+                 labels: str | None = None, in_memory: bool | None = None, memory_limit_gb: float = 4.0,
+                 speaker_norm: bool = False):
         view = CacheView(Path(cache), name)
         try:
             utts = view.utterances
@@ -125,12 +139,13 @@ class FeatureSet:
                 self.splits[split] = Split(
                     ids=[u.id for u in us],
                     labels=np.array([u.labels for u in us], np.float32).reshape(-1, 3),
-                    vectors={s: np.stack([records[STAGE_OF[s]][u.id]["embedding"] for u in us]).astype(np.float32)
+                    vectors={s: np.stack([source_vector(s, records[STAGE_OF[s]][u.id]) for u in us])
                              if us else np.zeros((0, 1), np.float32) for s in sources if s != "audio"},
                     les_mask=np.array([bool(records["local"][u.id]["mask"]) for u in us] if "les" in sources
                                       else [True] * len(us), bool),
                     frames_at=[(view.store.shard_path("acoustic", acoustic[u.id].shard), acoustic[u.id].row)
                                for u in us],
+                    speakers=[u.group_key("speaker") for u in us],
                 )
         finally:
             view.close()
@@ -146,6 +161,28 @@ class FeatureSet:
         if in_memory if in_memory is not None else est_gb < memory_limit_gb:
             for s in self.splits.values():
                 s.frames = self._read_frames(s.frames_at)
+        self.speaker_stats = self._speaker_stats() if speaker_norm else None
+
+    def _speaker_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per speaker group, the mean and standard deviation of each acoustic dimension over all of the
+        speaker's frames (no labels used, so test speakers are standardised by their own audio, the
+        usual practice in SER). Streamed caches are read once more for this."""
+        acc: dict[str, list] = {}
+        for s in self.splits.values():
+            for k in range(0, len(s.ids), 64):
+                frames = s.frames[k : k + 64] if s.frames is not None else self._read_frames(s.frames_at[k : k + 64])
+                for spk, f in zip(s.speakers[k : k + 64], frames):  # type: ignore[index]
+                    a = acc.setdefault(spk, [0, 0.0, 0.0])
+                    f64 = f.astype(np.float64)
+                    a[0] += len(f)
+                    a[1] = a[1] + f64.sum(0)
+                    a[2] = a[2] + (f64**2).sum(0)
+        out = {}
+        for spk, (n, s1, s2) in acc.items():
+            mean = s1 / max(n, 1)
+            sd = np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 0.0))
+            out[spk] = (mean.astype(np.float32), np.maximum(sd, 1e-3).astype(np.float32))  # a constant dim stays finite
+        return out
 
     def digest(self, sources: tuple[str, ...]) -> str:
         """What a run trains and is evaluated on: ids, splits, labels and the fingerprints of the
@@ -155,6 +192,7 @@ class FeatureSet:
                                       for u, (split, labels, fps) in sorted(self._identity.items())]))
 
     _reader = ShardReader()
+    speaker_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # speaker -> (mean, sd) of the frames
 
     @classmethod
     def _read(cls, path: Path, row: int) -> np.ndarray:
@@ -200,6 +238,9 @@ class FeatureSet:
             frames = [s.frames[i] for i in idx]
         else:
             frames = self._read_frames([s.frames_at[i] for i in idx])
+        if self.speaker_stats is not None:
+            frames = [(f - self.speaker_stats[s.speakers[i]][0]) / self.speaker_stats[s.speakers[i]][1]  # type: ignore[index]
+                      for f, i in zip(frames, idx)]
         return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, s.les_mask[idx], s.labels[idx],
                           [s.ids[i] for i in idx])
 

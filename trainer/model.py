@@ -6,6 +6,8 @@ FM-MoE: a' = (1 + gamma(t)) * a + beta(t); K expert MLPs over a'; per target (V,
         softmax(W_d [a', t]) mixes the experts, added to the unmodulated a (a residual MoE branch, so text
         can steer the experts without scrambling the acoustic evidence); a linear head per target.
 concat: [a, projections...] -> MLP -> V, A, D.
+prosody (optional): the utterance's pitch, loudness and rate relative to its speaker, a small vector
+        added to a by a two-layer projection (acoustic evidence, so it joins a, not the text gates).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class MsfSer(nn.Module):
             nn.TransformerEncoderLayer(h, nhead=4, dim_feedforward=2 * h, dropout=cfg.dropout, batch_first=True),
             num_layers=1, enable_nested_tensor=False)
         self.pool = AttentivePooling(h)
+        if "prosody" in cfg.sources:
+            # BatchNorm without affine: semitones, dB and log-ratios on one scale, from the training data
+            self.prosody = nn.Sequential(nn.BatchNorm1d(cfg.vector_dims["prosody"], affine=False),
+                                         nn.Linear(cfg.vector_dims["prosody"], h), nn.GELU(), nn.Linear(h, h))
         self.text = [s for s in TEXT if s in cfg.sources]
         self.proj = nn.ModuleDict({s: nn.Sequential(nn.LayerNorm(cfg.vector_dims[s]), nn.Dropout(cfg.dropout),
                                                     nn.Linear(cfg.vector_dims[s], h), nn.GELU())
@@ -91,6 +97,8 @@ class MsfSer(nn.Module):
                 les_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Predictions B x 3 (V, A, D) and auxiliaries: gate weights, router probabilities."""
         a = a_raw = self.acoustic(frames, lengths)
+        if "prosody" in vectors and hasattr(self, "prosody"):
+            a = a_raw = a + self.prosody(vectors["prosody"])
         p = {s: self.proj[s](vectors[s]) for s in self.text}
         aux: dict[str, torch.Tensor] = {}
         if self.cfg.fusion == "concat":

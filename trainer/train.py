@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     balance_weight: float = 0.01
     in_memory: bool | None = None  # None: when the frames fit in memory
     threads: int | None = None  # torch CPU threads; CPU results are bit-exact for the same count
+    speaker_norm: bool = False  # standardise acoustic frames per speaker (mean and sd of each dimension)
 
 
 @dataclass
@@ -123,7 +124,11 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
             raise UsageError(f"{out} holds a run with other settings; choose another --out or delete it")
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
     seed_everything(cfg.seed, cfg.threads)
-    data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.name, cfg.labels, cfg.in_memory)
+    data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.name, cfg.labels, cfg.in_memory,
+                              speaker_norm=cfg.speaker_norm)
+    if bool(data.speaker_stats) != cfg.speaker_norm:
+        raise UsageError("the feature set given was loaded with speaker_norm="
+                         f"{bool(data.speaker_stats)}, the run asks for {cfg.speaker_norm}")
     if data.skipped:
         STDERR.print("skipped utterances: " + ", ".join(f"{n} ({why})" for why, n in data.skipped.items()))
     (out / "extraction.json").write_text(data.extraction)
