@@ -1,7 +1,8 @@
 """Acoustic extraction throughput and memory, side by side, with the same model for every row.
 
 Rows (audio seconds per wall second, median of --repeats):
-  pipeline    `msf extract --stage acoustic` (Dask runner, length-bucketed batches, HDF5 shards)
+  pipeline    `msf extract --stage acoustic` (Dask runner, length-bucketed batches, HDF5 shards); on CPU
+              also with 2 worker processes of 1 torch thread each (the same cores, split by process)
   bare        a bare forward loop over the same audio and the same batches, features discarded
   per-file    the common practice: one utterance at a time, one .npy file per utterance
 Peak RSS of `msf extract` at 1x and 10x the corpus (the 10x manifest lists every file ten times).
@@ -172,6 +173,9 @@ def main() -> None:
     for device in devices:
         med = lambda f, k=args.repeats: float(np.median([f(i) for i in range(k)]))  # noqa: E731
         pipe = med(lambda k: audio_s / pipeline_run(m1, root / f"cache-{device}-{k}", small, device, args.batch))
+        # On CPU, the same cores as two single-thread worker processes instead of one two-thread worker
+        pipe2 = med(lambda k: audio_s / pipeline_run(m1, root / f"cache2-{device}-{k}", small, device, args.batch,
+                                                     workers=2)) if device == "cpu" and (os.cpu_count() or 1) >= 2 else None
         bare = med(lambda k: audio_s / bare_loop(m1, small, device, args.batch))
         pf = med(lambda k: audio_s / per_file(m1, small, device, root / f"npy-{device}-{k}"))
         bare8 = med(lambda k: audio_s / bare_loop(m1, small, device, 8))
@@ -188,6 +192,8 @@ def main() -> None:
                 f"{prefix}flops_fraction": round(flops_large * lpipe / large_s / peak, 4),
                 f"{prefix}flops_fraction_small": round(flops_small * pipe / audio_s / peak, 4),
                 f"{prefix}matmul_peak_gflops": round(peak / 1e9, 1)}
+        if pipe2 is not None:
+            res |= {"pipeline_2_workers_audio_s_per_s": round(pipe2, 2), "pipeline_2_workers_vs_bare": round(pipe2 / bare, 3)}
     if "cpu" in devices:  # the memory rows are about the host process: taken with the CPU rows
         m10, _ = manifest_subset(corpus, root / "m10.csv", args.minutes * 60, copies=10)
         rss1 = peak_rss_mb(m1, root / "rss-1x", small)
@@ -200,6 +206,9 @@ def main() -> None:
           f"{'pipe/per-file':>15}")
     for name, p, b, f, b8 in rows:
         print(f"{name:<20}{p:>10.1f}{b:>10.1f}{f:>10.1f}{b8:>10.1f}{p / b:>11.2f}{p / f:>15.2f}")
+    if "pipeline_2_workers_audio_s_per_s" in res:
+        print(f"small/cpu with 2 worker processes x 1 torch thread: {res['pipeline_2_workers_audio_s_per_s']:.1f} "
+              f"audio s/s ({res['pipeline_2_workers_vs_bare']:.2f} of bare)")
     if "rss_mb_1x" in res:
         print(f"peak RSS of msf extract: 1x {res['rss_mb_1x']} MB, 10x {res['rss_mb_10x']} MB "
               f"(ratio {res['rss_ratio_10x']:.2f})")
