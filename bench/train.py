@@ -6,7 +6,8 @@ Rows: frames streamed from the HDF5 shards (one read per shard per batch, read-a
 when present. Then the same at scale: a synthetic frames cache of --scale-n utterances written
 through the shard store (shards of 256, as extraction writes them), more than the trainer's
 in-memory budget (--memory-gb), so training streams it; the memory row runs only when the frames
-fit in --memory-gb.
+fit in --memory-gb. The scale rows train a narrower model (--scale-hidden 32), so reading the frames
+is a larger share of the epoch than with the default width.
 
     python bench/train.py [--n 160] [--repeats 5] [--features CACHE] [--scale-n 20000]
 
@@ -119,10 +120,10 @@ def epoch(data: FeatureSet, model: MsfSer | None, opt: torch.optim.Optimizer | N
     return time.perf_counter() - t0, steps
 
 
-def median_epochs(data: FeatureSet, device: str, repeats: int) -> tuple[float, float, int]:
+def median_epochs(data: FeatureSet, device: str, repeats: int, hidden: int = 128) -> tuple[float, float, int]:
     """(epoch s, load-only s, steps): medians over `repeats` epochs after a warm-up epoch."""
     torch.manual_seed(0)
-    model = MsfSer(ModelConfig(tuple(data.frame_shape), data.vector_dims, SOURCES)).to(device)
+    model = MsfSer(ModelConfig(tuple(data.frame_shape), data.vector_dims, SOURCES, hidden=hidden)).to(device)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     epoch(data, model, opt, device, 0)  # warm-up: caches, allocator, threads
     full = [epoch(data, model, opt, device, k) for k in range(1, repeats + 1)]
@@ -138,6 +139,8 @@ def main() -> None:
     ap.add_argument("--scale-n", type=int, default=20000, help="utterances in the synthetic frames cache (0: skip)")
     ap.add_argument("--scale-repeats", type=int, default=3)
     ap.add_argument("--memory-gb", type=float, default=1.0, help="in-memory budget for the scale rows")
+    ap.add_argument("--scale-hidden", type=int, default=32,
+                    help="model width for the scale rows: small, so reading is a larger share of the epoch")
     ap.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda rows run only where torch sees a GPU")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="msf-bench-train-"))
@@ -172,14 +175,14 @@ def main() -> None:
         rows = []
         for device in devices:
             for name, data in big.items():
-                t, load, steps = median_epochs(data, device, args.scale_repeats)
+                t, load, steps = median_epochs(data, device, args.scale_repeats, args.scale_hidden)
                 rows.append((device, name, t, load, steps / t))
                 prefix = "" if device == "cpu" else "gpu_"
                 res[f"{prefix}epoch_s_{name}_20k"] = round(t, 4)
                 res[f"{prefix}load_s_{name}_20k"] = round(load, 4)
         print(f"\nscale: {args.scale_n} synthetic utterances, frames (T, {dim}) float16, about {gb:.1f} GB as "
               f"float32 (in-memory budget {args.memory_gb} GB{': memory row skipped' if 'memory' not in big else ''}); "
-              f"median of {args.scale_repeats}")
+              f"model hidden {args.scale_hidden}; median of {args.scale_repeats}")
         table(rows, against="memory" if "memory" in big else "npy")
         for device in devices:
             p = "" if device == "cpu" else "gpu_"
