@@ -102,7 +102,7 @@ def _fsync_dir(path: Path) -> None:
 def _array_dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
     # Floating-point arrays (encoder frames, embeddings) stay contiguous and unfiltered: lzf+shuffle
     # saved nothing on them (a demo acoustic shard: 21.46 MB of float16 frames, 21.48 MB on disk),
-    # and a contiguous dataset can be memory-mapped, which the streaming trainer reads without h5py.
+    # and a contiguous dataset can be read by byte offset, which the streaming trainer does without h5py.
     kwargs: dict[str, Any] = {}
     if data.dtype.kind != "f" and data.nbytes >= COMPRESS_MIN_BYTES and data.ndim >= 1 and data.shape[0] > 0:
         row_bytes = max(1, data.nbytes // data.shape[0])
