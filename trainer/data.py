@@ -23,7 +23,7 @@ from msf.pipeline.shard_store import ShardReader
 
 SOURCES = ("audio", "gs", "les", "es", "prosody")
 STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended", "prosody": "emphasis"}
-PROSODY = ("pitch_st", "loudness_db", "rate_ratio")  # the utterance relative to its speaker (emphasis stage)
+TARGETS = ("valence", "arousal", "dominance")
 
 
 def source_vector(source: str, record: dict) -> np.ndarray:
@@ -33,7 +33,14 @@ def source_vector(source: str, record: dict) -> np.ndarray:
         return np.array([record["pitch_st"], record["loudness_db"], np.log(max(record["rate_ratio"], 1e-3))],
                         np.float32)
     return np.asarray(record["embedding"], np.float32)
-TARGETS = ("valence", "arousal", "dominance")
+
+
+def mean_sd(n: int, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation (float32) from a frame count, sum and sum of squares;
+    the sd is floored so a constant dimension stays finite once divided by it."""
+    mean = total / max(n, 1)
+    sd = np.sqrt(np.maximum(total_sq / max(n, 1) - mean**2, 0.0))
+    return mean.astype(np.float32), np.maximum(sd, 1e-3).astype(np.float32)
 
 
 @dataclass
@@ -177,12 +184,7 @@ class FeatureSet:
                     a[0] += len(f)
                     a[1] = a[1] + f64.sum(0)
                     a[2] = a[2] + (f64**2).sum(0)
-        out = {}
-        for spk, (n, s1, s2) in acc.items():
-            mean = s1 / max(n, 1)
-            sd = np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 0.0))
-            out[spk] = (mean.astype(np.float32), np.maximum(sd, 1e-3).astype(np.float32))  # a constant dim stays finite
-        return out
+        return {spk: mean_sd(*a) for spk, a in acc.items()}
 
     def digest(self, sources: tuple[str, ...]) -> str:
         """What a run trains and is evaluated on: ids, splits, labels and the fingerprints of the
@@ -239,8 +241,8 @@ class FeatureSet:
         else:
             frames = self._read_frames([s.frames_at[i] for i in idx])
         if self.speaker_stats is not None:
-            frames = [(f - self.speaker_stats[s.speakers[i]][0]) / self.speaker_stats[s.speakers[i]][1]  # type: ignore[index]
-                      for f, i in zip(frames, idx)]
+            stats = [self.speaker_stats[s.speakers[i]] for i in idx]  # type: ignore[index]
+            frames = [(f - mean) / sd for f, (mean, sd) in zip(frames, stats)]
         return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, s.les_mask[idx], s.labels[idx],
                           [s.ids[i] for i in idx])
 

@@ -16,7 +16,7 @@ from msf.pipeline.errors import NotFound
 from msf.pipeline.executors import InProcessExecutor
 from msf.pipeline.extraction import Extraction
 from msf.pipeline.progress import STDERR
-from msf.trainer.data import STAGE_OF, TARGETS, make_batch, source_vector
+from msf.trainer.data import STAGE_OF, TARGETS, make_batch, mean_sd, source_vector
 from msf.trainer.train import load_run, to_tensors
 
 
@@ -53,8 +53,8 @@ def predict(audio: list[Path], run: Path, transcript: str | None = None, device:
                 frames = [np.asarray(ex.read("acoustic", i)["frames"], np.float32) for i in ok]
                 if cfg.speaker_norm:  # the files are one speaker group: standardised by their own frames
                     allf = np.concatenate(frames).astype(np.float64)
-                    mean, sd = allf.mean(0), np.maximum(allf.std(0), 1e-3)
-                    frames = [((f - mean) / sd).astype(np.float32) for f in frames]
+                    mean, sd = mean_sd(len(allf), allf.sum(0), (allf**2).sum(0))
+                    frames = [(f - mean) / sd for f in frames]
                 vectors = {s: np.stack([source_vector(s, ex.read(STAGE_OF[s], i)) for i in ok])
                            for s in sources if s != "audio"}
                 mask = np.array([bool(ex.read("local", i)["mask"]) if "les" in vectors else True for i in ok])
