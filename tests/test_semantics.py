@@ -206,3 +206,76 @@ def test_global_embeds_a_transcript_whose_alignment_failed(tmp_path: Path, demo_
     assert failed.utt == rows[1]["id"] and "does not match the audio" in failed.error
     assert ex.read("global", rows[1]["id"])["embedding"].shape == (384,)
     ex.close()
+
+
+LM_WORDS = ["<unk>", "<pad>", "<eos>", "user", "assistant", "the", "speaker", "sounds", "calm", "angry", "sure",
+            "and", "tired", "but", "warm", "voice", "is", "low", "high", "fast", "slow", "very", "quite", "happy"]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama over a vocabulary of words, with a chat template: whatever it generates is prose
+    (words joined by spaces), so the acceptance check passes on real generated text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-chat-lm")
+    vocab = {w: i for i, w in enumerate(LM_WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+                         "{% if add_generation_prompt %}assistant {% endif %}")
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(LM_WORDS), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                      max_position_embeddings=1024, pad_token_id=1, eos_token_id=2, bos_token_id=2))
+    lm.generation_config.suppress_tokens = [0, 1, 2]  # never a special token: every answer is a full line of words
+    lm.save_pretrained(d)
+    return d
+
+
+def test_describe_with_a_local_model_batches_and_caches(tmp_path: Path, tiny_chat_lm: Path) -> None:
+    from msf.pipeline.llm_client import AnswerCache
+    from msf.pipeline.local_chat import LocalChatModel
+
+    corpus = build_demo_corpus(tmp_path / "corpus", n=5, seed=3, progress=False)
+    sets = ["align.backend=provided", "describe.backend=local", f"describe.model={tiny_chat_lm}",
+            "describe.max_tokens=12", "describe.local_batch_size=2"]
+    ex = Extraction(load_config(None, sets, corpus=f"demo:{corpus}", cache=str(tmp_path / "cache"), workers=1,
+                                profile="offline"))
+    r = ex.run(["describe"], progress=False)["describe"]
+    assert (r.computed, r.failed) == (5, 0), [f.error for f in ex.store.index.failures("describe")]
+    texts = {u.id: ex.read("describe", u.id) for u in ex.corpus.utterances}
+    ex.close()
+    for rec in texts.values():
+        assert rec["source"] == f"local:{tiny_chat_lm}"
+        assert len(rec["text"].split()) >= 3 and set(rec["text"].split()) <= set(LM_WORDS[3:])
+
+    # the same prompts, one at a time and then in one batch of 5 (left padding): the same greedy answers
+    from msf.pipeline.stages.describe import DescribeStage
+    prompts = [p for p, in AnswerCache(tmp_path / "cache" / "_work" / "describe" / "answers.sqlite").db.execute(
+        "SELECT key FROM answers")]
+    assert len(prompts) == 5  # every accepted answer is cached, keyed by model and prompt
+    template = DescribeStage._template(DescribeStage.Params(backend="local"))
+    asks = [template.format(transcript=f"the speaker {w}", emphasized="none", prosody="as usual")
+            for w in ("is calm", "sounds very tired and slow", "is", "sounds angry")]
+    one = LocalChatModel(str(tiny_chat_lm), 0.0, 10, 1, "cpu", None)
+    five = LocalChatModel(str(tiny_chat_lm), 0.0, 10, 4, "cpu", AnswerCache(tmp_path / "answers.sqlite"))
+    assert one.complete_all(asks) == five.complete_all(asks) and five.generated == 4
+    again = LocalChatModel(str(tiny_chat_lm), 0.0, 10, 4, "cpu", AnswerCache(tmp_path / "answers.sqlite"))
+    assert again.complete_all(asks) == one.complete_all(asks) and again.generated == 0 and again.lm is None
+
+
+def test_describe_with_a_local_model_that_is_not_there_fails_with_one_message(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from msf.cli import app
+
+    corpus = build_demo_corpus(tmp_path / "corpus", n=2, seed=3, progress=False)
+    r = CliRunner().invoke(app, ["extract", "--corpus", f"demo:{corpus}", "--cache", str(tmp_path / "cache"),
+                                 "--profile", "offline", "--stage", "describe", "--set", "align.backend=provided",
+                                 "--set", "describe.backend=local", "--set", f"describe.model={tmp_path / 'no-such-model'}"])
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "describe model" in r.stderr and "cannot be loaded offline" in r.stderr and "no-such-model" in r.stderr

