@@ -175,3 +175,21 @@ def test_training_depends_on_the_features_not_the_shard_layout(tmp_path: Path) -
                                         progress=False)
     figures = {k: (m["dev"], m["test"], m["data"]["digest"]) for k, m in runs.items()}
     assert len(set(map(repr, figures.values()))) == 1, figures
+
+
+@pytest.mark.parametrize("fusion", ["fm-moe", "concat"])
+def test_modality_dropout_hides_the_text_in_training_only(fusion: str) -> None:
+    from msf.trainer.model import ModelConfig, MsfSer
+
+    torch.manual_seed(0)
+    model = MsfSer(ModelConfig((8,), {"gs": 6, "les": 6, "es": 6}, ("audio", "gs", "les", "es"), fusion, hidden=16,
+                               dropout=0.0, modality_dropout=1.0))
+    with torch.no_grad():  # FiLM starts as the identity; make it depend on the text for this check
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    frames, lengths, mask = torch.randn(4, 10, 8), torch.tensor([10, 7, 5, 10]), torch.tensor([True, False, True, True])
+    text = [{s: torch.randn(4, 6) for s in ("gs", "les", "es")} for _ in range(2)]
+    model.train()  # every utterance's text hidden: the predictions cannot depend on it
+    assert torch.equal(model(frames, lengths, text[0], mask)[0], model(frames, lengths, text[1], mask)[0])
+    model.eval()  # never at evaluation
+    assert not torch.allclose(model(frames, lengths, text[0], mask)[0], model(frames, lengths, text[1], mask)[0])

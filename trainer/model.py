@@ -30,6 +30,7 @@ class ModelConfig:
     experts: int = 4
     dropout: float = 0.2
     frame_pool: int = 4  # average frames in groups of this many before the temporal encoder (50 -> 12.5/s)
+    modality_dropout: float = 0.0  # in training, the share of utterances that see no text at all
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -100,6 +101,10 @@ class MsfSer(nn.Module):
         if "prosody" in vectors and hasattr(self, "prosody"):
             a = a_raw = a + self.prosody(vectors["prosody"])
         p = {s: self.proj[s](vectors[s]) for s in self.text}
+        if self.training and self.cfg.modality_dropout > 0 and p:
+            # some utterances train with the text hidden, so the audio path must stand on its own
+            keep = (torch.rand(a.shape[0], 1, device=a.device) >= self.cfg.modality_dropout).to(a.dtype)
+            p = {s: v * keep for s, v in p.items()}
         aux: dict[str, torch.Tensor] = {}
         if self.cfg.fusion == "concat":
             if "les" in p:

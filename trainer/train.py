@@ -43,6 +43,7 @@ class TrainConfig(BaseModel):
     experts: int = 4
     dropout: float = 0.2
     balance_weight: float = 0.01
+    modality_dropout: float = 0.0  # share of training utterances whose text sources are hidden
     in_memory: bool | None = None  # None: when the frames fit in memory
     threads: int | None = None  # torch CPU threads; CPU results are bit-exact for the same count
     speaker_norm: bool = False  # standardise acoustic frames per speaker (mean and sd of each dimension)
@@ -133,7 +134,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
         STDERR.print("skipped utterances: " + ", ".join(f"{n} ({why})" for why, n in data.skipped.items()))
     (out / "extraction.json").write_text(data.extraction)
     mcfg = ModelConfig(tuple(data.frame_shape), {s: d for s, d in data.vector_dims.items()}, sources, cfg.fusion,
-                       cfg.hidden, cfg.experts, cfg.dropout)
+                       cfg.hidden, cfg.experts, cfg.dropout, modality_dropout=cfg.modality_dropout)
     model = MsfSer(mcfg)
     model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
     model.to(cfg.device)
