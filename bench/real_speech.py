@@ -10,7 +10,7 @@ on a 1-7 scale (below; strong intensity moves each rating a third further from n
              per speaker, ridge regression (alpha chosen on dev)
   msf        `msf extract` (offline profile: Whisper tiny.en frames, MiniLM text, PocketSphinx
              alignment of the transcript, the knowledge describer), then training runs in this
-             process: audio, audio+prosody, audio speaker-standardised, full, full+prosody, each
+             process: audio, audio+prosody, audio+speaker-norm, full, full+prosody, each
              with --seeds training seeds
 
     python bench/real_speech.py --ravdess DIR [--out DIR] [--seeds 5] [--workers 2]
@@ -41,7 +41,7 @@ DIMS = ("valence", "arousal", "dominance")
 VARIANTS = {  # name: (sources, fusion, speaker_norm)
     "audio": ("audio", "fm-moe", False),
     "audio+prosody": ("audio,prosody", "fm-moe", False),
-    "audio, speaker-standardised": ("audio", "fm-moe", True),
+    "audio+speaker-norm": ("audio", "fm-moe", True),
     "full": ("audio,gs,les,es", "fm-moe", False),
     "full+prosody": ("audio,gs,les,es,prosody", "fm-moe", False),
 }
@@ -143,7 +143,7 @@ def main() -> None:
         runs = []
         for seed in range(args.seeds):
             cfg = TrainConfig(features=cache, sources=sources, fusion=fusion, seed=seed, speaker_norm=norm)
-            m = train(cfg, args.out / "runs" / name.replace(", ", "-").replace(" ", "-") / f"seed-{seed}",
+            m = train(cfg, args.out / "runs" / name / f"seed-{seed}",
                       progress=False, data=loaded[norm])
             runs.append([m["test"][f"ccc_{d}"] for d in DIMS])
         r = np.array(runs)
