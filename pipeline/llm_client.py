@@ -13,6 +13,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from msf.pipeline.model_loading import ModelUnavailable
@@ -42,6 +43,12 @@ class AnswerCache:
     def put(self, model: str, prompt: str, answer: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
                         (self.key(model, prompt), model, answer, time.time()))
+
+
+def split_cached(answers: AnswerCache | None, model: str, prompts: Sequence[str]) -> tuple[list, list[int]]:
+    """Per prompt its cached answer (None where there is none), and the indices still to ask."""
+    out = [answers.get(model, p) if answers else None for p in prompts]
+    return out, [i for i, a in enumerate(out) if a is None]
 
 
 def check_answer(text: object) -> str:
@@ -77,14 +84,7 @@ class ChatEndpoint:
     async def _all(self, prompts: list[str]) -> list[str | Exception]:
         import openai
 
-        out: list[str | Exception | None] = [None] * len(prompts)
-        todo = []
-        for i, p in enumerate(prompts):
-            cached = self.answers.get(self.model, p) if self.answers else None
-            if cached is not None:
-                out[i] = cached
-            else:
-                todo.append(i)
+        out, todo = split_cached(self.answers, self.model, prompts)
         if todo:
             sem = asyncio.Semaphore(self.concurrency)
             async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self.key, timeout=self.timeout_s,

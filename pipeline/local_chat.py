@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from msf.pipeline.llm_client import AnswerCache, check_answer
+from msf.pipeline.llm_client import AnswerCache, check_answer, split_cached
 from msf.pipeline.model_loading import load_transformers
 from msf.pipeline.stage import UtteranceError
 
@@ -38,14 +38,7 @@ class LocalChatModel:
 
     def complete_all(self, prompts: Sequence[str]) -> list[str | Exception]:
         """One accepted answer, or the UtteranceError that explains its failure, per prompt."""
-        out: list[str | Exception | None] = [None] * len(prompts)
-        todo = []
-        for i, p in enumerate(prompts):
-            cached = self.answers.get(self.cache_key, p) if self.answers else None
-            if cached is not None:
-                out[i] = cached
-            else:
-                todo.append(i)
+        out, todo = split_cached(self.answers, self.cache_key, prompts)
         if todo:
             self._load()
             todo.sort(key=lambda i: len(prompts[i]))  # similar lengths together: less padding per batch
