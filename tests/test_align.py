@@ -126,6 +126,41 @@ def test_sphinx_refuses_a_transcript_that_is_not_what_is_said(demo_corpus: Path)
     assert "does not match the audio" in str(rec)
 
 
+def test_sphinx_asks_whisper_before_refusing_a_transcript(demo_corpus: Path) -> None:
+    stage = _stage(backend="sphinx", model=BUNDLED_TINY_EN)
+    corpus = load_corpus(f"demo:{demo_corpus}").utterances
+    wrong = "the committee will reconvene on thursday afternoon to discuss the budget in detail"
+    rec = stage.compute([Item(Utterance("x", corpus[0].audio, transcript=wrong))])[0]
+    assert isinstance(rec, Exception)
+    assert "does not match the audio" in str(rec) and "Whisper's forced alignment agrees" in str(rec)
+
+
+def test_a_refusal_whisper_confirms_keeps_sphinx_times(demo_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both refusals forced at a fixed point: beams too narrow for any path, and a score-gap limit no
+    alignment meets. Whisper confirms the correct transcript; sphinx's times stand."""
+    from msf.pipeline.aligners import sphinx
+
+    utt = load_corpus(f"demo:{demo_corpus}").utterances[1]
+    truth = [w["start"] for w in _truth(demo_corpus)[utt.id]]
+    monkeypatch.setattr(sphinx, "DEFAULT_BEAMS", sphinx.Beams(1e-1, 1e-1, 1e-1))
+    monkeypatch.setattr(sphinx, "WIDE_BEAMS", sphinx.Beams(1e-2, 1e-2, 1e-2))
+    rec = _stage(backend="sphinx", model=BUNDLED_TINY_EN).compute([Item(utt)])[0]
+    assert not isinstance(rec, Exception), rec
+    assert rec["source"] == "sphinx:whisper-confirmed-widest-beams"
+    assert np.median(np.abs(rec["start"] - truth)) <= 0.03 and len(rec["phones"]) > len(rec["words"])
+
+    monkeypatch.undo()
+    monkeypatch.setattr(sphinx.SphinxAligner, "PLAINLY_GOOD", float("inf"))
+    stage = _stage(backend="sphinx", model=BUNDLED_TINY_EN, sphinx_max_score_gap=-1e9)
+    rec = stage.compute([Item(utt)])[0]
+    assert not isinstance(rec, Exception), rec
+    assert rec["source"] == "sphinx:whisper-confirmed" and np.median(np.abs(rec["start"] - truth)) <= 0.03
+    # without a second opinion to be had, the refusal says so
+    stage = _stage(backend="sphinx", model=str(demo_corpus / "no-such-model"), sphinx_max_score_gap=-1e9)
+    rec = stage.compute([Item(utt)])[0]
+    assert isinstance(rec, Exception) and "no second opinion" in str(rec)
+
+
 def test_sphinx_refuses_other_languages_clearly() -> None:
     with pytest.raises(ModelUnavailable, match="English only"):
         _stage(backend="sphinx", language="de")

@@ -19,8 +19,8 @@ from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError,
 
 class AlignParams(StageParams):
     backend: Literal["sphinx", "whisper", "ctc", "provided", "whisperx"] = "whisper"
-    # Whisper: the ASR model for utterances without a transcript (every backend but `provided`), and
-    # the forced aligner of backend=whisper.
+    # Whisper: the ASR model for utterances without a transcript (every backend but `provided`), the
+    # forced aligner of backend=whisper, and the second opinion on a transcript sphinx refuses.
     model: str = "large-v3"
     # The wav2vec2-CTC model of the `ctc` backend (hub id or local directory); whisperX's English default.
     ctc_model: str = "facebook/wav2vec2-base-960h"
@@ -76,7 +76,8 @@ class AlignStage(Stage):
         if p.backend == "sphinx":
             from msf.pipeline.aligners.sphinx import SphinxAligner
 
-            self._aligner = SphinxAligner(p.language, p.sphinx_max_score_gap)
+            # Whisper, the ASR model, also gives the second opinion on a transcript sphinx refuses
+            self._aligner = SphinxAligner(p.language, p.sphinx_max_score_gap, second_opinion=self._asr_model)
         elif p.backend == "whisper":
             self._aligner = self._asr = self._whisper()
         elif p.backend == "ctc":
@@ -87,6 +88,11 @@ class AlignStage(Stage):
             from msf.pipeline.aligners.whisperx import WhisperxAligner
 
             self._aligner = WhisperxAligner(p.language, p.device)
+
+    def _asr_model(self):  # type: ignore[no-untyped-def]
+        if self._asr is None:
+            self._asr = self._whisper()
+        return self._asr
 
     def _whisper(self):  # type: ignore[no-untyped-def]
         from msf.pipeline.aligners.whisper import WhisperAligner
@@ -112,9 +118,7 @@ class AlignStage(Stage):
         words = transcript_words(item.utt.transcript)
         if words:
             return self._aligner.align(item.waveform, words)
-        if self._asr is None:
-            self._asr = self._whisper()
-        heard = self._asr.transcribe(item.waveform)
+        heard = self._asr_model().transcribe(item.waveform)
         if self._aligner is self._asr:
             return heard
         timed = self._aligner.align(item.waveform, heard.words)
