@@ -458,7 +458,8 @@ def ablate(
     device: str = typer.Option("cpu"),
     seed: int = typer.Option(0, help="First training seed."),
     seeds: int = typer.Option(3, help="Seeds per variant; the table gives their mean."),
-    prosody: bool = typer.Option(False, help="Add the speaker-relative prosody source to every variant."),
+    prosody: bool = typer.Option(True, help="Add the speaker-relative prosody source to every variant (on by "
+                                 "default: it closed FM-MoE's gap to concat; docs/trainer.md)."),
     speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""

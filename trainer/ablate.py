@@ -22,7 +22,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 COLUMNS = ("ccc_valence", "ccc_arousal", "ccc_dominance", "ccc_mean")
 
 
-def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True, prosody: bool = False,
+def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True, prosody: bool = True,
            **train_options: Any) -> dict[str, dict[str, Any]]:
     """Every variant with `seeds` training seeds; `prosody` adds the speaker-relative prosody vector to
     every variant (audio included), and `speaker_norm` (a training option) standardises the frames."""
