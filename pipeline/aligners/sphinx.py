@@ -182,7 +182,7 @@ class SphinxAligner:
         try:
             heard = whisper.align(audio, words)
         except UtteranceError as e:
-            raise UtteranceError(f"{refusal}; Whisper's forced alignment agrees: {e}") from None
+            raise UtteranceError(f"{refusal}; Whisper's forced alignment, asked for a second opinion: {e}") from None
         agreement = float(np.mean(heard.score))
         if agreement < self.CONFIRMED:
             raise UtteranceError(f"{refusal}; Whisper's forced alignment agrees: mean word probability "
