@@ -193,3 +193,17 @@ def test_modality_dropout_hides_the_text_in_training_only(fusion: str) -> None:
     assert torch.equal(model(frames, lengths, text[0], mask)[0], model(frames, lengths, text[1], mask)[0])
     model.eval()  # never at evaluation
     assert not torch.allclose(model(frames, lengths, text[0], mask)[0], model(frames, lengths, text[1], mask)[0])
+
+
+def test_a_checkpoint_of_another_model_version_says_so(demo_features: Path, tmp_path: Path) -> None:
+    """A run written before the model gained a part (here the text head) fails to load with one message
+    that names the part and the way out, not a state-dict traceback."""
+    from msf.pipeline.errors import UsageError
+    from msf.trainer.train import load_run
+
+    train(TrainConfig(features=demo_features, **dict(FAST, epochs=1)), tmp_path / "run", progress=False)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    best["model"] = {k: v for k, v in best["model"].items() if not k.startswith("text_head.")}
+    torch.save(best, tmp_path / "run" / "best.pt")
+    with pytest.raises(UsageError, match=r"another version of the msf model \(parts differ: text_head\); train it again"):
+        load_run(tmp_path / "run")

@@ -112,6 +112,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
 
 
+def load_weights(model: MsfSer, state: dict[str, torch.Tensor], path: Path) -> None:
+    """The checkpoint's weights into the model, or one clear message when the model has changed since."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        missing = sorted({k.split(".")[0] for k in set(model.state_dict()) ^ set(state)})
+        raise UsageError(f"{path} was written by another version of the msf model (parts differ: "
+                         f"{', '.join(missing) or 'shapes'}); train it again into a new --out") from e
+
+
 def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet | None = None) -> dict[str, Any]:
     """Train (or resume) into OUT; returns the metrics written to OUT/metrics.json."""
     sources = parse_sources(cfg.sources)
@@ -142,7 +152,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
     state = {"epoch": 0, "best": -1e9, "best_epoch": 0, "history": []}
     if last.exists():  # resume exactly where the last finished epoch left off
         ck = load_checkpoint(last)
-        model.load_state_dict(ck["model"])
+        load_weights(model, ck["model"], last)
         opt.load_state_dict(ck["optimizer"])
         state = json.loads(ck["state"])
         torch.set_rng_state(ck["torch_rng"])
@@ -177,7 +187,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
             _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(state),
                           "torch_rng": torch.get_rng_state()}, last)
             bar.update(task, completed=state["epoch"], info=f"dev CCC {dev['ccc_mean']:.3f} (best {state['best']:.3f})")
-    model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    load_weights(model, load_checkpoint(out / "best.pt")["model"], out / "best.pt")
     return finish(model, data, sources, cfg.device, out, state["history"])
 
 
@@ -231,6 +241,6 @@ def load_run(run: Path, device: str = "cpu") -> tuple[MsfSer, TrainConfig]:
     mc = json.loads(best["model_config"])
     mcfg = ModelConfig(**{**mc, "frame_shape": tuple(mc["frame_shape"]), "sources": tuple(mc["sources"])})
     model = MsfSer(mcfg).to(device)
-    model.load_state_dict(best["model"])
+    load_weights(model, best["model"], run / "best.pt")
     model.eval()
     return model, cfg
