@@ -86,8 +86,9 @@ class MsfSer(nn.Module):
         if self.text:
             # Evidence that is the text's alone (lexical sentiment, the emphasised word) reaches the
             # predictions directly; through FiLM alone it had to be re-encoded into the acoustic vector,
-            # and FM-MoE trailed concat on valence (demo, automatic alignment: full .873 -> .928 valence,
-            # .868 -> .900 mean, against concat's .910 and .887; docs/trainer.md).
+            # and FM-MoE trailed concat on valence (demo, automatic alignment, corpus seed 0: full .873 ->
+            # .928 valence, .868 -> .900 mean, concat .887; at corpus seed 2 .902 -> .892, arousal lost;
+            # docs/trainer.md).
             self.text_head = nn.Linear(h, 3)
 
     def acoustic(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
