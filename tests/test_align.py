@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,9 @@ def test_sphinx_asks_whisper_before_refusing_a_transcript(demo_corpus: Path) -> 
     wrong = "the committee will reconvene on thursday afternoon to discuss the budget in detail"
     rec = stage.compute([Item(Utterance("x", corpus[0].audio, transcript=wrong))])[0]
     assert isinstance(rec, Exception)
-    assert "does not match the audio" in str(rec) and "Whisper's forced alignment" in str(rec)
+    # Whisper either scores the words below the confirmation bar or refuses them itself (its own min_score)
+    assert re.search(r"does not match the audio: .*; Whisper's forced alignment( agrees: mean word probability "
+                     r"\d\.\d\d < 0\.4|, asked for a second opinion: .*does not match the audio)", str(rec)), str(rec)
 
 
 def test_a_refusal_whisper_confirms_keeps_sphinx_times(demo_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:

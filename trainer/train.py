@@ -117,9 +117,9 @@ def load_weights(model: MsfSer, state: dict[str, torch.Tensor], path: Path) -> N
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        missing = sorted({k.split(".")[0] for k in set(model.state_dict()) ^ set(state)})
+        parts = sorted({k.split(".")[0] for k in set(model.state_dict()) ^ set(state)})  # in one, not both
         raise UsageError(f"{path} was written by another version of the msf model (parts differ: "
-                         f"{', '.join(missing) or 'shapes'}); train it again into a new --out") from e
+                         f"{', '.join(parts) or 'shapes'}); train it again into a new --out") from e
 
 
 def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet | None = None) -> dict[str, Any]:
