@@ -195,6 +195,29 @@ def test_modality_dropout_hides_the_text_in_training_only(fusion: str) -> None:
     assert not torch.allclose(model(frames, lengths, text[0], mask)[0], model(frames, lengths, text[1], mask)[0])
 
 
+def test_the_text_informs_only_its_targets() -> None:
+    """By default arousal reads the audio alone: other text, same arousal, other valence and dominance;
+    with every target named, the text moves arousal too. A misspelt target is refused by name."""
+    from msf.trainer.model import ModelConfig, MsfSer
+
+    frames, lengths, mask = torch.randn(4, 10, 8), torch.tensor([10, 7, 5, 10]), torch.tensor([True, False, True, True])
+    text = [{s: torch.randn(4, 6) for s in ("gs", "les", "es")} for _ in range(2)]
+    moved = {}
+    for targets in [("valence", "dominance"), ("valence", "arousal", "dominance")]:
+        torch.manual_seed(0)
+        model = MsfSer(ModelConfig((8,), {"gs": 6, "les": 6, "es": 6}, ("audio", "gs", "les", "es"), hidden=16,
+                                   text_targets=targets)).eval()
+        with torch.no_grad():  # FiLM starts as the identity; make it depend on the text for this check
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+            y0, y1 = (model(frames, lengths, t, mask)[0] for t in text)
+        moved[targets] = [not torch.equal(y0[:, d], y1[:, d]) for d in range(3)]
+    assert moved[("valence", "dominance")] == [True, False, True]
+    assert moved[("valence", "arousal", "dominance")] == [True, True, True]
+    with pytest.raises(ValueError, match=r"unknown target\(s\) valance; choose from valence, arousal, dominance"):
+        TrainConfig(features=Path("x"), text_targets="valance,dominance")
+
+
 def test_a_checkpoint_of_another_model_version_says_so(demo_features: Path, tmp_path: Path) -> None:
     """A run written before the model gained a part (here the text head) fails to load with one message
     that names the part and the way out, not a state-dict traceback."""

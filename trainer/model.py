@@ -5,7 +5,8 @@ GS, LES, ES  -> projections -> gates (softmax over the present sources) -> t
 FM-MoE: a' = (1 + gamma(t)) * a + beta(t); K expert MLPs over a'; per target (V, A, D) a router
         softmax(W_d [a', t]) mixes the experts, added to the unmodulated a (a residual MoE branch, so text
         can steer the experts without scrambling the acoustic evidence); a linear head per target, plus a
-        linear read of t (what the words say needs no detour through the audio).
+        linear read of the text projections (what the words say needs no detour through the audio).
+        Targets outside `text_targets` (arousal by default) route and read the unmodulated a alone.
 concat: [a, projections...] -> MLP -> V, A, D.
 prosody (optional): the utterance's pitch, loudness and rate relative to its speaker, a small vector
         added to a by a two-layer projection (acoustic evidence, so it joins a, not the text gates).
@@ -17,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from msf.trainer.data import TARGETS
 
 TEXT = ("gs", "les", "es")
 
@@ -32,6 +35,7 @@ class ModelConfig:
     dropout: float = 0.2
     frame_pool: int = 4  # average frames in groups of this many before the temporal encoder (50 -> 12.5/s)
     modality_dropout: float = 0.0  # in training, the share of utterances that see no text at all
+    text_targets: tuple[str, ...] = ("valence", "dominance")  # FM-MoE: the targets the text may inform
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -80,16 +84,19 @@ class MsfSer(nn.Module):
             nn.init.zeros_(self.film.bias)
         self.experts = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Dropout(cfg.dropout),
                                                    nn.Linear(h, h)) for _ in range(cfg.experts))
-        router_in = h * (2 if self.text else 1)
-        self.routers = nn.ModuleList(nn.Linear(router_in, cfg.experts) for _ in range(3))
+        # Per target: does the text inform it? Where it does not, the router reads the unmodulated a
+        # and the experts run on it too: text that carries no evidence for a target (arousal on the
+        # demo) otherwise moved it by noise alone, and FM-MoE trailed concat on arousal (docs/trainer.md).
+        self.reads_text = [bool(self.text) and d in cfg.text_targets for d in TARGETS]
+        self.routers = nn.ModuleList(nn.Linear(h * (2 if r else 1), cfg.experts) for r in self.reads_text)
         self.heads = nn.ModuleList(nn.Linear(h, 1) for _ in range(3))
-        if self.text:
-            # Evidence that is the text's alone (lexical sentiment, the emphasised word) reaches the
-            # predictions directly; through FiLM alone it had to be re-encoded into the acoustic vector,
-            # and FM-MoE trailed concat on valence (demo, automatic alignment, corpus seed 0: full .873 ->
-            # .928 valence, .868 -> .900 mean, concat .887; at corpus seed 2 .902 -> .892, arousal lost;
-            # docs/trainer.md).
-            self.text_head = nn.Linear(h, 3)
+        if any(self.reads_text):
+            # Evidence that is the text's alone (lexical sentiment, the emphasised word, the phrasing's
+            # mood) reaches the predictions directly, read from each source's projection: through FiLM
+            # alone it had to be re-encoded into the acoustic vector, and the gated mix scales each
+            # source by its gate (docs/trainer.md).
+            self.text_head = nn.Linear(h * len(self.text), 3)
+            self.register_buffer("text_mask", torch.tensor(self.reads_text, dtype=torch.float32), persistent=False)
 
     def acoustic(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if frames.dim() == 4:  # B x T x L x D: softmax-weighted sum of layers
@@ -101,6 +108,10 @@ class MsfSer(nn.Module):
         pad = torch.arange(frames.shape[1], device=frames.device)[None] >= lengths[:, None]
         x = self.temporal(self.acoustic_in(frames), src_key_padding_mask=pad)
         return self.pool(x, pad)
+
+    def text_parts(self, p: dict[str, torch.Tensor], les_mask: torch.Tensor) -> list[torch.Tensor]:
+        """The text projections in source order, LES zeroed where no word is emphasised."""
+        return [p[s] * les_mask[:, None] if s == "les" else p[s] for s in self.text]
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor, vectors: dict[str, torch.Tensor],
                 les_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -115,9 +126,7 @@ class MsfSer(nn.Module):
             p = {s: v * keep for s, v in p.items()}
         aux: dict[str, torch.Tensor] = {}
         if self.cfg.fusion == "concat":
-            if "les" in p:
-                p["les"] = p["les"] * les_mask[:, None]
-            return self.head(torch.cat([a] + [p[s] for s in self.text], -1)) + self.label_mean, aux
+            return self.head(torch.cat([a, *self.text_parts(p, les_mask)], -1)) + self.label_mean, aux
         if self.text:
             logits = self.gate(torch.cat([p[s] for s in self.text], -1))
             if "les" in p:  # no emphasised word: LES takes no part
@@ -132,15 +141,19 @@ class MsfSer(nn.Module):
         else:
             route_in = a
         expert_out = torch.stack([e(a) for e in self.experts], 1)  # B x K x H
+        # without text a is a_raw, and one pass of the experts serves every target
+        expert_raw = (torch.stack([e(a_raw) for e in self.experts], 1) if self.text and not all(self.reads_text)
+                      else expert_out)
         preds, probs = [], []
-        for router, head in zip(self.routers, self.heads):
-            r = router(route_in).softmax(-1)
+        for router, head, reads in zip(self.routers, self.heads, self.reads_text):
+            r = router(route_in if reads else a_raw).softmax(-1)
             probs.append(r)
-            preds.append(head(a_raw + (r.unsqueeze(-1) * expert_out).sum(1)))  # residual over the unmodulated a
+            mixed = (r.unsqueeze(-1) * (expert_out if reads else expert_raw)).sum(1)
+            preds.append(head(a_raw + mixed))  # residual over the unmodulated a
         aux["router"] = torch.stack(probs, 1)  # B x 3 x K
         y = torch.cat(preds, -1)
-        if self.text:
-            y = y + self.text_head(t)
+        if any(self.reads_text):
+            y = y + self.text_head(torch.cat(self.text_parts(p, les_mask), -1)) * self.text_mask
         return y + self.label_mean, aux
 
 

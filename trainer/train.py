@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msf.pipeline.errors import UsageError
@@ -44,9 +44,19 @@ class TrainConfig(BaseModel):
     dropout: float = 0.2
     balance_weight: float = 0.01
     modality_dropout: float = 0.0  # share of training utterances whose text sources are hidden
+    text_targets: str = "valence,dominance"  # FM-MoE: the targets the text may inform (comma-separated)
     in_memory: bool | None = None  # None: when the frames fit in memory
     threads: int | None = None  # torch CPU threads; CPU results are bit-exact for the same count
     speaker_norm: bool = False  # standardise acoustic frames per speaker (mean and sd of each dimension)
+
+    @field_validator("text_targets")
+    @classmethod
+    def _known_targets(cls, value: str) -> str:
+        names = [t.strip() for t in value.split(",") if t.strip()]
+        unknown = [t for t in names if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+        return ",".join(names)
 
 
 @dataclass
@@ -144,7 +154,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
         STDERR.print("skipped utterances: " + ", ".join(f"{n} ({why})" for why, n in data.skipped.items()))
     (out / "extraction.json").write_text(data.extraction)
     mcfg = ModelConfig(tuple(data.frame_shape), {s: d for s, d in data.vector_dims.items()}, sources, cfg.fusion,
-                       cfg.hidden, cfg.experts, cfg.dropout, modality_dropout=cfg.modality_dropout)
+                       cfg.hidden, cfg.experts, cfg.dropout, modality_dropout=cfg.modality_dropout,
+                       text_targets=tuple(filter(None, cfg.text_targets.split(","))))
     model = MsfSer(mcfg)
     model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
     model.to(cfg.device)
