@@ -20,6 +20,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import distributed  # noqa: E402,F401
 
 
+@pytest.fixture(autouse=True)
+def _close_extractions(monkeypatch: pytest.MonkeyPatch):
+    """Every Extraction a test builds is closed when the test ends. One left open keeps its Dask
+    cluster until interpreter exit, whose shutdown then logs to pytest's closed capture stream
+    ("--- Logging error ---", seen on a loaded machine)."""
+    from msf.pipeline.extraction import Extraction
+
+    made: list[Extraction] = []
+    init = Extraction.__init__
+
+    def tracked(self: Extraction, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Extraction, "__init__", tracked)
+    yield
+    for ex in made:
+        ex.close()  # idempotent: most are closed already
+
+
 def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, channels: int = 1,
                seed: int = 0) -> Path:
     """A tone in syllable-like bursts (3 per second, with pauses) over a faint noise floor: the
