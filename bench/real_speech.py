@@ -10,8 +10,8 @@ on a 1-7 scale (below; strong intensity moves each rating a third further from n
              per speaker, ridge regression (alpha chosen on dev)
   msf        `msf extract` (offline profile: Whisper tiny.en frames, MiniLM text, PocketSphinx
              alignment of the transcript, the knowledge describer), then training runs in this
-             process: audio, audio+prosody, audio+speaker-norm, full, full+prosody, each
-             with --seeds training seeds
+             process: audio, audio+prosody, audio+speaker-norm, full, full+prosody, and the last
+             two with speaker-norm, each with --seeds training seeds
 
     python bench/real_speech.py --ravdess DIR [--out DIR] [--seeds 5] [--workers 2]
 
@@ -44,6 +44,8 @@ VARIANTS = {  # name: (sources, fusion, speaker_norm)
     "audio+speaker-norm": ("audio", "fm-moe", True),
     "full": ("audio,gs,les,es", "fm-moe", False),
     "full+prosody": ("audio,gs,les,es,prosody", "fm-moe", False),
+    "audio+prosody+speaker-norm": ("audio,prosody", "fm-moe", True),
+    "full+prosody+speaker-norm": ("audio,gs,les,es,prosody", "fm-moe", True),
 }
 
 
