@@ -10,8 +10,8 @@ on a 1-7 scale (below; strong intensity moves each rating a third further from n
              per speaker, ridge regression (alpha chosen on dev)
   msf        `msf extract` (offline profile: Whisper tiny.en frames, MiniLM text, PocketSphinx
              alignment of the transcript, the knowledge describer), then training runs in this
-             process: audio, audio+prosody, audio+speaker-norm, full, full+prosody, and the last
-             two with speaker-norm, each with --seeds training seeds
+             process: audio, audio+prosody, audio+speaker-norm, full, full+prosody, and audio+prosody
+             and full+prosody again with speaker-norm, each with --seeds training seeds
 
     python bench/real_speech.py --ravdess DIR [--out DIR] [--seeds 5] [--workers 2]
 
