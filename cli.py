@@ -377,6 +377,15 @@ def corpus_demo(
     ERR.print(f"{n} utterances in {time.perf_counter() - t0:.1f} s -> {out}/manifest.csv")
 
 
+AVERAGE_HELP = ("Evaluate and keep a moving average of the weights over about this many epochs (0: off; "
+                "default: the trainer's, docs/trainer.md).")
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user set; the others keep TrainConfig's defaults (stated once, there)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 @app.command()
 def train(
     features: Path = typer.Option(..., help="Cache directory with the extracted features."),
@@ -391,13 +400,15 @@ def train(
     seed: int = typer.Option(0),
     epochs: int = typer.Option(60),
     speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
+    average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
 ) -> None:
     """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves and usage statistics."""
     from msf.trainer.train import TrainConfig, train as run_training
 
     with user_errors():
         cfg = TrainConfig(features=features, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold,
-                          device=device, seed=seed, epochs=epochs, speaker_norm=speaker_norm)
+                          device=device, seed=seed, epochs=epochs, speaker_norm=speaker_norm,
+                          **given(average_epochs=average_epochs))
         metrics = run_training(cfg, out)
     print(json.dumps(metrics))
 
@@ -461,13 +472,15 @@ def ablate(
     prosody: bool = typer.Option(True, help="Add the speaker-relative prosody source to every variant (on by "
                                  "default: it closed FM-MoE's gap to concat; docs/trainer.md)."),
     speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
+    average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
     from msf.trainer.ablate import ablate as run_ablation, table
 
     with user_errors():
         results = run_ablation(features, out, seeds=seeds, seed=seed, fold=fold, device=device, name=name,
-                               labels=corpus, prosody=prosody, speaker_norm=speaker_norm)
+                               labels=corpus, prosody=prosody, speaker_norm=speaker_norm,
+                               **given(average_epochs=average_epochs))
     OUT.print(table(results))
 
 

@@ -13,7 +13,8 @@ on a 1-7 scale (below; strong intensity moves each rating a third further from n
              process: audio, audio+prosody, audio+speaker-norm, full, full+prosody, and audio+prosody
              and full+prosody again with speaker-norm, each with --seeds training seeds
 
-    python bench/real_speech.py --ravdess DIR [--out DIR] [--seeds 5] [--workers 2]
+    python bench/real_speech.py --ravdess DIR [--out DIR] [--seeds 5] [--workers 2] [--variants A,B]
+                                [--average-epochs X]
 
 Prints test CCC (mean over seeds, and the sd over seeds) per variant; last stdout line: one JSON object.
 """
@@ -123,6 +124,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--average-epochs", type=float, help="weight averaging horizon (default: the trainer's); "
+                    "runs go to OUT/runs/avgX/ when given")
     args = ap.parse_args()
     manifest = write_manifest(args.ravdess, args.out)
     rows = list(csv.DictReader(open(manifest)))
@@ -144,9 +147,10 @@ def main() -> None:
             loaded[norm] = FeatureSet(cache, parse_sources("audio,gs,les,es,prosody"), speaker_norm=norm)
         runs = []
         for seed in range(args.seeds):
-            cfg = TrainConfig(features=cache, sources=sources, fusion=fusion, seed=seed, speaker_norm=norm)
-            m = train(cfg, args.out / "runs" / name / f"seed-{seed}",
-                      progress=False, data=loaded[norm])
+            averaging = {} if args.average_epochs is None else {"average_epochs": args.average_epochs}
+            cfg = TrainConfig(features=cache, sources=sources, fusion=fusion, seed=seed, speaker_norm=norm, **averaging)
+            runs_dir = args.out / "runs" / (f"avg{args.average_epochs:g}" if averaging else "")
+            m = train(cfg, runs_dir / name / f"seed-{seed}", progress=False, data=loaded[norm])
             runs.append([m["test"][f"ccc_{d}"] for d in DIMS])
         r = np.array(runs)
         results[name] = {f"ccc_{d}": round(float(v), 4) for d, v in zip(DIMS, r.mean(0))} | {

@@ -230,3 +230,34 @@ def test_a_checkpoint_of_another_model_version_says_so(demo_features: Path, tmp_
     torch.save(best, tmp_path / "run" / "best.pt")
     with pytest.raises(UsageError, match=r"another version of the msf model \(parts differ: text_head\); train it again"):
         load_run(tmp_path / "run")
+
+
+def test_weight_averaging_keeps_the_average_over_its_horizon(demo_features: Path, tmp_path: Path) -> None:
+    """`average_epochs` is the horizon, in epochs, of the moving average of the weights that dev scores
+    and best.pt keeps: 1 epoch of 10 steps is a decay of 0.9 per step; a horizon shorter than a step
+    keeps the trained weights (last.pt's); off, best.pt is the trained model."""
+    from msf.trainer.train import weight_average
+
+    layer = torch.nn.Linear(1, 1, bias=False)
+    averaged = weight_average(layer, epochs=1.0, steps_per_epoch=10)
+    expected = None
+    for value in (1.0, 2.0, 4.0, -3.0):
+        layer.weight.data.fill_(value)
+        averaged.update_parameters(layer)
+        expected = value if expected is None else 0.9 * expected + 0.1 * value  # the first update copies
+        assert averaged.module.weight.item() == pytest.approx(expected)
+    assert weight_average(layer, 0.0, 10) is None
+
+    one = dict(FAST, epochs=1)
+    for avg in (0.0, 1e-9):
+        run = tmp_path / f"avg-{avg}"
+        train(TrainConfig(features=demo_features, average_epochs=avg, **one), run, progress=False)
+        best = torch.load(run / "best.pt", weights_only=True)["model"]
+        trained = torch.load(run / "last.pt", weights_only=True)["model"]
+        assert all(torch.equal(best[k], trained[k]) for k in trained)
+    run = tmp_path / "avg-1"
+    train(TrainConfig(features=demo_features, average_epochs=1.0, **one), run, progress=False)
+    best = torch.load(run / "best.pt", weights_only=True)["model"]
+    assert not all(torch.equal(best[k], v) for k, v in torch.load(run / "last.pt", weights_only=True)["model"].items())
+    with pytest.raises(Exception, match="average_epochs"):
+        TrainConfig(features=demo_features, average_epochs=-1)

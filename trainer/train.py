@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msf.pipeline.errors import UsageError
@@ -48,6 +49,17 @@ class TrainConfig(BaseModel):
     in_memory: bool | None = None  # None: when the frames fit in memory
     threads: int | None = None  # torch CPU threads; CPU results are bit-exact for the same count
     speaker_norm: bool = False  # standardise acoustic frames per speaker (mean and sd of each dimension)
+    # Evaluate and keep an exponential moving average of the weights over about this many epochs
+    # (0: the weights as trained). In epochs, not steps, so one setting means the same on 300 and
+    # 100,000 utterances.
+    average_epochs: float = 0.0
+
+    @field_validator("average_epochs")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("average_epochs must be 0 (off) or positive")
+        return value
 
     @field_validator("text_targets")
     @classmethod
@@ -110,6 +122,15 @@ def evaluate(model: MsfSer, data: FeatureSet, split: str, device: str) -> Evalua
     return Evaluation(out, gates, router)
 
 
+def weight_average(model: MsfSer, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
+    """An exponential moving average of the weights (and BatchNorm statistics) with a horizon of about
+    `epochs` epochs; None when off."""
+    if epochs <= 0:
+        return None
+    decay = 1.0 - 1.0 / max(1.0, epochs * steps_per_epoch)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     torch.save(obj, tmp)
@@ -160,11 +181,15 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
     model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
     model.to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    averaged = weight_average(model, cfg.average_epochs, -(-len(data.splits["train"].ids) // cfg.batch_size))
+    scored = averaged.module if averaged else model  # what dev sees and best.pt keeps
     state = {"epoch": 0, "best": -1e9, "best_epoch": 0, "history": []}
     if last.exists():  # resume exactly where the last finished epoch left off
         ck = load_checkpoint(last)
         load_weights(model, ck["model"], last)
         opt.load_state_dict(ck["optimizer"])
+        if averaged:
+            averaged.load_state_dict(ck["averaged"])
         state = json.loads(ck["state"])
         torch.set_rng_state(ck["torch_rng"])
         STDERR.print(f"resuming {out} after epoch {state['epoch']}")
@@ -186,17 +211,20 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
                 fault_point("train-batch")
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
+                if averaged:
+                    averaged.update_parameters(model)
                 losses.append(loss.item())
-            dev = evaluate(model, data, "dev", cfg.device).ccc
+            dev = evaluate(scored, data, "dev", cfg.device).ccc
             state["epoch"] += 1
             state["history"].append({"epoch": state["epoch"], "loss": float(np.mean(losses)), **dev,
                                      "seconds": round(time.perf_counter() - t0, 3)})
             if dev["ccc_mean"] > state["best"]:
                 state["best"], state["best_epoch"] = dev["ccc_mean"], state["epoch"]
-                _save_atomic({"model": model.state_dict(), "model_config": json.dumps(mcfg.to_json())},
+                _save_atomic({"model": scored.state_dict(), "model_config": json.dumps(mcfg.to_json())},
                              out / "best.pt")
             _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(state),
-                          "torch_rng": torch.get_rng_state()}, last)
+                          "torch_rng": torch.get_rng_state(),
+                          **({"averaged": averaged.state_dict()} if averaged else {})}, last)
             bar.update(task, completed=state["epoch"], info=f"dev CCC {dev['ccc_mean']:.3f} (best {state['best']:.3f})")
     load_weights(model, load_checkpoint(out / "best.pt")["model"], out / "best.pt")
     return finish(model, data, sources, cfg.device, out, state["history"])
