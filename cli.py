@@ -171,7 +171,7 @@ def status(
         view = _view(cache, name, config, set_, corpus)
         try:
             counts = view.status(why=why)
-            failures = [f for f in view.store.index.failures() if f.utt in view.plan.sources] if failed else []
+            failures = view.failures() if failed else []
             problems = view.corpus_problems() if failed else []
             sets = view.store.index.feature_sets()
         finally:

@@ -26,7 +26,7 @@ from msf.pipeline.extraction import Extraction
 
 
 def evaluate(ex: Extraction, truth: dict[str, list[dict]]) -> dict[str, float]:
-    return score_against_truth(ex.read, {f.utt for f in ex.store.index.failures("align")}, truth)
+    return score_against_truth(ex.read, set(ex.failures("align")), truth)
 
 
 def main() -> None:

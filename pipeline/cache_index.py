@@ -24,7 +24,11 @@ from typing import Any, Callable, Iterable, Iterator
 from msf.pipeline.audio_io import content_hash
 from msf.pipeline.config import ConfigError
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: failures kept per fingerprint, like entries
+# A failure belongs to the fingerprint that failed: other variants of the stage keep theirs.
+FAILURES_TABLE = """CREATE TABLE IF NOT EXISTS failures (
+    stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, error TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (stage, utt, fingerprint))"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL,
@@ -34,9 +38,7 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (stage, utt, fingerprint));
 CREATE TABLE IF NOT EXISTS params (
     digest TEXT PRIMARY KEY, stage TEXT NOT NULL, version TEXT NOT NULL, params TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS failures (
-    stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, error TEXT NOT NULL,
-    at REAL NOT NULL, PRIMARY KEY (stage, utt));
+%s;
 CREATE TABLE IF NOT EXISTS utterances (
     id TEXT PRIMARY KEY, audio TEXT NOT NULL, speaker TEXT NOT NULL, split TEXT NOT NULL, transcript TEXT,
     valence REAL, arousal REAL, dominance REAL, extra TEXT NOT NULL, audio_hash TEXT NOT NULL,
@@ -50,7 +52,7 @@ CREATE TABLE IF NOT EXISTS completions (
 CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+""" % FAILURES_TABLE
 ENTRY_COLUMNS = "stage, utt, fingerprint, shard, row, checksum, bytes, params, audio, fields, upstream, grp, created"
 
 
@@ -125,9 +127,22 @@ class CacheIndex:
             raise ConfigError(f"the cache {root} was written by an older msf (index schema 1) that kept one "
                               "entry per stage and utterance; extract into a new cache directory")
         if not old or not readonly:
+            self._key_failures_by_fingerprint()
             self.db.executescript(SCHEMA)
         if not readonly and self.get_meta("schema") is None:
             self.set_meta("schema", SCHEMA_VERSION)
+
+    def _key_failures_by_fingerprint(self) -> None:
+        """Schema 2 kept one failure per (stage, utterance): another variant's success erased it, and
+        the failed variant then read as stale. Rekey the table by fingerprint, keeping its rows."""
+        pk = [r[1] for r in sorted(self.db.execute("PRAGMA table_info(failures)"), key=lambda r: r[5]) if r[5]]
+        if pk != ["stage", "utt"]:
+            return
+        with self.transaction():
+            self.db.execute("ALTER TABLE failures RENAME TO failures_schema2")
+            self.db.execute(FAILURES_TABLE)
+            self.db.execute("INSERT INTO failures SELECT stage, utt, fingerprint, error, at FROM failures_schema2")
+            self.db.execute("DROP TABLE failures_schema2")
 
     def close(self) -> None:
         self.db.close()
@@ -175,14 +190,15 @@ class CacheIndex:
         return [r[0] for r in self.db.execute("SELECT DISTINCT stage FROM entries ORDER BY stage")]
 
     def commit(self, entries: Iterable[Entry], failures: Iterable[Failure]) -> None:
-        """One shard's results in one transaction. A success clears the utterance's failure; a failure
-        leaves every stored variant in place (they are still what their fingerprints say)."""
+        """One shard's results in one transaction. A success clears the failure of its own fingerprint
+        only; a failure leaves every stored variant in place (they are still what their fingerprints say)."""
         with self.transaction():
             rows = [(e.stage, e.utt, e.fingerprint, e.shard, e.row, e.checksum, e.bytes, e.params, e.audio,
                      e.fields, e.upstream, e.grp, e.created or time.time()) for e in entries]
             self.db.executemany(f"INSERT OR REPLACE INTO entries ({ENTRY_COLUMNS}) VALUES "
                                 "(?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            self.db.executemany("DELETE FROM failures WHERE stage=? AND utt=?", [(r[0], r[1]) for r in rows])
+            self.db.executemany("DELETE FROM failures WHERE stage=? AND utt=? AND fingerprint=?",
+                                [(r[0], r[1], r[2]) for r in rows])
             self.db.executemany("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?)",
                                 [(f.stage, f.utt, f.fingerprint, f.error, f.at) for f in failures])
 

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from msf.pipeline.cache_index import Entry, FeatureSetRecord
+from msf.pipeline.cache_index import Entry, Failure, FeatureSetRecord
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, Utterance
 from msf.pipeline.errors import NotFound
@@ -109,6 +109,10 @@ class CacheView:
         return {name: {"total": n, "fresh": n, "stale": 0, "missing": 0, "failed": 0, "bytes": nbytes,
                        "bytes_all": stored.get(name, 0), **({"why": {}} if why else {})}
                 for name, (_, n, nbytes) in complete.items()}
+
+    def failures(self) -> list[Failure]:
+        """The recorded failures of this set's current fingerprints, stage by stage."""
+        return [f for stage in self.stages for f in self.state(stage).failed.values()]
 
     def fresh(self, stages: list[str]) -> dict[str, dict[str, Entry]]:
         """Per stage, the fresh entry of each utterance that has one."""

@@ -135,6 +135,10 @@ class Extraction:
     def status(self, stages: list[str], why: bool = False) -> dict[str, dict[str, Any]]:
         return status_of(self.plan(stages), self.store, why)
 
+    def failures(self, stage: str) -> dict[str, Failure]:
+        """Utterance -> its recorded failure under the current settings (other variants' are not these)."""
+        return stage_state(self.store.index, self.store.shard_names(stage), self.plan([stage])[stage]).failed
+
     def completion_keys(self, stages: list[str], rows: str | None = None) -> dict[str, str]:
         order = stage_order(stages)
         params = {n: params_digest(stage_class(n), self.config.params_for(stage_class(n))) for n in order}
@@ -342,7 +346,7 @@ class Extraction:
         index = self.store.index
         located = {up: index.locations(up) for up in cls.needs}
         shards = {up: self.store.shard_names(up) for up in cls.needs}
-        errors = {up: {f.utt: f.error for f in index.failures(up)} for up in cls.needs}
+        errors = {up: {(f.utt, f.fingerprint): f.error for f in index.failures(up)} for up in cls.needs}
         items: dict[str, TaskItem] = {}
         blocked: list[Failure] = []
         for uid in utts:
@@ -350,7 +354,7 @@ class Extraction:
             for up in needs_for(cls, plan.sources[uid].utt):
                 loc = located[up].get((uid, plan[up].fingerprints[uid]))
                 if loc is None or loc[0] not in shards[up]:
-                    why = errors[up].get(uid, "no fresh entry")
+                    why = errors[up].get((uid, plan[up].fingerprints[uid]), "no fresh entry")
                     blocked.append(Failure(name, uid, plan[name].fingerprints[uid],
                                            f"upstream stage {up!r} failed: {why}", time.time()))
                     break

@@ -175,15 +175,15 @@ def stage_state(index: CacheIndex, shards: set[str], sp: StagePlan) -> StageStat
     name = sp.stage.name
     stored = index.stored(name)
     seen = {u for u, _ in stored}
-    failures = {f.utt: f for f in index.failures(name)}
+    failures = {(f.utt, f.fingerprint): f for f in index.failures(name)}
     state = StageState()
     for uid, fp in sp.fingerprints.items():
         where = stored.get((uid, fp))
         if where is not None and where[0] in shards:
             state.fresh[uid] = where[0]
             state.fresh_bytes += where[1]
-        elif uid in failures and failures[uid].fingerprint == fp:
-            state.failed[uid] = failures[uid]
+        elif (uid, fp) in failures:
+            state.failed[uid] = failures[(uid, fp)]
         elif uid in seen:
             state.stale.append(uid)
         else:

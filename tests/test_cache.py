@@ -1,5 +1,5 @@
-"""The cache as the product: variants side by side (A -> B -> A computes nothing), named feature sets
-trained from one cache, a cache that trains with no audio, audio identified by content, `status --why`,
+"""The cache as the product: variants side by side (A -> B -> A computes nothing), a failure kept by
+the variant that failed, named feature sets trained from one cache, a cache that trains with no audio, audio identified by content, `status --why`,
 unknown speakers, and gc by what the named sets reference."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from msf.cli import app
 from msf.pipeline.audio_io import load_waveform
+from msf.pipeline.cache_index import Failure
 from msf.pipeline.config import load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.corpus import Utterance
@@ -56,6 +57,43 @@ def test_a_b_a_computes_nothing_the_third_time(small_demo: Path, tmp_path: Path)
     code, out, _ = cli("status", "--cache", str(tmp_path / "cache"), "--json")
     emphasis = json.loads(out)["stages"]["emphasis"]
     assert emphasis["fresh"] == 12 and 1.9 < emphasis["bytes_all"] / emphasis["bytes"] < 2.1  # two variants kept
+
+
+def test_a_failure_belongs_to_the_variant_that_failed(tmp_path: Path) -> None:
+    corpus, cache = str(write_manifest(tmp_path / "c", 4)), tmp_path / "cache"
+    base = ("--set", 'plugins=["toy_stages"]', "--stage", "toy_picky")
+    strict = (*base, "--name", "strict", "--set", "toy_picky.refuse=u0001")
+    assert extract(corpus, cache, *strict)["toy_picky"] | {"seconds": 0} == {
+        "computed": 3, "reused": 0, "failed": 1, "seconds": 0}
+    assert computed(extract(corpus, cache, *base, "--name", "lenient"))["toy_picky"] == 4  # u0001 too
+    expected = {"strict": [("u0001", "toy_picky", "refused by this setting (refuse=u0001)")], "lenient": []}
+    for name, failures in expected.items():
+        code, out, _ = cli("status", "--cache", str(cache), "--name", name, "--failed", "--json")
+        data = json.loads(out)
+        assert code == 0 and (data["stages"]["toy_picky"]["failed"], data["stages"]["toy_picky"]["stale"]) == (
+            len(failures), 0)
+        assert [(f["utterance"], f["stage"], f["error"]) for f in data["failed"]] == failures
+    again = extract(corpus, cache, *strict)["toy_picky"]  # the strict variant retries its own failure
+    assert (again["computed"], again["reused"], again["failed"]) == (0, 3, 1)
+
+
+def test_a_schema_2_index_keeps_its_failures_keyed_by_fingerprint(tmp_path: Path) -> None:
+    import sqlite3
+
+    from msf.pipeline.cache_index import CacheIndex
+
+    (tmp_path / "cache").mkdir()
+    db = sqlite3.connect(tmp_path / "cache" / "index.sqlite")
+    db.execute("CREATE TABLE failures (stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+               "error TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (stage, utt))")
+    db.execute("INSERT INTO failures VALUES ('align', 'u1', 'fp-a', 'no path', 1.0)")
+    db.commit()
+    db.close()
+    index = CacheIndex(tmp_path / "cache")
+    index.commit([], [Failure("align", "u1", "fp-b", "too quiet", 2.0)])  # a second variant's failure
+    assert sorted((f.fingerprint, f.error) for f in index.failures("align")) == [("fp-a", "no path"),
+                                                                                ("fp-b", "too quiet")]
+    index.close()
 
 
 def test_two_named_feature_sets_train_from_one_cache(demo_corpus: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from msf.pipeline.stage import Item, Record, Stage, StageParams, register
+from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
 
 
 class EnergyParams(StageParams):
@@ -109,3 +109,21 @@ class ToyFragile(Stage):
                     f.write(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
         return [{"mean": np.asarray(it.inputs["toy_energy"]["frames"], np.float32).mean(0)} for it in batch]
+
+
+class PickyParams(StageParams):
+    refuse: str = ""  # the utterance this setting cannot process
+
+
+@register
+class ToyPicky(Stage):
+    """A stage whose success depends on a setting: one variant fails an utterance that another computes."""
+
+    name = "toy_picky"
+    needs = ("audio",)
+    Params = PickyParams
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        refuse = self.params.refuse  # type: ignore[attr-defined]
+        return [UtteranceError(f"refused by this setting (refuse={refuse})") if it.utt.id == refuse
+                else {"rms": float(np.sqrt(np.mean(it.waveform**2)))} for it in batch]

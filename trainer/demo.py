@@ -22,7 +22,7 @@ def emphasis_quality(config: MsfConfig, truth: dict[str, list[dict]]) -> dict[st
     ex = Extraction(config)
     try:
         ex.run(["emphasis"], progress=False)
-        return score_against_truth(ex.read, {f.utt for f in ex.store.index.failures("align")}, truth)
+        return score_against_truth(ex.read, set(ex.failures("align")), truth)
     finally:
         ex.close()
 

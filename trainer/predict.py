@@ -42,11 +42,13 @@ def predict(audio: list[Path], run: Path, transcript: str | None = None, device:
         ex = Extraction(config.model_copy(update={"cache": Path(tmp) / "cache", "stages": stages, "name": "predict"}),
                         corpus=corpus, executor=InProcessExecutor())
         try:
-            ex.run([STAGE_OF[s] for s in sources], progress=progress)
+            stages = [STAGE_OF[s] for s in sources]
+            ex.run(stages, progress=progress)
             failures: dict[str, str] = {}
-            for f in ex.store.index.failures():  # the root cause, not the stages it blocked downstream
-                if not f.error.startswith("upstream stage") or f.utt not in failures:
-                    failures[f.utt] = f"{f.stage}: {f.error}"
+            for stage in ex.plan(stages).order:  # the root cause, not the stages it blocked downstream
+                for f in ex.failures(stage).values():
+                    if not f.error.startswith("upstream stage") or f.utt not in failures:
+                        failures[f.utt] = f"{f.stage}: {f.error}"
             ok = [i for i in ids if i not in failures]
             results: dict[str, dict[str, Any]] = {i: {"error": failures[i]} for i in failures if i in ids}
             if ok:
