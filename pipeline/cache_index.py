@@ -129,7 +129,7 @@ class CacheIndex:
         if not old or not readonly:
             self._key_failures_by_fingerprint()
             self.db.executescript(SCHEMA)
-        if not readonly and self.get_meta("schema") is None:
+        if not readonly and self.get_meta("schema") != SCHEMA_VERSION:  # new, or migrated above
             self.set_meta("schema", SCHEMA_VERSION)
 
     def _key_failures_by_fingerprint(self) -> None:

@@ -93,6 +93,7 @@ def test_a_schema_2_index_keeps_its_failures_keyed_by_fingerprint(tmp_path: Path
     index.commit([], [Failure("align", "u1", "fp-b", "too quiet", 2.0)])  # a second variant's failure
     assert sorted((f.fingerprint, f.error) for f in index.failures("align")) == [("fp-a", "no path"),
                                                                                 ("fp-b", "too quiet")]
+    assert index.get_meta("schema") == "3"
     index.close()
 
 
