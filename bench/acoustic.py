@@ -1,9 +1,11 @@
 """Acoustic extraction throughput and memory, side by side, with the same model for every row.
 
-Rows (audio seconds per wall second, median of --repeats):
+Rows (audio seconds per wall second, median of --repeats rounds, each round running every row once):
   pipeline    `msf extract --stage acoustic` (Dask runner, length-bucketed batches, HDF5 shards); on CPU
               also with 2 worker processes of 1 torch thread each (the same cores, split by process)
-  bare        a bare forward loop over the same audio and the same batches, features discarded
+  bare        a bare forward loop over the same audio and the same batches, features discarded (the
+              audio decoded and the model loaded before its clock starts; the pipeline's clock
+              includes loading the model in its worker, which is printed on its own)
   per-file    the common practice: one utterance at a time, one .npy file per utterance
 Peak RSS of `msf extract` at 1x and 10x the corpus (the 10x manifest lists every file ten times).
 The same pipeline/bare comparison on a WavLM-large-sized random model over a subset, and on a GPU
@@ -81,6 +83,13 @@ def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: i
     t0 = time.perf_counter()
     ex.run(["acoustic"], progress=False)
     ex.close()
+    return time.perf_counter() - t0
+
+
+def model_setup(model: Path, device: str) -> float:
+    """Seconds to load the encoder: what a pipeline run pays once per worker and the bare loop not at all."""
+    t0 = time.perf_counter()
+    TransformersEncoder(AcousticParams(model=str(model), device=device))
     return time.perf_counter() - t0
 
 
@@ -171,29 +180,47 @@ def main() -> None:
     res: dict = {}
     rows = []
     for device in devices:
-        med = lambda f, k=args.repeats: float(np.median([f(i) for i in range(k)]))  # noqa: E731
-        pipe = med(lambda k: audio_s / pipeline_run(m1, root / f"cache-{device}-{k}", small, device, args.batch))
-        # On CPU, the same cores as two single-thread worker processes instead of one two-thread worker
-        pipe2 = med(lambda k: audio_s / pipeline_run(m1, root / f"cache2-{device}-{k}", small, device, args.batch,
-                                                     workers=2)) if device == "cpu" and (os.cpu_count() or 1) >= 2 else None
-        bare = med(lambda k: audio_s / bare_loop(m1, small, device, args.batch))
-        pf = med(lambda k: audio_s / per_file(m1, small, device, root / f"npy-{device}-{k}"))
-        bare8 = med(lambda k: audio_s / bare_loop(m1, small, device, 8))
-        lpipe = med(lambda k: large_s / pipeline_run(ml, root / f"cache-large-{device}-{k}", large, device, args.batch))
-        lbare = med(lambda k: large_s / bare_loop(ml, large, device, args.batch))
-        rows += [(f"small/{device}", pipe, bare, pf, bare8), (f"large-sized/{device}", lpipe, lbare, float("nan"), float("nan"))]
+        # The repeats are interleaved (each round runs every row once) and each ratio is the median of
+        # its rounds' ratios: on a shared machine a slow minute then slows both sides of a ratio, not one.
+        two = device == "cpu" and (os.cpu_count() or 1) >= 2  # the same cores as 2 single-thread workers
+        runs: dict[str, list[float]] = {}
+        for k in range(args.repeats):
+            timed = {
+                "pipe": lambda: audio_s / pipeline_run(m1, root / f"cache-{device}-{k}", small, device, args.batch),
+                "pipe2": (lambda: audio_s / pipeline_run(m1, root / f"cache2-{device}-{k}", small, device, args.batch,
+                                                         workers=2)) if two else None,
+                "bare": lambda: audio_s / bare_loop(m1, small, device, args.batch),
+                "pf": lambda: audio_s / per_file(m1, small, device, root / f"npy-{device}-{k}"),
+                "bare8": lambda: audio_s / bare_loop(m1, small, device, 8),
+                "lpipe": lambda: large_s / pipeline_run(ml, root / f"cache-large-{device}-{k}", large, device, args.batch),
+                "lbare": lambda: large_s / bare_loop(ml, large, device, args.batch),
+                "setup": lambda: model_setup(small, device),
+                "lsetup": lambda: model_setup(large, device),
+            }
+            for key, run in timed.items():
+                if run is not None:
+                    runs.setdefault(key, []).append(run())
+        med = {key: float(np.median(v)) for key, v in runs.items()}
+        ratio = lambda a, b: float(np.median(np.array(runs[a]) / np.array(runs[b])))  # noqa: E731
+        pipe, bare, pf, bare8, lpipe, lbare = (med[k] for k in ("pipe", "bare", "pf", "bare8", "lpipe", "lbare"))
+        rows += [(f"small/{device}", pipe, bare, pf, bare8, ratio("pipe", "bare"), ratio("pipe", "pf")),
+                 (f"large-sized/{device}", lpipe, lbare, float("nan"), float("nan"), ratio("lpipe", "lbare"),
+                  float("nan"))]
         peak = matmul_peak(device)
         flops_small, flops_large = forward_flops(m1, small, args.batch, device), forward_flops(ml, large, args.batch, device)
         prefix = "" if device == "cpu" else "gpu_"
-        res |= {f"{prefix}pipeline_vs_bare": round(pipe / bare, 3), f"{prefix}pipeline_vs_per_file": round(pipe / pf, 3),
+        res |= {f"{prefix}pipeline_vs_bare": round(ratio("pipe", "bare"), 3),
+                f"{prefix}pipeline_vs_per_file": round(ratio("pipe", "pf"), 3),
                 f"{prefix}pipeline_audio_s_per_s": round(pipe, 2), f"{prefix}bare_audio_s_per_s": round(bare, 2),
                 f"{prefix}per_file_audio_s_per_s": round(pf, 2), f"{prefix}bare_batch8_audio_s_per_s": round(bare8, 2),
-                f"{prefix}large_pipeline_vs_bare": round(lpipe / lbare, 3),
+                f"{prefix}large_pipeline_vs_bare": round(ratio("lpipe", "lbare"), 3),
                 f"{prefix}flops_fraction": round(flops_large * lpipe / large_s / peak, 4),
                 f"{prefix}flops_fraction_small": round(flops_small * pipe / audio_s / peak, 4),
-                f"{prefix}matmul_peak_gflops": round(peak / 1e9, 1)}
-        if pipe2 is not None:
-            res |= {"pipeline_2_workers_audio_s_per_s": round(pipe2, 2), "pipeline_2_workers_vs_bare": round(pipe2 / bare, 3)}
+                f"{prefix}matmul_peak_gflops": round(peak / 1e9, 1),
+                f"{prefix}model_setup_s": round(med["setup"], 2), f"{prefix}large_model_setup_s": round(med["lsetup"], 2)}
+        if "pipe2" in med:
+            res |= {"pipeline_2_workers_audio_s_per_s": round(med["pipe2"], 2),
+                    "pipeline_2_workers_vs_bare": round(ratio("pipe2", "bare"), 3)}
     if "cpu" in devices:  # the memory rows are about the host process: taken with the CPU rows
         m10, _ = manifest_subset(corpus, root / "m10.csv", args.minutes * 60, copies=10)
         rss1 = peak_rss_mb(m1, root / "rss-1x", small)
@@ -201,11 +228,11 @@ def main() -> None:
         res |= {"rss_mb_1x": round(rss1), "rss_mb_10x": round(rss10), "rss_ratio_10x": round(rss10 / rss1, 3)}
     print(f"{audio_s / 60:.1f} min of demo audio ({large_s:.0f} s for the large-sized model); WavLM-architecture "
           f"random models; batch {args.batch or 'automatic'}; {os.cpu_count()} CPUs; audio seconds per wall second "
-          f"(median of {args.repeats})")
+          f"(median of {args.repeats} interleaved rounds; each ratio the median of its rounds' ratios)")
     print(f"{'model/device':<20}{'pipeline':>10}{'bare':>10}{'per-file':>10}{'bare b=8':>10}{'pipe/bare':>11}"
           f"{'pipe/per-file':>15}")
-    for name, p, b, f, b8 in rows:
-        print(f"{name:<20}{p:>10.1f}{b:>10.1f}{f:>10.1f}{b8:>10.1f}{p / b:>11.2f}{p / f:>15.2f}")
+    for name, p, b, f, b8, pb, pf_ratio in rows:
+        print(f"{name:<20}{p:>10.1f}{b:>10.1f}{f:>10.1f}{b8:>10.1f}{pb:>11.2f}{pf_ratio:>15.2f}")
     if "pipeline_2_workers_audio_s_per_s" in res:
         print(f"small/cpu with 2 worker processes x 1 torch thread: {res['pipeline_2_workers_audio_s_per_s']:.1f} "
               f"audio s/s ({res['pipeline_2_workers_vs_bare']:.2f} of bare)")
@@ -214,6 +241,8 @@ def main() -> None:
               f"(ratio {res['rss_ratio_10x']:.2f})")
     for device in devices:
         prefix = "" if device == "cpu" else "gpu_"
+        print(f"{device}: loading the model (in the pipeline's time, once per worker; not in the bare loop's): small "
+              f"{res[prefix + 'model_setup_s']:.2f} s, large-sized {res[prefix + 'large_model_setup_s']:.2f} s")
         print(f"{device}: float32 matmul peak {res[prefix + 'matmul_peak_gflops']:.1f} GFLOP/s "
               f"({torch.get_num_threads()} torch threads on CPU); share of it the pipeline reaches: small model "
               f"{res[prefix + 'flops_fraction_small']:.3f}, large-sized model {res[prefix + 'flops_fraction']:.3f}")
