@@ -27,8 +27,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -39,9 +41,35 @@ from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.extraction import Extraction
 from msf.pipeline.stages.acoustic import AcousticParams, TransformersEncoder
 
+T = TypeVar("T")
 SMALL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
              conv_dim=(512,) * 7)
+
+
+def on_own_thread(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) on a new thread that ends with it. Every torch call of this bench runs this way, so no
+    row runs while another thread's OpenMP pool lives on: libgomp counts the idle workers of every
+    thread's pool, and once they outnumber the cores it stops spinning at barriers and sleeps instead
+    (GOMP's throttled spin). The pipeline's forward runs on a Dask worker thread; had the bare loop run on
+    the main thread first, every later pipeline row paid 1.1-1.3x for that (measured: a forward loop on a
+    new thread, 15.4 s alone, 17.7 s after one matmul on the main thread, with 19,000 more futex sleeps).
+    `msf extract` itself runs no torch on its main thread."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            out.append((False, e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 def save_model(d: Path, size: dict) -> Path:
@@ -173,7 +201,8 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-acoustic-"))
     n = int(args.minutes * 60 / 4.0) + 20  # demo utterances average about 4.5 s
     corpus = build_demo_corpus(root / "corpus", n=n, seed=0, progress=False)
-    small, large = save_model(root / "wavlm-small", SMALL), save_model(root / "wavlm-large-sized", LARGE)
+    small = on_own_thread(save_model, root / "wavlm-small", SMALL)
+    large = on_own_thread(save_model, root / "wavlm-large-sized", LARGE)
     m1, audio_s = manifest_subset(corpus, root / "m1.csv", args.minutes * 60)
     ml, large_s = manifest_subset(corpus, root / "ml.csv", args.large_seconds)
     devices = [d for d in args.devices.split(",") if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
@@ -199,15 +228,16 @@ def main() -> None:
             }
             for key, run in timed.items():
                 if run is not None:
-                    runs.setdefault(key, []).append(run())
+                    runs.setdefault(key, []).append(on_own_thread(run))
         med = {key: float(np.median(v)) for key, v in runs.items()}
         ratio = lambda a, b: float(np.median(np.array(runs[a]) / np.array(runs[b])))  # noqa: E731
         pipe, bare, pf, bare8, lpipe, lbare = (med[k] for k in ("pipe", "bare", "pf", "bare8", "lpipe", "lbare"))
         rows += [(f"small/{device}", pipe, bare, pf, bare8, ratio("pipe", "bare"), ratio("pipe", "pf")),
                  (f"large-sized/{device}", lpipe, lbare, float("nan"), float("nan"), ratio("lpipe", "lbare"),
                   float("nan"))]
-        peak = matmul_peak(device)
-        flops_small, flops_large = forward_flops(m1, small, args.batch, device), forward_flops(ml, large, args.batch, device)
+        peak = on_own_thread(matmul_peak, device)
+        flops_small = on_own_thread(forward_flops, m1, small, args.batch, device)
+        flops_large = on_own_thread(forward_flops, ml, large, args.batch, device)
         prefix = "" if device == "cpu" else "gpu_"
         res |= {f"{prefix}pipeline_vs_bare": round(ratio("pipe", "bare"), 3),
                 f"{prefix}pipeline_vs_per_file": round(ratio("pipe", "pf"), 3),
