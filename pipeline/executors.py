@@ -8,11 +8,12 @@ tasks per worker, so only a few shards' worth of task items are in flight; and D
 message log off. That log (`distributed.admin.low-level-log-length`, a debugging aid) keeps the last
 1000 messages of every connection, task arguments included: ~140 KB per task here, for ever.
 
-A local cluster also runs without the callbacks that only feed a dashboard it does not have
-(QUIET_LOCAL_CLUSTER): with one worker the scheduler's and the worker's event loops share the process
-with the model's forward, and the worker's stack profiler (100 samples a second), the 20 ms tick and
-the system monitor preempted it: 4x the involuntary context switches of a bare forward loop (1.1x
-without them), and bench/acoustic.py's large-sized pipeline/bare went from 0.88 to 0.98 on 2 cores.
+A local cluster also runs without the worker's stack profiler and with the tick and the system
+monitor slowed (QUIET_LOCAL_CLUSTER: only a dashboard reads them, and msf starts none). With one worker
+the scheduler's and the worker's event loops share the process with the model's forward, and the
+profiler (100 samples a second), the 20 ms tick and the 500 ms monitor preempted it: 4x the involuntary
+context switches of a bare forward loop (about 1.3x without them), and bench/acoustic.py's large-sized
+pipeline/bare went from 0.88 to 0.98 on 2 cores.
 An existing cluster (`--scheduler`) keeps its own settings.
 """
 
