@@ -2,8 +2,8 @@
 
 Rows: frames streamed from the HDF5 shards (one read per shard per batch, read-ahead thread), one
 .npy file per utterance (the common practice), and in-memory arrays; each as a full training epoch
-(load, forward, backward, step) and as loading alone. Median of --repeats epochs, on CPU and on a GPU
-when present. Then the same at scale: a synthetic frames cache of --scale-n utterances written
+(load, forward, backward, step) and as loading alone. Median of --repeats interleaved rounds (each round
+runs every row once), on CPU and on a GPU when present. Then the same at scale: a synthetic frames cache of --scale-n utterances written
 through the shard store (shards of 256, as extraction writes them), more than the trainer's
 in-memory budget (--memory-gb), so training streams it; the memory row runs only when the frames
 fit in --memory-gb. The scale rows train a narrower model (--scale-hidden 32), so reading the frames
@@ -120,15 +120,33 @@ def epoch(data: FeatureSet, model: MsfSer | None, opt: torch.optim.Optimizer | N
     return time.perf_counter() - t0, steps
 
 
-def median_epochs(data: FeatureSet, device: str, repeats: int, hidden: int = 128) -> tuple[float, float, int]:
-    """(epoch s, load-only s, steps): medians over `repeats` epochs after a warm-up epoch."""
-    torch.manual_seed(0)
-    model = MsfSer(ModelConfig(tuple(data.frame_shape), data.vector_dims, SOURCES, hidden=hidden)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    epoch(data, model, opt, device, 0)  # warm-up: caches, allocator, threads
-    full = [epoch(data, model, opt, device, k) for k in range(1, repeats + 1)]
-    load = [epoch(data, None, None, device, k)[0] for k in range(1, repeats + 1)]
-    return float(np.median([f[0] for f in full])), float(np.median(load)), full[0][1]
+def interleaved_epochs(sets: dict[str, FeatureSet], device: str, repeats: int,
+                       hidden: int = 128) -> dict[str, tuple[list[float], list[float], int]]:
+    """For each set: (epoch seconds per round, load-only seconds per round, steps per epoch). Each set
+    trains its own model (same seed) and has a warm-up epoch; then each round runs one epoch of every
+    set, then one load-only pass of every set, so a slow minute on a shared machine slows every row of
+    that round rather than one row's repeats."""
+    models = {}
+    for name, data in sets.items():
+        torch.manual_seed(0)
+        model = MsfSer(ModelConfig(tuple(data.frame_shape), data.vector_dims, SOURCES, hidden=hidden)).to(device)
+        models[name] = (model, torch.optim.AdamW(model.parameters(), 1e-3))
+        epoch(data, *models[name], device, 0)  # warm-up: caches, allocator, threads
+    full: dict[str, list[float]] = {name: [] for name in sets}
+    load: dict[str, list[float]] = {name: [] for name in sets}
+    steps: dict[str, int] = {}
+    for k in range(1, repeats + 1):
+        for name, data in sets.items():
+            t, steps[name] = epoch(data, *models[name], device, k)
+            full[name].append(t)
+        for name, data in sets.items():
+            load[name].append(epoch(data, None, None, device, k)[0])
+    return {name: (full[name], load[name], steps[name]) for name in sets}
+
+
+def ratio(runs: dict[str, tuple[list[float], list[float], int]], a: str, b: str) -> float:
+    """The median over rounds of a's epoch time over b's in the same round."""
+    return float(np.median(np.array(runs[a][0]) / np.array(runs[b][0])))
 
 
 def main() -> None:
@@ -145,25 +163,26 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="msf-bench-train-"))
     cache = args.features or build(args.n, root)
-    sets = {"shards": FeatureSet(cache, SOURCES, in_memory=False), "memory": FeatureSet(cache, SOURCES, in_memory=True)}
-    sets["npy"] = as_npy(sets["shards"], root / "npy")
+    shards = FeatureSet(cache, SOURCES, in_memory=False)
+    sets = {"shards": shards, "npy": as_npy(shards, root / "npy"), "memory": FeatureSet(cache, SOURCES, in_memory=True)}
     devices = [d for d in args.devices.split(",") if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
     rows, res = [], {}
     for device in devices:
-        for name in ("shards", "npy", "memory"):
-            t, load, steps = median_epochs(sets[name], device, args.repeats)
-            rows.append((device, f"{name}", t, load, steps / t))
-            prefix = "" if device == "cpu" else "gpu_"
-            res[f"{prefix}epoch_s_{name}"] = round(t, 4)
-            res[f"{prefix}load_s_{name}"] = round(load, 4)
-    n_train = len(sets["memory"].splits["train"].ids)
-    print(f"{n_train} training utterances, batch 32, frames {tuple(sets['memory'].frame_shape)}; median of {args.repeats}")
-    table(rows)
-    for device in devices:
+        runs = interleaved_epochs(sets, device, args.repeats)
         p = "" if device == "cpu" else "gpu_"
+        for name, (full, load, steps) in runs.items():
+            t = float(np.median(full))
+            rows.append((device, name, t, float(np.median(load)), steps / t))
+            res[f"{p}epoch_s_{name}"] = round(t, 4)
+            res[f"{p}load_s_{name}"] = round(float(np.median(load)), 4)
         res[f"{p}steps_per_s"] = round(next(r[4] for r in rows if r[0] == device and r[1] == "memory"), 2)
-        res[f"{p}shards_vs_memory"] = round(res[f"{p}epoch_s_shards"] / res[f"{p}epoch_s_memory"], 3)
-        res[f"{p}npy_vs_memory"] = round(res[f"{p}epoch_s_npy"] / res[f"{p}epoch_s_memory"], 3)
+        res[f"{p}shards_vs_memory"] = round(ratio(runs, "shards", "memory"), 3)
+        res[f"{p}npy_vs_memory"] = round(ratio(runs, "npy", "memory"), 3)
+        res[f"{p}shards_vs_npy"] = round(ratio(runs, "shards", "npy"), 3)
+    n_train = len(sets["memory"].splits["train"].ids)
+    print(f"{n_train} training utterances, batch 32, frames {tuple(sets['memory'].frame_shape)}; median of "
+          f"{args.repeats} interleaved rounds (each ratio in the JSON the median of its rounds' ratios)")
+    table(rows)
     if args.scale_n:
         dims = sets["memory"].vector_dims
         dim = 256
@@ -174,19 +193,18 @@ def main() -> None:
             big["memory"] = loaded(big["shards"])
         rows = []
         for device in devices:
-            for name, data in big.items():
-                t, load, steps = median_epochs(data, device, args.scale_repeats, args.scale_hidden)
-                rows.append((device, name, t, load, steps / t))
-                prefix = "" if device == "cpu" else "gpu_"
-                res[f"{prefix}epoch_s_{name}_20k"] = round(t, 4)
-                res[f"{prefix}load_s_{name}_20k"] = round(load, 4)
+            runs = interleaved_epochs(big, device, args.scale_repeats, args.scale_hidden)
+            p = "" if device == "cpu" else "gpu_"
+            for name, (full, load, steps) in runs.items():
+                t = float(np.median(full))
+                rows.append((device, name, t, float(np.median(load)), steps / t))
+                res[f"{p}epoch_s_{name}_20k"] = round(t, 4)
+                res[f"{p}load_s_{name}_20k"] = round(float(np.median(load)), 4)
+            res[f"{p}shards_vs_npy_20k"] = round(ratio(runs, "shards", "npy"), 3)
         print(f"\nscale: {args.scale_n} synthetic utterances, frames (T, {dim}) float16, about {gb:.1f} GB as "
               f"float32 (in-memory budget {args.memory_gb} GB{': memory row skipped' if 'memory' not in big else ''}); "
-              f"model hidden {args.scale_hidden}; median of {args.scale_repeats}")
+              f"model hidden {args.scale_hidden}; median of {args.scale_repeats} interleaved rounds")
         table(rows, against="memory" if "memory" in big else "npy")
-        for device in devices:
-            p = "" if device == "cpu" else "gpu_"
-            res[f"{p}shards_vs_npy_20k"] = round(res[f"{p}epoch_s_shards_20k"] / res[f"{p}epoch_s_npy_20k"], 3)
     print(json.dumps(res))
 
 
