@@ -144,6 +144,19 @@ def interleaved_epochs(sets: dict[str, FeatureSet], device: str, repeats: int,
     return {name: (full[name], load[name], steps[name]) for name in sets}
 
 
+def summarise(runs: dict[str, tuple[list[float], list[float], int]], device: str, suffix: str,
+              rows: list, res: dict) -> str:
+    """A table row per set (median epoch and load-only seconds, steps/s) and its JSON keys
+    (`epoch_s_<set><suffix>`, `load_s_<set><suffix>`); returns the device's key prefix."""
+    p = "" if device == "cpu" else "gpu_"
+    for name, (full, load, steps) in runs.items():
+        t, t_load = float(np.median(full)), float(np.median(load))
+        rows.append((device, name, t, t_load, steps / t))
+        res[f"{p}epoch_s_{name}{suffix}"] = round(t, 4)
+        res[f"{p}load_s_{name}{suffix}"] = round(t_load, 4)
+    return p
+
+
 def ratio(runs: dict[str, tuple[list[float], list[float], int]], a: str, b: str) -> float:
     """The median over rounds of a's epoch time over b's in the same round."""
     return float(np.median(np.array(runs[a][0]) / np.array(runs[b][0])))
@@ -169,12 +182,7 @@ def main() -> None:
     rows, res = [], {}
     for device in devices:
         runs = interleaved_epochs(sets, device, args.repeats)
-        p = "" if device == "cpu" else "gpu_"
-        for name, (full, load, steps) in runs.items():
-            t = float(np.median(full))
-            rows.append((device, name, t, float(np.median(load)), steps / t))
-            res[f"{p}epoch_s_{name}"] = round(t, 4)
-            res[f"{p}load_s_{name}"] = round(float(np.median(load)), 4)
+        p = summarise(runs, device, "", rows, res)
         res[f"{p}steps_per_s"] = round(next(r[4] for r in rows if r[0] == device and r[1] == "memory"), 2)
         res[f"{p}shards_vs_memory"] = round(ratio(runs, "shards", "memory"), 3)
         res[f"{p}npy_vs_memory"] = round(ratio(runs, "npy", "memory"), 3)
@@ -194,12 +202,7 @@ def main() -> None:
         rows = []
         for device in devices:
             runs = interleaved_epochs(big, device, args.scale_repeats, args.scale_hidden)
-            p = "" if device == "cpu" else "gpu_"
-            for name, (full, load, steps) in runs.items():
-                t = float(np.median(full))
-                rows.append((device, name, t, float(np.median(load)), steps / t))
-                res[f"{p}epoch_s_{name}_20k"] = round(t, 4)
-                res[f"{p}load_s_{name}_20k"] = round(float(np.median(load)), 4)
+            p = summarise(runs, device, "_20k", rows, res)
             res[f"{p}shards_vs_npy_20k"] = round(ratio(runs, "shards", "npy"), 3)
         print(f"\nscale: {args.scale_n} synthetic utterances, frames (T, {dim}) float16, about {gb:.1f} GB as "
               f"float32 (in-memory budget {args.memory_gb} GB{': memory row skipped' if 'memory' not in big else ''}); "
