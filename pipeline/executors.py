@@ -15,6 +15,11 @@ profiler (100 samples a second), the 20 ms tick and the 500 ms monitor preempted
 context switches of a bare forward loop (about 1.3x without them), and bench/acoustic.py's large-sized
 pipeline/bare went from 0.88 to 0.98 on 2 cores.
 An existing cluster (`--scheduler`) keeps its own settings.
+
+Dask's scheduler and workers serve HTTP (health, metrics) even without a dashboard. Left to itself a
+local cluster's scheduler takes port 8787 (on every interface when the workers are threads), so a
+second msf run beside the first warned "Port 8787 is already in use". They now listen on loopback,
+on a port the OS picks.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import os
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+LOOPBACK_ANY_PORT = "127.0.0.1:0"
 QUIET_LOCAL_CLUSTER = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",  # it only warns of a blocked event loop: logs we silence
@@ -83,6 +89,8 @@ class DaskExecutor:
                 dask.config.set(QUIET_LOCAL_CLUSTER)
                 self._cluster = LocalCluster(n_workers=self._workers, threads_per_worker=1,
                                              processes=self._workers > 1, dashboard_address=None,
+                                             worker_dashboard_address=LOOPBACK_ANY_PORT,
+                                             scheduler_kwargs={"dashboard_address": LOOPBACK_ANY_PORT},
                                              silence_logs=logging.ERROR)
                 self._client = Client(self._cluster)
         return self._client

@@ -133,3 +133,33 @@ def test_extract_on_an_existing_dask_cluster(tmp_path: Path) -> None:
     assert any("toy_summary" in v for v in loaded.values())
     for stage in ("audio", "toy_energy", "toy_summary"):
         _assert_same(_records(tmp_path / "local", stage), _records(tmp_path / "remote", stage))
+
+
+def test_two_local_clusters_side_by_side_listen_on_loopback_without_a_port_warning() -> None:
+    """Two msf runs at once each start a local cluster; neither may take Dask's fixed port 8787 (the second
+    warned) nor listen beyond loopback. One cluster of threads, one of processes."""
+    import warnings
+
+    import psutil
+
+    from msf.pipeline.executors import DaskExecutor
+
+    def listening() -> set[tuple[str, int]]:
+        procs = [psutil.Process()] + psutil.Process().children(recursive=True)
+        return {(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN}
+
+    before = listening()
+    executors = [DaskExecutor(workers=1), DaskExecutor(workers=2)]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for ex in executors:
+                assert [r for _, r in ex.run(int, [("7",)], window=1)] == [7]
+        opened = listening() - before
+    finally:
+        for ex in executors:
+            ex.close()
+    assert not [w for w in caught if "already in use" in str(w.message)]
+    assert opened and all(ip == "127.0.0.1" for ip, _ in opened), opened
+    assert 8787 not in {port for _, port in opened}
