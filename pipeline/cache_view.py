@@ -46,8 +46,8 @@ class CacheView:
         index = self.store.index
         record = index.feature_set(name)
         if record is None:
+            known = index.feature_sets()  # before close(): the index closes with the store
             self.close()
-            known = index.feature_sets()
             raise NotFound(f"no feature set {name!r} in {cache}" + (f"; it has {', '.join(map(repr, known))}"
                                                                     if known else "; extract into it first"))
         self.name, self.record = name, record

@@ -1,5 +1,6 @@
 """The cache as the product: variants side by side (A -> B -> A computes nothing), a failure kept by
-the variant that failed, named feature sets trained from one cache, a cache that trains with no audio, audio identified by content, `status --why`,
+the variant that failed, named feature sets trained from one cache (a mistyped name lists the
+cache's sets), a cache that trains with no audio, audio identified by content, `status --why`,
 unknown speakers, and gc by what the named sets reference."""
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ def test_two_named_feature_sets_train_from_one_cache(demo_corpus: Path, tmp_path
     code, out, _ = cli("status", "--cache", str(cache), "--name", "layer2", "--json")
     status = json.loads(out)
     assert status["stages"]["acoustic"]["fresh"] == 80 and status["feature_sets"] == ["layer1", "layer2"]
+    for command in (("status", "--cache", str(cache)), ("train", "--features", str(cache), "--out", str(tmp_path / "x"))):
+        code, _, err = cli(*command, "--name", "layer3")  # a typo: the sets there, not an internal error
+        assert code == 2 and "no feature set 'layer3'" in err and "'layer1', 'layer2'" in err, err
 
 
 @pytest.mark.slow
