@@ -73,6 +73,8 @@ class Extraction:
         if corpus is None and config.corpus is None:
             raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
         load_plugins(config.plugins)
+        for name in config.stages:  # a mistyped setting fails now, not after the content-hash pass
+            config.params_for(stage_class(name))
         self.config = config
         self._corpus = corpus
         self.root = config.cache_dir()

@@ -69,6 +69,10 @@ def test_clear_errors(tmp_path: Path) -> None:
     corpus = write_manifest(tmp_path / "c", 2)
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "x"), "--set", "audio.nope=1")
     assert code == 2 and "stage 'audio' parameters: nope: Extra inputs are not permitted" in err
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "x"), "--stage", "audio",
+                          "--set", "emphasis.threshold=high")  # a stage this run does not reach is checked too
+    assert code == 2 and "stage 'emphasis' parameters: threshold: Input should be a valid number" in err
+    assert not (tmp_path / "x").exists()  # refused before the cache is made or any audio hashed
     code, _, err = invoke("extract", "--corpus", str(corpus), "--stage", "nosuch", "--cache", str(tmp_path / "x"))
     assert code == 2 and "unknown stage 'nosuch'" in err and "Traceback" not in err
     code, _, err = invoke("extract", "--corpus", "demo:/no/such/dir")
