@@ -143,6 +143,8 @@ def test_predict_new_audio(demo_features: Path, demo_corpus: Path, tmp_path: Pat
     assert wrong["error"].startswith("align: the transcript does not match the audio")
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.wav"), "--run", str(tmp_path / "run")])
     assert res.exit_code == 2 and "audio not found" in res.output
+    res = CliRunner().invoke(app, ["predict", wavs[0], "--run", str(tmp_path)])  # the folder above the run
+    assert res.exit_code == 2 and "is not a trained run" in res.output and f"holds runs: {tmp_path / 'run'}" in res.output
 
 
 @pytest.mark.slow

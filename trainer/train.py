@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from msf.pipeline.errors import UsageError
+from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.faults import fault_point
 from msf.pipeline.progress import STDERR
 from msf.trainer.data import TARGETS, Batch, FeatureSet, parse_sources
@@ -276,6 +276,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def load_run(run: Path, device: str = "cpu") -> tuple[MsfSer, TrainConfig]:
+    if not (run / "config.json").is_file() or not (run / "best.pt").is_file():
+        inside = sorted(str(p.parent) for p in Path(run).glob("*/best.pt"))  # `msf ablate`'s variant/seed-K
+        raise NotFound(f"{run} is not a trained run (no config.json and best.pt)"
+                       + (f"; it holds runs: {', '.join(inside)}" if inside else
+                          "; `msf train --out DIR` writes one"))
     cfg = TrainConfig.model_validate_json((run / "config.json").read_text())
     best = load_checkpoint(run / "best.pt")
     mc = json.loads(best["model_config"])
