@@ -531,8 +531,16 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        ERR.print("interrupted; everything committed so far is kept and the next run resumes from it")
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C into a silent exit 130
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    ERR.print("interrupted; everything committed so far is kept and the next run resumes from it")
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Execution: kill -9 at fixed points then resume equals a clean run (extraction and compaction);
-an existing Dask cluster by address; two local clusters side by side."""
+Ctrl-C at a fixed point; an existing Dask cluster by address; two local clusters side by side."""
 
 from __future__ import annotations
 
@@ -58,6 +58,25 @@ def _assert_same(a: dict[str, dict], b: dict[str, dict]) -> None:
                 assert v.dtype == b[utt][k].dtype and v.tobytes() == b[utt][k].tobytes(), (utt, k)
             else:
                 assert v == b[utt][k], (utt, k)
+
+
+def test_ctrl_c_says_what_is_kept_and_the_rerun_computes_only_the_rest(tmp_path: Path) -> None:
+    """SIGINT right after the 2nd committed shard: exit 130 with one line (no traceback), exactly two
+    shards' entries kept, and the rerun computes the rest."""
+    corpus = write_manifest(tmp_path / "c", 24)
+    common = ["--corpus", str(corpus), "--cache", str(tmp_path / "cache"), "--set", 'plugins=["toy_stages"]',
+              "--set", "shard_size=3", "--json", "--stage"]
+    # audio first, so every commit of the interrupted run is a toy_slow shard of 3 entries
+    subprocess.run(_msf("extract", *common, "audio"), check=True, capture_output=True)
+    common.append("toy_slow")
+    proc = subprocess.run(_msf("extract", *common), env={**os.environ, "MSF_KILL_AT": "commit:2:INT"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "interrupted; everything committed so far is kept" in proc.stderr and "Traceback" not in proc.stderr
+    assert _entries(tmp_path / "cache", "toy_slow") == 6
+    done = subprocess.run(_msf("extract", *common), check=True, capture_output=True, text=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])["stages"]["toy_slow"]
+    assert (summary["computed"], summary["reused"]) == (18, 6)
 
 
 @pytest.mark.slow
