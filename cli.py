@@ -421,14 +421,23 @@ def evaluate(
     corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
     device: str = typer.Option("cpu"),
 ) -> None:
-    """CCC of a trained run on the dev and test utterances of a cache."""
-    from msf.trainer.data import FeatureSet, parse_sources
+    """CCC of a trained run on the dev and test utterances of a cache. Features made with other
+    settings than the run's (another aligner, say) are allowed, and named on stderr."""
+    from msf.pipeline.config import MsfConfig
+    from msf.pipeline.planning import settings_changes
+    from msf.trainer.data import STAGE_OF, FeatureSet, parse_sources
     from msf.trainer.train import evaluate as run_eval, load_run
 
     with user_errors():
         model, cfg = load_run(run, device)
-        data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, corpus or cfg.labels,
+        sources = parse_sources(cfg.sources)
+        data = FeatureSet(features, sources, cfg.fold, name or cfg.name, corpus or cfg.labels,
                           speaker_norm=cfg.speaker_norm)
+        changes = settings_changes(MsfConfig.model_validate_json((run / "extraction.json").read_text()),
+                                   MsfConfig.model_validate_json(data.extraction), [STAGE_OF[s] for s in sources])
+        if changes:
+            ERR.print("note: these features differ from the run's training features in "
+                      + "; ".join(changes), highlight=False, markup=False)
         result = {s: run_eval(model, data, s, device).ccc for s in ("dev", "test") if data.splits[s].ids}
     print(json.dumps(result))
 

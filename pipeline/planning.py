@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from msf.pipeline.cache_index import CacheIndex, Entry, Failure, RecordedUtterance
+from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpus import FILE_EXTRAS, Corpus, Utterance
 from msf.pipeline.fingerprint import Parts, canonical_json, digest, join_parts, params_digest, split_parts
 from msf.pipeline.shard_store import ShardStore
@@ -253,7 +254,21 @@ def _params_diff(index: CacheIndex, sp: StagePlan, old_digest: str) -> str:
     version, before = old
     if version != sp.stage.version:
         return f"{name} version {version} -> {sp.stage.version}"
-    after = sp.stage.fingerprint_params(sp.params)
+    return ", ".join(params_changes(name, before, sp.stage.fingerprint_params(sp.params))) or f"{name} parameters changed"
+
+
+def params_changes(stage: str, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """`stage.key: old -> new` for every parameter that differs."""
     keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    return ", ".join(f"{name}.{k}: {canonical_json(before.get(k))} -> {canonical_json(after.get(k))}"
-                     for k in keys) or f"{name} parameters changed"
+    return [f"{stage}.{k}: {canonical_json(before.get(k))} -> {canonical_json(after.get(k))}" for k in keys]
+
+
+def settings_changes(before: MsfConfig, after: MsfConfig, stages: list[str]) -> list[str]:
+    """What differs, between two feature sets' settings, in the parameters that shape `stages` and
+    everything upstream of them (profile defaults included; volatile ones such as devices left out)."""
+    out: list[str] = []
+    for name in stage_order(stages):
+        cls = stage_class(name)
+        out += params_changes(name, cls.fingerprint_params(before.params_for(cls)),
+                              cls.fingerprint_params(after.params_for(cls)))
+    return out

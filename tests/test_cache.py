@@ -1,7 +1,8 @@
 """The cache as the product: variants side by side (A -> B -> A computes nothing), a failure kept by
-the variant that failed, named feature sets trained from one cache (a mistyped name lists the
-cache's sets), a cache that trains with no audio, audio identified by content, `status --why`,
-unknown speakers, and gc by what the named sets reference."""
+the variant that failed, named feature sets trained from one cache (evaluating on the other set
+names the setting that differs; a mistyped name lists the cache's sets), a cache that trains with
+no audio, audio identified by content, `status --why`, unknown speakers, and gc by what the named
+sets reference."""
 
 from __future__ import annotations
 
@@ -123,6 +124,10 @@ def test_two_named_feature_sets_train_from_one_cache(demo_corpus: Path, tmp_path
     code, out, _ = cli("status", "--cache", str(cache), "--name", "layer2", "--json")
     status = json.loads(out)
     assert status["stages"]["acoustic"]["fresh"] == 80 and status["feature_sets"] == ["layer1", "layer2"]
+    for name, note in (("layer1", ""), ("layer2", "acoustic.layers: [1] -> [2]")):  # the same run on either set
+        code, out, err = cli("evaluate", "--run", str(tmp_path / "layer1"), "--features", str(cache), "--name", name)
+        assert code == 0 and set(json.loads(out)) == {"dev", "test"}, err
+        assert (f"differ from the run's training features in {note}" in err) == bool(note), err
     for command in (("status", "--cache", str(cache)), ("train", "--features", str(cache), "--out", str(tmp_path / "x"))):
         code, _, err = cli(*command, "--name", "layer3")  # a typo: the sets there, not an internal error
         assert code == 2 and "no feature set 'layer3'" in err and "'layer1', 'layer2'" in err, err
