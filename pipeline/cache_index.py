@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from msf.pipeline.audio_io import content_hash
+from msf.pipeline.errors import CacheDamaged
 from msf.pipeline.config import ConfigError
 
 SCHEMA_VERSION = "3"  # 3: failures kept per fingerprint, like entries
@@ -109,6 +110,16 @@ class CacheIndex:
         """`readonly` (a dry run): SQLite refuses every write, and a cache that does not exist yet is
         an empty index in memory, so nothing is created on disk."""
         self.path = root / "index.sqlite"
+        try:
+            self._open(root, readonly)
+        except sqlite3.DatabaseError as e:  # overwritten, truncated, or not SQLite at all
+            raise CacheDamaged(
+                f"the cache index {self.path} is damaged ({e}). The shards cannot be read without it (it "
+                "holds their fingerprints): restore index.sqlite from a backup, salvage what SQLite can "
+                "(`sqlite3 index.sqlite .recover | sqlite3 recovered.sqlite`, then put that in its place), or "
+                "extract into a new --cache") from None
+
+    def _open(self, root: Path, readonly: bool) -> None:
         self.readonly = readonly
         if not readonly:
             root.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,11 @@ def test_cache_verify_compact_gc(tmp_path: Path) -> None:
     assert "audio: 1 shard(s)" in out and len(list((cache / "audio").glob("shard-*.h5"))) == 1
     code, out, _ = invoke("status", "--cache", str(cache), "--json")
     assert json.loads(out)["stages"]["audio"]["fresh"] == 10
+    (cache / "index.sqlite").write_bytes(b"overwritten by a careless copy" * 100)  # the index itself damaged
+    for command in (("status", "--cache", str(cache)), ("cache", "verify", "--cache", str(cache)),
+                    ("extract", "--corpus", str(corpus), "--cache", str(cache), "--stage", "audio")):
+        code, _, err = invoke(*command)
+        assert code == 2 and f"the cache index {cache / 'index.sqlite'} is damaged" in err and ".recover" in err, err
 
 
 def test_msf_toml_in_working_directory_and_overrides(tmp_path: Path, monkeypatch) -> None:
