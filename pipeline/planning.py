@@ -212,10 +212,14 @@ def reasons(plan: Plan, index: CacheIndex, stage: str, state: StageState) -> dic
     the cache holds for it."""
     out: dict[str, list[str]] = {}
     if state.stale:
-        latest = index.latest(stage)
+        latest, stored = index.latest(stage), index.stored(stage)
+        fps = plan[stage].fingerprints
         diffs: dict[tuple[str, str], str] = {}
         for uid in state.stale:
-            out.setdefault(_why(plan, index, stage, uid, latest[uid], diffs), []).append(uid)
+            where = stored.get((uid, fps[uid]))  # the very entry wanted, indexed, but its file is gone
+            why = (f"shard file {where[0]} missing (deleted outside msf)" if where is not None
+                   else _why(plan, index, stage, uid, latest[uid], diffs))
+            out.setdefault(why, []).append(uid)
     if state.missing:
         root = plan.order[0]
         known = {u for u, _ in index.stored(root)} if stage != root else set()

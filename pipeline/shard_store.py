@@ -228,7 +228,12 @@ class ShardReader:
     def file(self, path: Path) -> h5py.File:
         f = self._open.pop(path, None)
         if f is None:
-            f = h5py.File(path, "r", locking=False)
+            try:
+                f = h5py.File(path, "r", locking=False)
+            except OSError as e:  # truncated or overwritten outside msf (a missing file is not fresh, never here)
+                raise CacheDamaged(f"shard {path} cannot be read ({e}); `msf cache verify --cache "
+                                   f"{path.parent.parent}` drops its entries, and the next `msf extract` "
+                                   "computes them again") from None
             if len(self._open) >= self.max_open:
                 oldest = next(iter(self._open))
                 self._open.pop(oldest).close()

@@ -209,6 +209,10 @@ def test_status_why_names_what_changed(small_demo: Path, tmp_path: Path) -> None
     assert code == 0 and "fresh" in out  # against its recorded settings and rows: nothing to say
     code, out, _ = cli("status", "--cache", str(cache), "--why", "--set", "emphasis.threshold=0.6")
     assert "emphasis: emphasis.threshold: 0.5 -> 0.6 (12)" in out
+    shard = sorted((cache / "align").glob("shard-*.h5"))[0]
+    shard.unlink()  # deleted outside msf: its entries are stale, and that is the reason given
+    code, out, _ = cli("status", "--cache", str(cache), "--why", "--json")
+    assert json.loads(out)["stages"]["align"]["why"] == {f"shard file {shard.name} missing (deleted outside msf)": 12}
 
 
 def test_unknown_speakers_are_never_one_group(small_demo: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from msf.pipeline.cache_index import Entry
+from msf.pipeline.errors import CacheDamaged
 from msf.pipeline.shard_store import ContiguousArray, ShardFormatError, ShardReader, ShardStore, record_checksum, write_shard
 
 
@@ -104,6 +105,9 @@ def test_verify_names_truncated_and_flipped_shards(tmp_path: Path) -> None:
     store2, _ = _store(tmp_path / "b")
     p2 = next((store2.root / "feat").glob("shard-*.h5"))
     p2.write_bytes(p2.read_bytes()[:1000])
+    with pytest.raises(CacheDamaged, match=r"cannot be read .*`msf cache verify --cache .*` drops its entries"):
+        _read(store2, "u0")  # a read before verify (training, say) names the shard and the way out
+    store2.reader.close()
     r2 = store2.verify()
     assert r2.bad["feat"][p2.name] == sorted(f"u{i}" for i in range(20))
     assert f"feat/{p2.name}" in r2.errors
