@@ -203,12 +203,18 @@ def load_corpus(spec: str, label_range: tuple[float, float] | None = None, check
 
     kind, _, rest = spec.partition(":")
     readers = {"msp-podcast": msp_podcast.read, "iemocap": iemocap.read, "demo": demo.read}
-    if rest and kind in readers:
-        return readers[kind](Path(rest).expanduser(), spec, check_audio=check_audio)
     path = Path(spec).expanduser()
-    if path.suffix.lower() in (".csv", ".jsonl"):
-        return manifest.read(path, spec, label_range=label_range, check_audio=check_audio)
-    raise CorpusError(
-        f"unknown corpus spec {spec!r}: give a manifest (.csv or .jsonl) or one of "
-        "msp-podcast:PATH, iemocap:PATH, demo:PATH"
-    )
+    if rest and kind in readers:
+        corpus = readers[kind](Path(rest).expanduser(), spec, check_audio=check_audio)
+    elif path.suffix.lower() in (".csv", ".jsonl"):
+        corpus = manifest.read(path, spec, label_range=label_range, check_audio=check_audio)
+    else:
+        raise CorpusError(
+            f"unknown corpus spec {spec!r}: give a manifest (.csv or .jsonl) or one of "
+            "msp-podcast:PATH, iemocap:PATH, demo:PATH"
+        )
+    if not corpus.utterances:  # nothing to extract or label: say so rather than run on nothing
+        refused = [str(p) for p in corpus.problems]
+        raise CorpusError(f"{spec} has no usable utterances" + (
+            f": all {len(refused)} rows were refused, e.g. {refused[0]}" if refused else " (no rows)"))
+    return corpus

@@ -75,6 +75,10 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()  # refused before the cache is made or any audio hashed
     code, _, err = invoke("extract", "--corpus", str(corpus), "--stage", "nosuch", "--cache", str(tmp_path / "x"))
     assert code == 2 and "unknown stage 'nosuch'" in err and "Traceback" not in err
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,audio,transcript,speaker,split,valence,arousal,dominance\n")
+    code, _, err = invoke("extract", "--corpus", str(empty), "--cache", str(tmp_path / "e"))
+    assert code == 2 and "has no usable utterances (no rows)" in err
     code, _, err = invoke("extract", "--corpus", "demo:/no/such/dir")
     assert code == 2 and "msf corpus demo /no/such/dir" in err
     code, _, err = invoke("status", "--cache", str(tmp_path / "empty"))
