@@ -158,7 +158,8 @@ class StageState:
     fresh: dict[str, str] = field(default_factory=dict)  # utterance -> shard of its fresh entry
     fresh_bytes: int = 0
     failed: dict[str, Failure] = field(default_factory=dict)  # failed under the current fingerprint
-    stale: list[str] = field(default_factory=list)  # has entries, none under the current fingerprint
+    stale: list[str] = field(default_factory=list)  # has entries, none fresh under the current fingerprint
+    shard_gone: dict[str, str] = field(default_factory=dict)  # stale: the entry wanted is indexed, its file gone
     missing: list[str] = field(default_factory=list)  # no entry at all
 
     def counts(self) -> dict[str, int]:
@@ -187,6 +188,8 @@ def stage_state(index: CacheIndex, shards: set[str], sp: StagePlan) -> StageStat
             state.failed[uid] = failures[(uid, fp)]
         elif uid in seen:
             state.stale.append(uid)
+            if where is not None:  # deleted outside msf
+                state.shard_gone[uid] = where[0]
         else:
             state.missing.append(uid)
     return state
@@ -212,12 +215,11 @@ def reasons(plan: Plan, index: CacheIndex, stage: str, state: StageState) -> dic
     the cache holds for it."""
     out: dict[str, list[str]] = {}
     if state.stale:
-        latest, stored = index.latest(stage), index.stored(stage)
-        fps = plan[stage].fingerprints
+        latest = index.latest(stage)
         diffs: dict[tuple[str, str], str] = {}
         for uid in state.stale:
-            where = stored.get((uid, fps[uid]))  # the very entry wanted, indexed, but its file is gone
-            why = (f"shard file {where[0]} missing (deleted outside msf)" if where is not None
+            gone = state.shard_gone.get(uid)
+            why = (f"shard file {gone} missing (deleted outside msf)" if gone is not None
                    else _why(plan, index, stage, uid, latest[uid], diffs))
             out.setdefault(why, []).append(uid)
     if state.missing:

@@ -277,7 +277,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def load_run(run: Path, device: str = "cpu") -> tuple[MsfSer, TrainConfig]:
     if not (run / "config.json").is_file() or not (run / "best.pt").is_file():
-        inside = sorted(str(p.parent) for p in Path(run).glob("*/best.pt"))  # `msf ablate`'s variant/seed-K
+        inside = sorted(str(p.parent) for p in run.glob("*/best.pt"))  # `msf ablate`'s variant/seed-K
         raise NotFound(f"{run} is not a trained run (no config.json and best.pt)"
                        + (f"; it holds runs: {', '.join(inside)}" if inside else
                           "; `msf train --out DIR` writes one"))
