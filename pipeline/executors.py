@@ -28,7 +28,10 @@ import logging
 import os
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from msf.pipeline.errors import MsfError
+
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
+CONNECT_TIMEOUT_S = 30  # a scheduler that is up answers at once; this only bounds a wrong address
 QUIET_LOCAL_CLUSTER = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",  # it only warns of a blocked event loop: logs we silence
@@ -65,6 +68,10 @@ class InProcessExecutor:
         pass
 
 
+class SchedulerUnreachable(MsfError):
+    """`--scheduler` names an address where no Dask scheduler answers."""
+
+
 class DaskExecutor:
     """A local Dask cluster (threads in this process for one worker, else worker processes), or an
     existing cluster by address. Started on first use, so a run with nothing to do starts nothing."""
@@ -84,7 +91,13 @@ class DaskExecutor:
             os.environ.setdefault("DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH", "0")  # worker processes too
 
             if self.scheduler:
-                self._client = Client(self.scheduler, timeout="30s")
+                try:
+                    self._client = Client(self.scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+                except (OSError, ValueError) as e:  # refused, timed out, or not an address Dask parses
+                    raise SchedulerUnreachable(
+                        f"cannot reach the Dask scheduler at {self.scheduler} ({e}); start one with "
+                        "`dask scheduler` and its workers with `dask worker ADDRESS`, or drop --scheduler "
+                        "to run local workers") from None
             else:
                 dask.config.set(QUIET_LOCAL_CLUSTER)
                 self._cluster = LocalCluster(n_workers=self._workers, threads_per_worker=1,

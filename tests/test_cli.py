@@ -86,6 +86,9 @@ def test_clear_errors(tmp_path: Path) -> None:
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "m"), "--stage", "align",
                           "--set", "align.model=/no/such/model")
     assert code == 2 and "align model '/no/such/model' cannot be loaded offline" in err and "Traceback" not in err
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "s"), "--stage", "audio",
+                          "--scheduler", "no-port-here")
+    assert code == 2 and "cannot reach the Dask scheduler at no-port-here" in err and "Traceback" not in err
 
 
 def test_second_writer_gets_a_clear_message(tmp_path: Path) -> None:
