@@ -29,6 +29,9 @@ def test_same_seed_same_bytes_different_seed_different_corpus(tmp_path: Path) ->
     assert _same_tree(a, b)
     assert (a / "manifest.csv").read_bytes() != (c / "manifest.csv").read_bytes()
     assert (a / "wavs" / "demo_00000.wav").read_bytes() != (c / "wavs" / "demo_00000.wav").read_bytes()
+    build_demo_corpus(c, n=17, seed=3, workers=2, progress=False)  # rebuilt in place, smaller
+    assert sorted(p.name for p in (c / "wavs").iterdir()) == [f"demo_{i:05d}.wav" for i in range(17)]
+    assert (c / "wavs" / "demo_00016.wav").read_bytes() == (a / "wavs" / "demo_00016.wav").read_bytes()
 
 
 def test_files_follow_the_contract(demo_corpus: Path) -> None:

@@ -231,6 +231,11 @@ def build_demo_corpus(out: Path, n: int = 300, seed: int = 0, workers: int | Non
         for s in specs:
             w.writerow([s.id, f"wavs/{s.id}.wav", s.text(ssml=False), s.speaker, s.split,
                         s.valence, s.arousal, s.dominance])
+    # A rebuild into the same folder with a smaller --n leaves no wav the manifest does not list.
+    keep = {f"{s.id}.wav" for s in specs}
+    for stale in wav_dir.glob("demo_*.wav"):
+        if stale.name not in keep:
+            stale.unlink()
     with open(out / "truth.jsonl", "w", encoding="utf-8") as f:
         for t in truths:
             f.write(json.dumps(t) + "\n")
