@@ -195,24 +195,43 @@ def corpus_digest(spec: str, label_range: tuple[float, float] | None = None) -> 
     return h.hexdigest()
 
 
+READERS = ("msp-podcast", "iemocap", "demo")
+
+
+def corpus_path(spec: str) -> Path:
+    """The manifest file or corpus root a spec names; an unknown form or a path that does not exist
+    is refused here, cheaply, before a cache is made for it."""
+    kind, _, rest = spec.partition(":")
+    if rest and kind in READERS:
+        path = Path(rest).expanduser()
+        if not path.is_dir():
+            raise CorpusError(f"no {kind} corpus at {path}: the folder does not exist" + (
+                f" (build one with `msf corpus demo {path}`)" if kind == "demo" else ""))
+        return path
+    path = Path(spec).expanduser()
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise CorpusError(
+            f"unknown corpus spec {spec!r}: give a manifest (.csv or .jsonl) or one of "
+            "msp-podcast:PATH, iemocap:PATH, demo:PATH"
+        )
+    if not path.is_file():
+        raise CorpusError(f"manifest not found: {path}")
+    return path
+
+
 def load_corpus(spec: str, label_range: tuple[float, float] | None = None, check_audio: bool = True) -> Corpus:
     """Dispatch on the corpus spec: a manifest path, or `msp-podcast:`, `iemocap:`, `demo:` + path.
     `label_range` declares a generic manifest's label scale (the named corpora know theirs);
     `check_audio=False` reads labels and splits only (training elsewhere, where the audio is not)."""
     from msf.pipeline.corpora import demo, iemocap, manifest, msp_podcast
 
-    kind, _, rest = spec.partition(":")
+    path = corpus_path(spec)
     readers = {"msp-podcast": msp_podcast.read, "iemocap": iemocap.read, "demo": demo.read}
-    path = Path(spec).expanduser()
+    kind, _, rest = spec.partition(":")
     if rest and kind in readers:
-        corpus = readers[kind](Path(rest).expanduser(), spec, check_audio=check_audio)
-    elif path.suffix.lower() in (".csv", ".jsonl"):
-        corpus = manifest.read(path, spec, label_range=label_range, check_audio=check_audio)
+        corpus = readers[kind](path, spec, check_audio=check_audio)
     else:
-        raise CorpusError(
-            f"unknown corpus spec {spec!r}: give a manifest (.csv or .jsonl) or one of "
-            "msp-podcast:PATH, iemocap:PATH, demo:PATH"
-        )
+        corpus = manifest.read(path, spec, label_range=label_range, check_audio=check_audio)
     if not corpus.utterances:  # nothing to extract or label: say so rather than run on nothing
         refused = [str(p) for p in corpus.problems]
         raise CorpusError(f"{spec} has no usable utterances" + (

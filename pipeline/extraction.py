@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from msf.pipeline.cache_index import FeatureSetRecord, Failure
 from msf.pipeline.config import ConfigError, MsfConfig
-from msf.pipeline.corpus import Corpus, corpus_digest, load_corpus
+from msf.pipeline.corpus import Corpus, corpus_digest, corpus_path, load_corpus
 from msf.pipeline.errors import MsfError, NotFound, UsageError
 from msf.pipeline.estimate import (Estimate, StageCost, audio_durations, calibrate as calibrate_stages,
                                    estimate_stage, pick_for_calibration)
@@ -75,6 +75,8 @@ class Extraction:
         load_plugins(config.plugins)
         for name in config.stages:  # a mistyped setting fails now, not after the content-hash pass
             config.params_for(stage_class(name))
+        if corpus is None:
+            corpus_path(config.corpus)  # a mistyped --corpus leaves no empty cache behind
         self.config = config
         self._corpus = corpus
         self.root = config.cache_dir()
@@ -111,9 +113,10 @@ class Extraction:
     def _hash_with_progress(self, bar: Progress) -> None:
         """The content-hash pass of a first run (every file read once), with a bar of its own."""
         if self._sources is None:
+            corpus = self.corpus  # a corpus that cannot be read says so before a bar is drawn
             task = bar.add_task("hashing", total=None)
-            self._sources = sources_from_corpus(self.corpus, self.store.index, lambda n: bar.advance(task, n))
-            self.corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
+            self._sources = sources_from_corpus(corpus, self.store.index, lambda n: bar.advance(task, n))
+            corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
             bar.update(task, total=bar.tasks[task].completed)
 
     @cached_property

@@ -79,8 +79,11 @@ def test_clear_errors(tmp_path: Path) -> None:
     empty.write_text("id,audio,transcript,speaker,split,valence,arousal,dominance\n")
     code, _, err = invoke("extract", "--corpus", str(empty), "--cache", str(tmp_path / "e"))
     assert code == 2 and "has no usable utterances (no rows)" in err
-    code, _, err = invoke("extract", "--corpus", "demo:/no/such/dir")
-    assert code == 2 and "msf corpus demo /no/such/dir" in err
+    for spec, says in [("demo:/no/such/dir", "msf corpus demo /no/such/dir"),
+                       (str(tmp_path / "typo.csv"), "manifest not found"), ("mps-podcast:/data", "unknown corpus spec")]:
+        code, _, err = invoke("extract", "--corpus", spec, "--cache", str(tmp_path / "d"))
+        assert code == 2 and says in err
+        assert not (tmp_path / "d").exists()  # no empty cache left behind by a typo
     code, _, err = invoke("status", "--cache", str(tmp_path / "empty"))
     assert code == 2 and "no msf cache" in err
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "m"), "--stage", "align",
