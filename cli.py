@@ -9,7 +9,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, NoReturn, Optional
 
 import numpy as np
 import typer
@@ -39,13 +39,38 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
+    except OSError as e:
+        if (why := _path_problem(e)) is None:
+            _internal_error()
+        ERR.print(f"[bold red]error:[/] {why}", highlight=False)
+        raise typer.Exit(2) from None
     except Exception:  # noqa: BLE001 - a bug: never dressed up as a user mistake
-        import traceback
+        _internal_error()
 
-        ERR.print("[bold red]internal error[/] (a bug in msf; please report it with the traceback below):",
-                  highlight=False)
-        ERR.print(traceback.format_exc(), highlight=False, markup=False)
-        raise typer.Exit(1) from None
+
+def _path_problem(e: OSError) -> str | None:
+    """What the user can fix about a path given to msf (a file where a folder goes, no permission, a
+    full or read-only disk), in one line; None for any other OSError, which stays a bug."""
+    import errno
+
+    where = f" {e.filename}" if e.filename else ""
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        return f"cannot create the folder{where}: a file stands where a folder is needed ({e.strerror})"
+    if isinstance(e, (PermissionError, IsADirectoryError)) or e.errno == errno.EROFS:
+        return f"cannot use{where}: {e.strerror}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left writing{where} ({e.strerror}); everything committed before it is kept: "
+                "free some space (`msf cache gc` removes unreferenced entries) and rerun")
+    return None
+
+
+def _internal_error() -> NoReturn:
+    import traceback
+
+    ERR.print("[bold red]internal error[/] (a bug in msf; please report it with the traceback below):",
+              highlight=False)
+    ERR.print(traceback.format_exc(), highlight=False, markup=False)
+    raise typer.Exit(1) from None
 
 
 def _report_problems(problems: list[Any]) -> None:

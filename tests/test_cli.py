@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from conftest import write_manifest
 from typer.testing import CliRunner
 
-from msf.cli import app
+from msf.cli import _path_problem, app
 from msf.pipeline.lock import CacheLock
 
 runner = CliRunner()
@@ -89,9 +90,21 @@ def test_clear_errors(tmp_path: Path) -> None:
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "m"), "--stage", "align",
                           "--set", "align.model=/no/such/model")
     assert code == 2 and "align model '/no/such/model' cannot be loaded offline" in err and "Traceback" not in err
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(corpus), "--stage", "audio")
+    assert code == 2 and f"cannot create the folder {corpus}: a file stands where a folder is needed" in err
+    code, _, err = invoke("corpus", "demo", str(corpus / "sub"), "--n", "1")
+    assert code == 2 and "a file stands where a folder is needed (Not a directory)" in err
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "s"), "--stage", "audio",
                           "--scheduler", "no-port-here")
     assert code == 2 and "cannot reach the Dask scheduler at no-port-here" in err and "Traceback" not in err
+
+
+def test_a_full_disk_is_a_user_problem_and_other_os_errors_stay_bugs() -> None:
+    why = _path_problem(OSError(errno.ENOSPC, "No space left on device", "/c/shard-00001.h5"))
+    assert why is not None and "no space left writing /c/shard-00001.h5" in why and "msf cache gc" in why
+    assert _path_problem(PermissionError(errno.EACCES, "Permission denied", "/runs/x")) == \
+        "cannot use /runs/x: Permission denied"
+    assert _path_problem(ConnectionResetError(errno.ECONNRESET, "reset")) is None
 
 
 def test_second_writer_gets_a_clear_message(tmp_path: Path) -> None:
