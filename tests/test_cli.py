@@ -94,6 +94,12 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert code == 2 and f"cannot create the folder {corpus}: a file stands where a folder is needed" in err
     code, _, err = invoke("corpus", "demo", str(corpus / "sub"), "--n", "1")
     assert code == 2 and "a file stands where a folder is needed (Not a directory)" in err
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "g"), "--stage", "acoustic",
+                          "--set", "acoustic.device=gpu")
+    assert code == 2 and "device: Value error, 'gpu' is not a device" in err
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "g"), "--stage", "acoustic",
+                          "--profile", "offline", "--set", "acoustic.device=cuda:99")  # no machine has 100 GPUs
+    assert code == 2 and "acoustic.device=cuda:99: this machine has no such device (CUDA GPUs visible to" in err
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "s"), "--stage", "audio",
                           "--scheduler", "no-port-here")
     assert code == 2 and "cannot reach the Dask scheduler at no-port-here" in err and "Traceback" not in err

@@ -145,6 +145,16 @@ def test_predict_new_audio(demo_features: Path, demo_corpus: Path, tmp_path: Pat
     assert res.exit_code == 2 and "audio not found" in res.output
     res = CliRunner().invoke(app, ["predict", wavs[0], "--run", str(tmp_path)])  # the folder above the run
     assert res.exit_code == 2 and "is not a trained run" in res.output and f"holds runs: {tmp_path / 'run'}" in res.output
+    for device, says in [("cuda:99", "--device=cuda:99: this machine has no such device"),  # none has 100 GPUs
+                         ("gpu", "--device='gpu' is not a device: use cpu, cuda, cuda:N or mps")]:
+        res = CliRunner().invoke(app, ["predict", wavs[0], "--run", str(tmp_path / "run"), "--device", device])
+        assert res.exit_code == 2 and says in res.output, res.output
+        res = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(tmp_path / "d"),
+                                       "--device", device])
+        assert res.exit_code == 2 and ("settings: device: " if device == "gpu" else says) in res.output, res.output
+    res = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(tmp_path / "e"),
+                                   "--epochs", "0"])
+    assert res.exit_code == 2 and "settings: epochs: Input should be greater than or equal to 1" in res.output
 
 
 @pytest.mark.slow

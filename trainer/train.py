@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from msf.pipeline.device import Device, place
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.faults import fault_point
 from msf.pipeline.progress import STDERR
@@ -33,21 +34,21 @@ class TrainConfig(BaseModel):
     sources: str = "audio,gs,les,es"
     fusion: str = "fm-moe"
     fold: int | None = None
-    device: str = "cpu"
+    device: Device = "cpu"
     seed: int = 0
-    epochs: int = 60
-    patience: int = 12
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    hidden: int = 128
-    experts: int = 4
-    dropout: float = 0.2
-    balance_weight: float = 0.01
-    modality_dropout: float = 0.0  # share of training utterances whose text sources are hidden
+    epochs: int = Field(60, ge=1)
+    patience: int = Field(12, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    hidden: int = Field(128, ge=1)
+    experts: int = Field(4, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    balance_weight: float = Field(0.01, ge=0)
+    modality_dropout: float = Field(0.0, ge=0, le=1)  # share of training utterances whose text sources are hidden
     text_targets: str = "valence,dominance"  # FM-MoE: the targets the text may inform (comma-separated)
     in_memory: bool | None = None  # None: when the frames fit in memory
-    threads: int | None = None  # torch CPU threads; CPU results are bit-exact for the same count
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; CPU results are bit-exact for the same count
     speaker_norm: bool = False  # standardise acoustic frames per speaker (mean and sd of each dimension)
     # Evaluate and keep an exponential moving average of the weights over about this many epochs
     # (0: the weights as trained). In epochs, not steps, so one setting means the same on 300 and
@@ -180,7 +181,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
                        text_targets=tuple(filter(None, cfg.text_targets.split(","))))
     model = MsfSer(mcfg)
     model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
-    model.to(cfg.device)
+    place(model, cfg.device, "--device")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     averaged = weight_average(model, cfg.average_epochs, -(-len(data.splits["train"].ids) // cfg.batch_size))
     scored = averaged.module if averaged else model  # what dev sees and best.pt keeps
@@ -285,7 +286,7 @@ def load_run(run: Path, device: str = "cpu") -> tuple[MsfSer, TrainConfig]:
     best = load_checkpoint(run / "best.pt")
     mc = json.loads(best["model_config"])
     mcfg = ModelConfig(**{**mc, "frame_shape": tuple(mc["frame_shape"]), "sources": tuple(mc["sources"])})
-    model = MsfSer(mcfg).to(device)
+    model = place(MsfSer(mcfg), device, "--device")
     load_weights(model, best["model"], run / "best.pt")
     model.eval()
     return model, cfg

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from msf.pipeline.corpora.alignment_files import WordTimes
+from msf.pipeline.device import place
 from msf.pipeline.model_loading import load_transformers
 from msf.pipeline.stage import UtteranceError
 
@@ -18,7 +19,7 @@ class CtcAligner:
         import transformers
 
         self.model, source = load_transformers(model, "AutoModelForCTC", "align.ctc_model", offline=None)
-        self.model.to(device)  # type: ignore[attr-defined]
+        place(self.model, device, "align.device")
         self.device = device
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
         self.features = transformers.AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from msf.pipeline.corpora.alignment_files import WordTimes, clean_word
+from msf.pipeline.device import require_device
 from msf.pipeline.model_loading import ModelUnavailable
 from msf.pipeline.stage import UtteranceError
 
@@ -22,6 +23,7 @@ class WhisperxAligner:
             ) from None
         self.whisperx = whisperx
         self.device = device
+        require_device(device, "align.device")
         try:
             self.model, self.meta = whisperx.load_align_model(language_code=language, device=device)
         except Exception as e:  # noqa: BLE001

@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from msf.pipeline.device import Device, place
 from msf.pipeline.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
                                         whisper_dims)
 from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
@@ -25,7 +26,7 @@ class AcousticParams(StageParams):
     overlap_s: float = 2.0  # ... overlapping by this much; each frame comes from the chunk it is central in
     dtype: Literal["float16", "float32"] = "float16"
     compute_type: str = "int8"  # CTranslate2 (whisper backend)
-    device: str = "cpu"
+    device: Device = "cpu"
     # 0 = automatic: 1 on CPU, where padding only costs time and memory (bench/acoustic.py: batches
     # of 8 run at about 0.7x the speed of single files), 16 on a GPU, which batching keeps busy.
     batch_size: int = 0
@@ -45,7 +46,7 @@ class TransformersEncoder(_Encoder):
 
         self.model, source = load_transformers(p.model, "AutoModel", "acoustic.model",
                                                offline="the Whisper tiny.en encoder bundled with msf")
-        self.model.to(p.device)  # type: ignore[attr-defined]
+        place(self.model, p.device, "acoustic.device")
         self.device = p.device
         try:
             self.extractor = transformers.AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)

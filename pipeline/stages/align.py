@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from msf.pipeline.device import Device
 from msf.pipeline.aligners import Aligner
 from msf.pipeline.corpora.alignment_files import AlignmentFileError, WordTimes, read_provided, transcript_words
 from msf.pipeline.model_loading import BUNDLED_TINY_EN
@@ -26,7 +27,7 @@ class AlignParams(StageParams):
     ctc_model: str = "facebook/wav2vec2-base-960h"
     compute_type: str = "int8"
     language: str = "en"
-    device: str = "cpu"
+    device: Device = "cpu"
     # Whisper forced alignment: a mean word probability below this means the transcript is not what
     # is said (matching transcripts score about 0.7-0.95 on the demo corpus, unrelated ones 0.03).
     min_score: float = 0.2

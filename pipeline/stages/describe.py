@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
+from msf.pipeline.device import Device
 from msf.pipeline.errors import UsageError
 from msf.pipeline.knowledge_describer import KnowledgeDescriber
 from msf.pipeline.llm_client import AnswerCache, ChatEndpoint
@@ -36,7 +37,7 @@ class DescribeParams(StageParams):
     timeout_s: float = 60.0
     max_retries: int = 5
     local_batch_size: int = 8  # prompts per generate call (backend local)
-    local_device: str = "cpu"
+    local_device: Device = "cpu"
 
     @model_validator(mode="before")
     @classmethod

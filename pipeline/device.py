@@ -1,0 +1,60 @@
+"""The compute device a setting names. Its form is checked with the other settings; whether this
+machine has it is checked only when a model is put on it, so a GPU cluster's settings can still be
+inspected (`msf status`, `--dry-run`) on a CPU login node."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
+
+from msf.pipeline.errors import MsfError
+
+_FORM = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def _device_form(value: str) -> str:
+    if not _FORM.fullmatch(value):
+        raise ValueError(f"{value!r} is not a device: use cpu, cuda, cuda:N or mps")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device_form)]
+
+
+class DeviceUnavailable(MsfError, RuntimeError):
+    """A device the settings name that this machine (or this build of torch/CTranslate2) lacks."""
+
+
+def require_device(device: str, setting: str, runtime: Literal["torch", "ctranslate2"] = "torch") -> None:
+    """Refuse, by name, a device that the runtime that will use it cannot reach here."""
+    if not _FORM.fullmatch(device):
+        raise DeviceUnavailable(f"{setting}={device!r} is not a device: use cpu, cuda, cuda:N or mps")
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        return
+    if runtime == "ctranslate2":
+        import ctranslate2
+
+        have = ctranslate2.get_cuda_device_count() if kind == "cuda" else 0
+        seen = f"CUDA GPUs visible to CTranslate2: {have}" if kind == "cuda" else "CTranslate2 has no mps support"
+    else:
+        import torch
+
+        if kind == "mps":
+            have = int(torch.backends.mps.is_available())
+            seen = f"Apple GPUs available to torch: {have}"
+        else:
+            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            seen = f"CUDA GPUs visible to torch: {have}" + (
+                f"; torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else "")
+    if have <= int(index or 0):
+        raise DeviceUnavailable(f"{setting}={device}: this machine has no such device ({seen}); "
+                                f"set {setting}=cpu or run where that device is")
+
+
+def place(model: Any, device: str, setting: str) -> Any:
+    """`model.to(device)` once the device is known to exist, so a missing GPU is one clear error."""
+    require_device(device, setting)
+    return model.to(device)
