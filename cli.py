@@ -15,6 +15,7 @@ import numpy as np
 import pydantic
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MSF-SER feature extraction, caching and training.")
@@ -36,19 +37,19 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except MsfError as e:
-        ERR.print(f"[bold red]error:[/] {e}", highlight=False)
+        ERR.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
     except pydantic.ValidationError as e:  # the trainer's settings, checked when TrainConfig is built
         from msf.pipeline.config import validation_problems
 
-        ERR.print(f"[bold red]error:[/] settings: {validation_problems(e)}", highlight=False)
+        ERR.print(f"[bold red]error:[/] settings: {escape(validation_problems(e))}", highlight=False)
         raise typer.Exit(2) from None
     except OSError as e:
         if (why := _path_problem(e)) is None:
             _internal_error()
-        ERR.print(f"[bold red]error:[/] {why}", highlight=False)
+        ERR.print(f"[bold red]error:[/] {escape(why)}", highlight=False)
         raise typer.Exit(2) from None
     except Exception:  # noqa: BLE001 - a bug: never dressed up as a user mistake
         _internal_error()
@@ -405,7 +406,7 @@ def corpus_demo(
     with user_errors():
         t0 = time.perf_counter()
         build_demo_corpus(out, n=n, seed=seed, workers=workers)
-    ERR.print(f"{n} utterances in {time.perf_counter() - t0:.1f} s -> {out}/manifest.csv")
+    ERR.print(f"{n} utterances in {time.perf_counter() - t0:.1f} s -> {escape(str(out))}/manifest.csv")
 
 
 AVERAGE_HELP = ("Evaluate and keep a moving average of the weights over about this many epochs (0: off; "

@@ -98,6 +98,10 @@ def load_config(
             toml = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file}: {e}") from None
+        for key, value in toml.items():  # `[acoustic]` for `[stages.acoustic]`: the common slip
+            if key not in MsfConfig.model_fields and isinstance(value, dict):
+                raise ConfigError(f"{file}: [{key}] is not a section msf reads; a stage's settings go "
+                                  f"under [stages.{key}]")
         for stage, values in toml.pop("stages", {}).items():
             data.setdefault("stages", {}).setdefault(stage, {}).update(values)
         data.update(toml)

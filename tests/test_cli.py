@@ -170,6 +170,9 @@ def test_msf_toml_in_working_directory_and_overrides(tmp_path: Path, monkeypatch
     (tmp_path / "msf.toml").write_text("corpus = [unclosed\n")
     code, _, err = invoke("extract")
     assert code == 2 and "msf.toml" in err
+    (tmp_path / "msf.toml").write_text(f'corpus = "{corpus}"\n[audio]\nmin_contrast_db = 10\n')
+    code, _, err = invoke("extract")  # the brackets reach the terminal: not taken for rich markup
+    assert code == 2 and "msf.toml: [audio] is not a section msf reads; a stage's settings go under [stages.audio]" in err
 
 
 def test_a_bug_is_reported_as_an_internal_error_not_a_user_mistake(tmp_path: Path, monkeypatch) -> None:
