@@ -155,6 +155,10 @@ def test_predict_new_audio(demo_features: Path, demo_corpus: Path, tmp_path: Pat
     res = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(tmp_path / "e"),
                                    "--epochs", "0"])
     assert res.exit_code == 2 and "settings: epochs: Input should be greater than or equal to 1" in res.output
+    res = CliRunner().invoke(app, ["ablate", "--features", str(demo_features), "--out", str(tmp_path / "ab"),
+                                   "--seeds", "0"])
+    assert res.exit_code == 2 and "--seeds is the number of training seeds per variant: at least 1" in res.output
+    assert not (tmp_path / "ab").exists()
 
 
 @pytest.mark.slow

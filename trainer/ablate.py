@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from msf.pipeline.errors import UsageError
 from msf.trainer.data import FeatureSet, parse_sources
 from msf.trainer.train import TrainConfig, train
 
@@ -26,6 +27,8 @@ def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: b
            **train_options: Any) -> dict[str, dict[str, Any]]:
     """Every variant with `seeds` training seeds; `prosody` adds the speaker-relative prosody vector to
     every variant (audio included), and `speaker_norm` (a training option) standardises the frames."""
+    if seeds < 1:
+        raise UsageError(f"--seeds is the number of training seeds per variant: at least 1, not {seeds}")
     out.mkdir(parents=True, exist_ok=True)
     extra = ",prosody" if prosody else ""
     # One read of the cache for every variant: the full source set covers them all.
