@@ -7,7 +7,8 @@ runs every row once), on CPU and on a GPU when present. Then the same at scale: 
 through the shard store (shards of 256, as extraction writes them), more than the trainer's
 in-memory budget (--memory-gb), so training streams it; the memory row runs only when the frames
 fit in --memory-gb. The scale rows train a narrower model (--scale-hidden 32), so reading the frames
-is a larger share of the epoch than with the default width.
+is a larger share of the epoch than with the default width. The shard and .npy rows both hand the
+frames as stored (float16) to the trainer's own batch assembly, which casts them: only the reads differ.
 
     python bench/train.py [--n 160] [--repeats 5] [--features CACHE] [--scale-n 20000]
 
@@ -45,7 +46,7 @@ class NpyFeatureSet(FeatureSet):
     @classmethod
     def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
         if at and at[0][0].suffix == ".npy":
-            return [np.load(p).astype(np.float32) for p, _ in at]
+            return [np.load(p) for p, _ in at]  # as stored (float16), like the shard reader
         return super()._read_frames(at)
 
 
@@ -91,7 +92,8 @@ class SyntheticFeatureSet(FeatureSet):
 def loaded(data: FeatureSet) -> FeatureSet:
     """A copy of `data` with its frames held in memory."""
     out = copy.copy(data)
-    out.splits = {k: replace(s, frames=data._read_frames(s.frames_at)) for k, s in data.splits.items()}
+    out.splits = {k: replace(s, frames=[f.astype(np.float32) for f in data._read_frames(s.frames_at)])
+                  for k, s in data.splits.items()}
     return out
 
 

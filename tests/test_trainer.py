@@ -277,3 +277,21 @@ def test_weight_averaging_keeps_the_average_over_its_horizon(demo_features: Path
     assert not all(torch.equal(best[k], v) for k, v in torch.load(run / "last.pt", weights_only=True)["model"].items())
     with pytest.raises(Exception, match="average_epochs"):
         TrainConfig(features=demo_features, average_epochs=-1)
+
+
+def test_make_batch_casts_and_pads_exactly() -> None:
+    """Stored float16 frames (one layer or several) arrive as float32, bit-equal to numpy's cast, and
+    zero past each length, however the copy is cut into pieces."""
+    import numpy as np
+
+    from msf.trainer.data import make_batch
+
+    rng = np.random.default_rng(0)
+    for shape in ((384,), (3, 200)):  # 85 and 54 frames per piece
+        frames = [rng.standard_normal((n, *shape)).astype(np.float16) for n in (1, 54, 55, 130)]
+        b = make_batch(frames, {}, np.ones(4, bool), np.zeros((4, 3), np.float32), ["a", "b", "c", "d"])
+        assert b.frames.dtype == np.float32 and b.frames.shape == (4, 130, *shape)
+        for k, f in enumerate(frames):
+            assert np.array_equal(b.frames[k, : len(f)], f.astype(np.float32))
+            assert not b.frames[k, len(f) :].any()
+        assert b.lengths.tolist() == [1, 54, 55, 130]

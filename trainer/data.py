@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from msf.pipeline.cache_index import Entry
 from msf.pipeline.cache_view import CacheView
@@ -24,6 +25,7 @@ from msf.pipeline.shard_store import ShardReader
 SOURCES = ("audio", "gs", "les", "es", "prosody")
 STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended", "prosody": "emphasis"}
 TARGETS = ("valence", "arousal", "dominance")
+TORCH_GRAIN = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops run on the calling thread
 
 
 def source_vector(source: str, record: dict) -> np.ndarray:
@@ -164,10 +166,10 @@ class FeatureSet:
         self.frame_shape = first.shape[1:]
         self.vector_dims = {s: v.shape[1] for s, v in self.splits["train"].vectors.items()}
         total = sum(len(s.ids) for s in self.splits.values())
-        est_gb = total * first.nbytes * 4 / 1e9  # float16 -> float32, plus length variation
+        est_gb = total * first.nbytes * 8 / 1e9  # float16 -> float32, plus length variation
         if in_memory if in_memory is not None else est_gb < memory_limit_gb:
             for s in self.splits.values():
-                s.frames = self._read_frames(s.frames_at)
+                s.frames = [f.astype(np.float32) for f in self._read_frames(s.frames_at)]  # cast once
         self.speaker_stats = self._speaker_stats() if speaker_norm else None
 
     def _speaker_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -202,14 +204,15 @@ class FeatureSet:
 
     @classmethod
     def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
-        """Frames (float32) of several utterances in the order given, one read per shard."""
+        """Frames of several utterances in the order given, as stored (float16), one read per shard;
+        `make_batch` casts them as it pads."""
         by_shard: dict[Path, list[int]] = defaultdict(list)
         for k, (path, _) in enumerate(at):
             by_shard[path].append(k)
         out: list[np.ndarray | None] = [None] * len(at)
         for path, ks in by_shard.items():
             for k, f in zip(ks, cls._reader.array_rows(path, "frames", [at[k][1] for k in ks])):
-                out[k] = f.astype(np.float32)
+                out[k] = f
         return out  # type: ignore[return-value]
 
     def batches(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
@@ -261,8 +264,19 @@ def _records(view: CacheView, entries: list[Entry]) -> dict[str, dict]:
 
 def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mask: np.ndarray,
                labels: np.ndarray, ids: list[str]) -> Batch:
+    """The frames (float16 as stored, or float32) cast and padded into one float32 array. torch casts
+    (numpy's float16 cast is not vectorised): 2.2 ms per batch of 32 demo utterances, against 6.2 ms
+    cast by numpy and 15.6 ms with a float32 copy of each utterance first. Copies stay under torch's
+    parallel grain (32,768 elements), so they run on the calling thread (the read-ahead thread) and
+    never wake the intra-op threads the training step is using: whole-utterance copies made epochs
+    slower, not faster."""
     lengths = np.array([len(f) for f in frames])
     out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.float32)
+    dst = torch.from_numpy(out)
     for b, f in enumerate(frames):
-        out[b, : len(f)] = f
+        src = torch.from_numpy(f)
+        step = max(1, TORCH_GRAIN // max(1, int(np.prod(f.shape[1:]))))
+        for i in range(0, len(f), step):
+            j = min(i + step, len(f))
+            dst[b, i:j] = src[i:j]
     return Batch(out, lengths, vectors, les_mask, labels, ids)
