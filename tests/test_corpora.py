@@ -50,6 +50,24 @@ def test_manifest_missing_required_column(tmp_path: Path) -> None:
         load_corpus(str(tmp_path / "m.csv"))
 
 
+def test_spreadsheet_csv_exports_read_as_they_are(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" (a byte-order mark), ";"-separated CSV (many locales) and CRLF line ends read
+    like a plain CSV; a manifest that is not UTF-8 is one clear error."""
+    write_tone(tmp_path / "a.wav")
+    rows = [["id", "audio", "transcript", "split", "valence", "arousal", "dominance"],
+            ["a", "a.wav", "well, hello", "train", "4.5", "3", "5"]]
+    plain = "\n".join(",".join(f'"{v}"' if "," in v else v for v in r) for r in rows) + "\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + plain.encode())
+    (tmp_path / "semi.csv").write_text("\r\n".join(";".join(r) for r in rows) + "\r\n", newline="")
+    for name in ("bom.csv", "semi.csv"):
+        c = load_corpus(str(tmp_path / name))
+        assert [(u.id, u.transcript, u.labels) for u in c.utterances] == [("a", "well, hello", (4.5, 3.0, 5.0))]
+        assert not c.problems
+    (tmp_path / "u16.csv").write_text(plain, encoding="utf-16")
+    with pytest.raises(CorpusError, match="u16.csv is not UTF-8 text .* save the manifest as UTF-8"):
+        load_corpus(str(tmp_path / "u16.csv"))
+
+
 def test_unknown_spec() -> None:
     with pytest.raises(CorpusError, match="unknown corpus spec"):
         load_corpus("nowhere")

@@ -12,6 +12,7 @@ from typing import Iterator
 from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError
 
 REQUIRED = ("id", "audio")
+DELIMITERS = (",", ";", "\t")  # spreadsheets in many locales save CSV with ";"
 
 
 COLUMNS = ("id", "audio", "transcript", "speaker", "split", "valence", "arousal", "dominance", "alignment")
@@ -21,7 +22,7 @@ def _rows(path: Path) -> Iterator[tuple[str, list[str] | None]]:
     """(file:row, values in COLUMNS order) per row; None for a row that is not a JSON object."""
     name = path.name
     if path.suffix.lower() == ".jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -34,8 +35,13 @@ def _rows(path: Path) -> Iterator[tuple[str, list[str] | None]]:
                     continue
                 yield f"{name}:{n}", ["" if row.get(c) is None else str(row[c]) for c in COLUMNS]
         return
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)  # plain rows, picked by index: DictReader costs twice as much at 100k rows
+    # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark, which would end up in "id"
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        first = f.readline()
+        f.seek(0)
+        delimiter = next((d for d in DELIMITERS if set(REQUIRED) <= set(next(csv.reader([first], delimiter=d)))),
+                         ",")
+        reader = csv.reader(f, delimiter=delimiter)  # plain rows by index: DictReader costs 2x at 100k rows
         header = next(reader, [])
         missing = [c for c in REQUIRED if c not in header]
         if missing:
@@ -61,7 +67,12 @@ def read(
         raise CorpusError(f"manifest not found: {path}")
     base = os.path.abspath(path.parent)  # relative paths are relative to the manifest
     b = CorpusBuilder(label_range, check_audio)
-    for where, row in _rows(path):
+    try:
+        rows = list(_rows(path))
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save the manifest "
+                          "as UTF-8") from None
+    for where, row in rows:
         if row is None:
             b.problem(where, "not a JSON object")
             continue
