@@ -141,6 +141,8 @@ def test_predict_new_audio(demo_features: Path, demo_corpus: Path, tmp_path: Pat
                                    "--transcript", "the quarterly revenue report shows strong growth"])
     wrong = json.loads(res.stdout.strip().splitlines()[-1])[0]
     assert wrong["error"].startswith("align: the transcript does not match the audio")
+    res = CliRunner().invoke(app, ["predict", *wavs, "--run", str(tmp_path / "run"), "--transcript", "the words"])
+    assert res.exit_code == 2 and "--transcript gives the words of one file; 2 were given" in res.output
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.wav"), "--run", str(tmp_path / "run")])
     assert res.exit_code == 2 and "audio not found" in res.output
     res = CliRunner().invoke(app, ["predict", wavs[0], "--run", str(tmp_path)])  # the folder above the run

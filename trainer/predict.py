@@ -12,7 +12,7 @@ import torch
 
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpus import Corpus, Utterance
-from msf.pipeline.errors import NotFound
+from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.executors import InProcessExecutor
 from msf.pipeline.extraction import Extraction
 from msf.pipeline.progress import STDERR
@@ -22,6 +22,9 @@ from msf.trainer.train import load_run, to_tensors
 
 def predict(audio: list[Path], run: Path, transcript: str | None = None, device: str = "cpu",
             progress: bool = True) -> list[dict[str, Any]]:
+    if transcript and len(audio) > 1:  # one text for several files would fail all but (at most) one
+        raise UsageError(f"--transcript gives the words of one file; {len(audio)} were given (predict them one "
+                         "at a time, or leave --transcript out and Whisper transcribes each)")
     model, cfg = load_run(run, device)
     config = MsfConfig.model_validate_json((run / "extraction.json").read_text())
     stages = dict(config.stages)
