@@ -1,4 +1,5 @@
-"""One writer per cache: an advisory flock that the kernel releases even on kill -9."""
+"""One writer per cache (and per training run): an advisory flock that the kernel releases even on
+kill -9."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ class CacheBusy(MsfError, RuntimeError):
 
 
 class CacheLock:
-    def __init__(self, root: Path, wait_s: float = 0.0):
+    """`kind` and `way_out` name the folder and the option to pick another in the busy message."""
+
+    def __init__(self, root: Path, wait_s: float = 0.0, kind: str = "cache",
+                 way_out: str = "(or pass --wait SECONDS), or use another --cache"):
         self.path = root / ".lock"
         self.wait_s = wait_s
+        self.kind, self.way_out = kind, way_out
         self._fd: int | None = None
 
     def __enter__(self) -> "CacheLock":
@@ -48,8 +53,7 @@ class CacheLock:
             who = f"msf process {h['pid']} on {h['host']} (since {h['since']})"
         except (ValueError, KeyError):
             who = "another msf process"
-        return (f"the cache {self.path.parent} is in use by {who}; wait for it to finish "
-                "(or pass --wait SECONDS), or use another --cache")
+        return f"the {self.kind} {self.path.parent} is in use by {who}; wait for it to finish {self.way_out}"
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:

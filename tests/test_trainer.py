@@ -119,6 +119,16 @@ def test_kill9_inside_training_batches_then_resume_equals_an_uninterrupted_run(d
     assert resumed["test"] == clean["test"] and resumed["dev"] == clean["dev"]
 
 
+def test_a_run_being_trained_is_not_trained_into_twice(demo_features: Path, tmp_path: Path) -> None:
+    from msf.pipeline.lock import CacheBusy, CacheLock
+
+    with CacheLock(tmp_path / "run"):  # what a first `msf train --out run` holds while it trains
+        with pytest.raises(CacheBusy, match=r"the run .*run is in use by msf process \d+ .*; wait for it to "
+                                            r"finish or use another --out"):
+            train(TrainConfig(features=demo_features, **FAST), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_predict_new_audio(demo_features: Path, demo_corpus: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

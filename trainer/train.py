@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from msf.pipeline.device import Device, place
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.faults import fault_point
+from msf.pipeline.lock import CacheLock
 from msf.pipeline.progress import STDERR
 from msf.trainer.data import TARGETS, Batch, FeatureSet, parse_sources
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
@@ -160,7 +161,13 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
     sources = parse_sources(cfg.sources)
     if cfg.fusion not in ("fm-moe", "concat"):
         raise UsageError(f"--fusion must be fm-moe or concat, not {cfg.fusion!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    # The same command started twice (two terminals, a resubmitted job) would interleave checkpoints.
+    with CacheLock(out, kind="run", way_out="or use another --out"):
+        return _train(cfg, out, sources, progress, data)
+
+
+def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool,
+           data: FeatureSet | None) -> dict[str, Any]:
     resolved = cfg.model_dump(mode="json")
     last = out / "last.pt"
     if (out / "config.json").exists() and last.exists():
