@@ -64,6 +64,18 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _recorded_corpus(config: MsfConfig) -> str:
+    """What the feature set was last extracted from, to suggest when a rerun names no corpus."""
+    if config.cache is None or not (config.cache / "index.sqlite").is_file():
+        return ""
+    store = ShardStore(config.cache, readonly=True)
+    try:
+        record = store.index.feature_set(config.name)
+    finally:
+        store.close()
+    return f" (feature set {config.name!r} of {config.cache} was extracted from {record.corpus})" if record else ""
+
+
 class Extraction:
     """One cache, one corpus, one resolved configuration, recorded under a feature-set name."""
 
@@ -71,7 +83,7 @@ class Extraction:
                  dry_run: bool = False):
         """`dry_run`: the cache is opened read-only (and not created); only `dry_run()` makes sense."""
         if corpus is None and config.corpus is None:
-            raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml")
+            raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml" + _recorded_corpus(config))
         load_plugins(config.plugins)
         for name in config.stages:  # a mistyped setting fails now, not after the content-hash pass
             config.params_for(stage_class(name))

@@ -30,6 +30,8 @@ def test_extract_status_show_json(tmp_path: Path) -> None:
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stages"]["audio"]["computed"] == 5 and summary["stages"]["audio"]["failed"] == 1
     assert set(summary["stages"]["audio"]) == {"computed", "reused", "failed", "seconds"}
+    code, _, err = invoke("extract", "--cache", cache, "--stage", "audio")  # a rerun that names no corpus
+    assert code == 2 and "no corpus: pass --corpus SPEC" in err and f"was extracted from {corpus}" in err
 
     code, out, _ = invoke("status", "--cache", cache, "--json")
     counts = json.loads(out)["stages"]["audio"]
