@@ -110,6 +110,7 @@ class CacheIndex:
         """`readonly` (a dry run): SQLite refuses every write, and a cache that does not exist yet is
         an empty index in memory, so nothing is created on disk."""
         self.path = root / "index.sqlite"
+        self.commits = 0  # shards' results committed through this index object (Extraction.run reads it)
         try:
             self._open(root, readonly)
         except sqlite3.DatabaseError as e:  # overwritten, truncated, or not SQLite at all
@@ -203,6 +204,7 @@ class CacheIndex:
     def commit(self, entries: Iterable[Entry], failures: Iterable[Failure]) -> None:
         """One shard's results in one transaction. A success clears the failure of its own fingerprint
         only; a failure leaves every stored variant in place (they are still what their fingerprints say)."""
+        self.commits += 1
         with self.transaction():
             rows = [(e.stage, e.utt, e.fingerprint, e.shard, e.row, e.checksum, e.bytes, e.params, e.audio,
                      e.fields, e.upstream, e.grp, e.created or time.time()) for e in entries]

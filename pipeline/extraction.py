@@ -196,20 +196,34 @@ class Extraction:
             unchanged = self._unchanged(stages)
             if unchanged is not None:
                 return unchanged
-            with progress_bar(progress) as bar:
-                self._hash_with_progress(bar)
-                self._record(stages)
-                keys = self.completion_keys(stages)
-                complete = self._complete(keys)  # everything fresh at the last run with these very inputs
-                if complete is not None:
-                    return complete
-                plan = self.plan(stages)
-                if not force:
-                    self._check_free_space(plan)
-                reports: dict[str, StageReport] = {}
-                for name in plan.order:
-                    reports[name] = self._run_stage(bar, plan, name, keys[name])
-            return reports
+            index = self.store.index
+            previous, commits = index.feature_set(self.config.name), index.commits
+            try:
+                with progress_bar(progress) as bar:
+                    self._hash_with_progress(bar)
+                    self._record(stages)
+                    keys = self.completion_keys(stages)
+                    complete = self._complete(keys)  # everything fresh at the last run with these very inputs
+                    if complete is not None:
+                        return complete
+                    plan = self.plan(stages)
+                    if not force:
+                        self._check_free_space(plan)
+                    reports: dict[str, StageReport] = {}
+                    for name in plan.order:
+                        reports[name] = self._run_stage(bar, plan, name, keys[name])
+                return reports
+            except BaseException:
+                # A run that stopped before committing anything (a model that cannot load, no scheduler,
+                # a full disk) leaves the feature set as it was: re-recorded with settings nothing was
+                # extracted with, it would point training at nothing and `cache gc` at the features
+                # that do exist. After a commit the new settings stand, so gc keeps the partial work.
+                if index.commits == commits:
+                    if previous is not None:
+                        index.record_set(previous)
+                    else:
+                        index.forget_set(self.config.name)
+                raise
 
     # -- what it would cost ----------------------------------------------------------------
     def _to_compute(self, plan: Plan, name: str) -> tuple[StageState, list[str]]:

@@ -115,6 +115,29 @@ def test_a_full_disk_is_a_user_problem_and_other_os_errors_stay_bugs() -> None:
     assert _path_problem(ConnectionResetError(errno.ECONNRESET, "reset")) is None
 
 
+def test_a_run_that_stops_before_committing_anything_leaves_the_feature_set_as_it_was(tmp_path: Path) -> None:
+    """A model that cannot load must not re-point the feature set at settings nothing was extracted
+    with: training would find nothing, and `cache gc` would offer to delete the features that exist."""
+    corpus = write_manifest(tmp_path / "c", 2)
+    cache = str(tmp_path / "cache")
+    assert invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "audio")[0] == 0
+    before = json.loads(invoke("status", "--cache", cache, "--json")[1])
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align",
+                          "--set", "align.model=/no/such/model")
+    assert code == 2 and "cannot be loaded offline" in err  # audio was fresh: nothing was committed
+    assert json.loads(invoke("status", "--cache", cache, "--json")[1])["stages"] == before["stages"]
+    code, out, _ = invoke("cache", "gc", "--cache", cache)
+    assert code == 0 and "would remove 0 entries" in out
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align",
+                          "--set", "align.model=/no/such/model", "--set", "audio.min_contrast_db=3")
+    assert code == 2  # this time the audio stage committed its new entries first: the new settings stand
+    after = json.loads(invoke("status", "--cache", cache, "--json")[1])["stages"]
+    assert after["audio"]["fresh"] == 2 and after["align"]["missing"] == 2
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align", "--name", "new",
+                          "--set", "align.model=/no/such/model")
+    assert code == 2 and "no feature set 'new'" in invoke("status", "--cache", cache, "--name", "new")[2]
+
+
 def test_second_writer_gets_a_clear_message(tmp_path: Path) -> None:
     corpus = write_manifest(tmp_path / "c", 2)
     cache = tmp_path / "cache"
