@@ -289,6 +289,7 @@ def inspect(
     from msf.pipeline.stages.emphasis import EmphasisStage
 
     with user_errors():
+        _check_figure_path(out, utt)
         view = _view(cache, name)
         try:
             u = next((u for u in view.utterances if u.id == utt), None)
@@ -304,6 +305,21 @@ def inspect(
         finally:
             view.close()
     OUT.print(f"wrote {out}" + ("" if wave is not None else " (audio not found: words and cached prosody only)"))
+
+
+def _check_figure_path(out: Path, utt: str) -> None:
+    """matplotlib would write OUT/.png for a folder and PATH.png for a name without a suffix, and
+    raise a bare ValueError for a suffix it cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from msf.pipeline.errors import UsageError
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name the file to write, e.g. {out / (utt + '.png')}")
+    if out.suffix.lstrip(".").lower() not in kinds:
+        raise UsageError(f"--out {out}: the figure is written as .png, .pdf, .svg or another of "
+                         f"{', '.join(sorted(kinds))}; end the name with one")
 
 
 @contextmanager

@@ -101,3 +101,7 @@ def test_inspect_draws_one_utterance(demo_corpus: Path, tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     res = CliRunner().invoke(app, ["inspect", "nope", "--cache", str(tmp_path / "cache"), "--out", str(out)])
     assert res.exit_code == 2 and "no utterance 'nope'" in res.output
+    for bad, says in [(tmp_path, "is a folder; name the file to write"), (tmp_path / "fig.txt", "end the name with one")]:
+        res = CliRunner().invoke(app, ["inspect", "demo_00001", "--cache", str(tmp_path / "cache"), "--out", str(bad)])
+        assert res.exit_code == 2 and says in res.output, res.output
+    assert not (tmp_path / ".png").exists()
