@@ -198,16 +198,17 @@ def corpus_digest(spec: str, label_range: tuple[float, float] | None = None) -> 
 READERS = ("msp-podcast", "iemocap", "demo")
 
 
-def corpus_path(spec: str) -> Path:
-    """The manifest file or corpus root a spec names; an unknown form or a path that does not exist
-    is refused here, cheaply, before a cache is made for it."""
+def corpus_source(spec: str) -> tuple[str, Path]:
+    """(reader, path) a spec names: one of READERS and the corpus root, or "manifest" and the manifest
+    file. An unknown form or a path that does not exist is refused here, cheaply, before a cache is
+    made for it."""
     kind, _, rest = spec.partition(":")
     if rest and kind in READERS:
         path = Path(rest).expanduser()
         if not path.is_dir():
             raise CorpusError(f"no {kind} corpus at {path}: the folder does not exist" + (
                 f" (build one with `msf corpus demo {path}`)" if kind == "demo" else ""))
-        return path
+        return kind, path
     path = Path(spec).expanduser()
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise CorpusError(
@@ -216,7 +217,7 @@ def corpus_path(spec: str) -> Path:
         )
     if not path.is_file():
         raise CorpusError(f"manifest not found: {path}")
-    return path
+    return "manifest", path
 
 
 def load_corpus(spec: str, label_range: tuple[float, float] | None = None, check_audio: bool = True) -> Corpus:
@@ -225,13 +226,12 @@ def load_corpus(spec: str, label_range: tuple[float, float] | None = None, check
     `check_audio=False` reads labels and splits only (training elsewhere, where the audio is not)."""
     from msf.pipeline.corpora import demo, iemocap, manifest, msp_podcast
 
-    path = corpus_path(spec)
-    readers = {"msp-podcast": msp_podcast.read, "iemocap": iemocap.read, "demo": demo.read}
-    kind, _, rest = spec.partition(":")
-    if rest and kind in readers:
-        corpus = readers[kind](path, spec, check_audio=check_audio)
-    else:
+    kind, path = corpus_source(spec)
+    if kind == "manifest":
         corpus = manifest.read(path, spec, label_range=label_range, check_audio=check_audio)
+    else:
+        readers = {"msp-podcast": msp_podcast.read, "iemocap": iemocap.read, "demo": demo.read}
+        corpus = readers[kind](path, spec, check_audio=check_audio)
     if not corpus.utterances:  # nothing to extract or label: say so rather than run on nothing
         refused = [str(p) for p in corpus.problems]
         raise CorpusError(f"{spec} has no usable utterances" + (

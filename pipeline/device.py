@@ -29,8 +29,10 @@ class DeviceUnavailable(MsfError, RuntimeError):
 
 def require_device(device: str, setting: str, runtime: Literal["torch", "ctranslate2"] = "torch") -> None:
     """Refuse, by name, a device that the runtime that will use it cannot reach here."""
-    if not _FORM.fullmatch(device):
-        raise DeviceUnavailable(f"{setting}={device!r} is not a device: use cpu, cuda, cuda:N or mps")
+    try:
+        _device_form(device)
+    except ValueError as e:  # an API caller's string that no settings validation saw
+        raise DeviceUnavailable(f"{setting}={e}") from None
     kind, _, index = device.partition(":")
     if kind == "cpu":
         return

@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from msf.pipeline.cache_index import FeatureSetRecord, Failure
 from msf.pipeline.config import ConfigError, MsfConfig
-from msf.pipeline.corpus import Corpus, corpus_digest, corpus_path, load_corpus
+from msf.pipeline.corpus import Corpus, corpus_digest, corpus_source, load_corpus
 from msf.pipeline.errors import MsfError, NotFound, UsageError
 from msf.pipeline.estimate import (Estimate, StageCost, audio_durations, calibrate as calibrate_stages,
                                    estimate_stage, pick_for_calibration)
@@ -88,7 +88,7 @@ class Extraction:
         for name in config.stages:  # a mistyped setting fails now, not after the content-hash pass
             config.params_for(stage_class(name))
         if corpus is None:
-            corpus_path(config.corpus)  # a mistyped --corpus leaves no empty cache behind
+            corpus_source(config.corpus)  # a mistyped --corpus leaves no empty cache behind
         self.config = config
         self._corpus = corpus
         self.root = config.cache_dir()

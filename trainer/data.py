@@ -273,9 +273,9 @@ def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mas
     lengths = np.array([len(f) for f in frames])
     out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.float32)
     dst = torch.from_numpy(out)
+    step = max(1, TORCH_GRAIN // max(1, int(np.prod(out.shape[2:]))))  # frames per piece
     for b, f in enumerate(frames):
         src = torch.from_numpy(f)
-        step = max(1, TORCH_GRAIN // max(1, int(np.prod(f.shape[1:]))))
         for i in range(0, len(f), step):
             j = min(i + step, len(f))
             dst[b, i:j] = src[i:j]
