@@ -24,8 +24,10 @@ on a port the OS picks.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import socket
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from msf.pipeline.errors import MsfError
@@ -72,6 +74,22 @@ class SchedulerUnreachable(MsfError):
     """`--scheduler` names an address where no Dask scheduler answers."""
 
 
+def unreachable(address: str) -> str | None:
+    """Why nothing listens at a TCP/TLS scheduler address, or None (other transports are left to Dask).
+    A plain socket, before any Client: Dask's Client retries a refused connection until its timeout, and
+    one that fails leaves its IO-loop thread running for the rest of the process."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return None
+        with socket.create_connection(parse_host_port(location), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except (OSError, ValueError) as e:
+        return str(e)
+
+
 class DaskExecutor:
     """A local Dask cluster (threads in this process for one worker, else worker processes), or an
     existing cluster by address. Started on first use, so a run with nothing to do starts nothing."""
@@ -91,13 +109,23 @@ class DaskExecutor:
             os.environ.setdefault("DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH", "0")  # worker processes too
 
             if self.scheduler:
-                try:
-                    self._client = Client(self.scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
-                except (OSError, ValueError) as e:  # refused, timed out, or not an address Dask parses
+                problem = unreachable(self.scheduler)
+                if problem is None:
+                    try:
+                        self._client = Client(self.scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+                    except (OSError, ValueError) as e:  # it went away since the probe
+                        problem = str(e)
+                if problem is not None:
+                    # A half-built Client keeps an IO-loop thread whose only way out is its finalizer, in
+                    # a reference cycle with the exception. Collect it here, in this thread: a later
+                    # collection can run it inside the next cluster's new loop thread before that thread
+                    # reports itself started, where it waits for LoopRunner's class lock that the starting
+                    # thread holds, and both wait for ever (a test process that ran several extracts hung so).
+                    gc.collect()
                     raise SchedulerUnreachable(
-                        f"cannot reach the Dask scheduler at {self.scheduler} ({e}); start one with "
+                        f"cannot reach the Dask scheduler at {self.scheduler} ({problem}); start one with "
                         "`dask scheduler` and its workers with `dask worker ADDRESS`, or drop --scheduler "
-                        "to run local workers") from None
+                        "to run local workers")
             else:
                 dask.config.set(QUIET_LOCAL_CLUSTER)
                 self._cluster = LocalCluster(n_workers=self._workers, threads_per_worker=1,

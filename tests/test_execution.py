@@ -187,3 +187,50 @@ def test_two_local_clusters_side_by_side_listen_on_loopback_without_a_port_warni
     assert not [w for w in caught if "already in use" in str(w.message)]
     assert opened and all(ip == "127.0.0.1" for ip, _ in opened), opened
     assert 8787 not in {port for _, port in opened}
+
+
+def test_an_unreachable_scheduler_leaves_no_event_loop_thread_behind() -> None:
+    """The refused Client's IO-loop thread is stopped before the error reaches the caller. Left for a later
+    garbage collection, its finalizer could run inside the next local cluster's loop-thread start and
+    deadlock there (a test process that ran several extracts hung so)."""
+    import socket
+    import threading
+
+    from msf.pipeline.executors import DaskExecutor, SchedulerUnreachable
+
+    with socket.socket() as s:  # a loopback port with nothing listening on it: refused at once
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    loops_before = {t for t in threading.enumerate() if t.name == "IO loop"}
+    for scheduler in (address, "no-port-here"):
+        ex = DaskExecutor(scheduler=scheduler)
+        with pytest.raises(SchedulerUnreachable, match="cannot reach the Dask scheduler"):
+            ex.run(int, [("7",)], window=1).__next__()
+        ex.close()
+    assert {t for t in threading.enumerate() if t.name == "IO loop"} <= loops_before
+
+
+DEADLOCK_PROBE = """
+import gc, threading
+from msf.pipeline.executors import DaskExecutor, SchedulerUnreachable
+try:
+    DaskExecutor(scheduler="no-port-here").client
+except SchedulerUnreachable:
+    pass
+gc.disable()  # whatever the refused run left stays uncollected until...
+bootstrap = threading.Thread._bootstrap_inner
+def collect_then_bootstrap(self):
+    gc.collect()  # ...a collection inside the next thread's start: the fixed point of the fault
+    bootstrap(self)
+threading.Thread._bootstrap_inner = collect_then_bootstrap
+ex = DaskExecutor(workers=1)
+print([r for _, r in ex.run(int, [("7",)], window=1)])
+ex.close()
+"""
+
+
+def test_a_local_cluster_starts_after_an_unreachable_scheduler_whenever_garbage_is_collected() -> None:
+    """The hang behind a test that timed out once under load, made certain: a refused Client collected
+    while the next cluster's loop thread starts. Before the fix this deadlocked every time."""
+    r = subprocess.run([sys.executable, "-c", DEADLOCK_PROBE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[7]", r.stderr[-2000:]
