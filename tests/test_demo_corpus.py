@@ -11,7 +11,7 @@ import numpy as np
 import parselmouth
 import soundfile as sf
 
-from msf.pipeline.corpora.demo import KEYWORDS, build_demo_corpus
+from msf.pipeline.corpora.demo import KEYWORDS, LABEL_NOISE, build_demo_corpus, draw_specs
 from msf.pipeline.corpus import load_corpus
 
 
@@ -99,3 +99,17 @@ def test_emphasised_words_are_longer_louder_and_higher(demo_corpus: Path) -> Non
     assert dur_ratio > 1.2, dur_ratio  # longer
     assert decibels > 3.0, decibels  # louder
     assert semitones > 1.5, semitones  # higher
+
+
+def test_the_labels_are_the_rule_plus_noise() -> None:
+    """`clean` is what a perfect model predicts (bench/label_ceiling.py's ceiling): the manifest's labels
+    differ from it by the label noise alone, and valence follows the documented rule."""
+    specs = draw_specs(300, 0)
+    clean = np.array([s.clean for s in specs])
+    noisy = np.array([(s.valence, s.arousal, s.dominance) for s in specs])
+    inside = (noisy > 1) & (noisy < 7)  # clipping to the scale bends the noise at the ends
+    assert abs((noisy - clean)[inside].std() - LABEL_NOISE) < 0.03 and abs((noisy - clean)[inside].mean()) < 0.03
+    for s in specs[:40]:
+        s1, s2 = KEYWORDS[s.words[1]], KEYWORDS[s.words[3]]
+        m = (s1 + s2) / 2 if s.emphasis < 0 else (s1 + s2) / 2 + 0.7 * ((s1, s2)[s.emphasis] - (s1 + s2) / 2)
+        assert abs(s.clean[0] - (4 + 2.5 * m)) < 1e-3

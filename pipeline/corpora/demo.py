@@ -82,6 +82,7 @@ class UtteranceSpec:
     valence: float
     arousal: float
     dominance: float
+    clean: tuple[float, float, float]  # (V, A, D) by the rule, before label noise: all a model can learn
     noise_seed: int
 
     def text(self, ssml: bool) -> str:
@@ -129,6 +130,7 @@ def draw_specs(n: int, seed: int) -> list[UtteranceSpec]:
             connector="but" if (s1 > 0) != (s2 > 0) else "and", mood=mood, emphasis=emphasis,
             rate=rate, pitch=pitch, pitch_range=prange, volume=volume,
             valence=round(v, 3), arousal=round(a, 3), dominance=round(d, 3),
+            clean=(round(valence, 3), round(arousal, 3), round(dominance, 3)),
             noise_seed=int(rng.integers(2**31)),
         ))
     return specs
