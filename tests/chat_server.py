@@ -13,8 +13,9 @@ Behaviour = tuple
 
 
 class ChatServer:
-    def __init__(self, script: Callable[[int, str], Behaviour], latency_s: float = 0.0, port: int = 0):
-        self.script, self.latency_s = script, latency_s
+    def __init__(self, script: Callable[[int, str], Behaviour], port: int = 0):
+        self.script = script
+        self.stopped = False
         self.requests: list[tuple[float, dict, dict]] = []  # time, headers, body
         self.lock = threading.Lock()
         server = self
@@ -27,7 +28,7 @@ class ChatServer:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802
-                if getattr(server, "_stopped", False):  # gone: drop even kept-alive connections
+                if server.stopped:  # gone: drop even kept-alive connections
                     self.close_connection = True
                     return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -36,8 +37,6 @@ class ChatServer:
                     server.requests.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
                 prompt = body["messages"][-1]["content"]
                 b = server.script(n, prompt)
-                if server.latency_s:
-                    time.sleep(server.latency_s)
                 if b[0] == "hang":
                     time.sleep(b[1])
                     b = ("answer", "a late answer that nobody is waiting for anymore")
@@ -78,7 +77,16 @@ class ChatServer:
 
     def stop(self) -> None:
         """The endpoint goes away: no more connections are accepted."""
-        if not getattr(self, "_stopped", False):
-            self._stopped = True
-            self.httpd.shutdown()
-            self.httpd.server_close()
+        if not self.stopped:
+            self.stopped = True
+            self._close()
+
+    def go_away_after_this_answer(self) -> None:
+        """For a script: the request being handled is still answered, every later one is dropped from
+        now on (not once a shutdown thread gets to run), and the server then closes."""
+        self.stopped = True
+        threading.Thread(target=self._close, daemon=True).start()  # shutdown() waits for serve_forever
+
+    def _close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

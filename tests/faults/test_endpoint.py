@@ -4,7 +4,6 @@ wrong cached; once it is back, a rerun asks only for what is missing, and a thir
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 from chat_server import ChatServer
@@ -30,10 +29,10 @@ def test_endpoint_goes_away_mid_run_then_comes_back(tmp_path: Path) -> None:
 
     def dying(n: int, prompt: str):  # noqa: ANN202
         if n == 2:  # the third request is answered, then the endpoint disappears
-            threading.Thread(target=holder["s"].stop, daemon=True).start()
+            holder["s"].go_away_after_this_answer()
         return ANSWER
 
-    with ChatServer(dying, latency_s=0.2) as server:
+    with ChatServer(dying) as server:
         holder["s"] = server
         port = server.httpd.server_address[1]
         ex, report = _run(corpus, cache, server.url)
