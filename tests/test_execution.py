@@ -69,8 +69,11 @@ def test_ctrl_c_says_what_is_kept_and_the_rerun_computes_only_the_rest(tmp_path:
     # audio first, so every commit of the interrupted run is a toy_slow shard of 3 entries
     subprocess.run(_msf("extract", *common, "audio"), check=True, capture_output=True)
     common.append("toy_slow")
+    # A foreground process's SIGINT: a shell without job control starts background jobs (`make test &`
+    # in a script) with SIGINT ignored, the child inherits that, and the signal would do nothing.
     proc = subprocess.run(_msf("extract", *common), env={**os.environ, "MSF_KILL_AT": "commit:2:INT"},
-                          capture_output=True, text=True)
+                          capture_output=True, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "interrupted; everything committed so far is kept" in proc.stderr and "Traceback" not in proc.stderr
     assert _entries(tmp_path / "cache", "toy_slow") == 6
