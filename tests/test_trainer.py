@@ -307,3 +307,14 @@ def test_make_batch_casts_and_pads_exactly() -> None:
             assert np.array_equal(b.frames[k, : len(f)], f.astype(np.float32))
             assert not b.frames[k, len(f) :].any()
         assert b.lengths.tolist() == [1, 54, 55, 130]
+
+
+def test_the_ablation_table_shows_the_spread_over_training_seeds() -> None:
+    from msf.trainer.ablate import table
+
+    runs = [{"ccc_valence": v, "ccc_arousal": 0.5, "ccc_dominance": 0.5, "ccc_mean": m} for v, m in ((0.7, 0.6), (0.9, 0.8))]
+    row = {"ccc_valence": 0.8, "ccc_arousal": 0.5, "ccc_dominance": 0.5, "ccc_mean": 0.7}
+    lines = table({"audio": {**row, "runs": runs}}).splitlines()
+    assert lines[0].endswith("| CCC mean | CCC mean, sd over seeds |")
+    assert lines[2] == "| audio | 0.800 | 0.500 | 0.500 | 0.700 | 0.141 |"  # stdev(0.6, 0.8)
+    assert table({"audio": {**row, "runs": runs[:1]}}).splitlines()[2] == "| audio | 0.800 | 0.500 | 0.500 | 0.700 |"

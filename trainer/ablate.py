@@ -6,6 +6,7 @@ utterances a single run's CCC moves by several hundredths with the seed alone.""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,13 @@ def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: b
     return results
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    lines = ["| variant | CCC valence | CCC arousal | CCC dominance | CCC mean |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in COLUMNS) + " |" for k, v in results.items()]
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """Mean CCC per variant and, with several training seeds, the seeds' sd of the mean CCC: on a few
+    hundred utterances two variants closer than that are not told apart by this ablation."""
+    spread = all(len(v.get("runs", [])) > 1 for v in results.values())
+    lines = ["| variant | CCC valence | CCC arousal | CCC dominance | CCC mean |" + (" CCC mean, sd over seeds |" if spread else ""),
+             "|---|---|---|---|---|" + ("---|" if spread else "")]
+    for k, v in results.items():
+        sd = f" {statistics.stdev(r['ccc_mean'] for r in v['runs']):.3f} |" if spread else ""
+        lines.append(f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in COLUMNS) + " |" + sd)
     return "\n".join(lines) + "\n"

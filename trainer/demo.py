@@ -79,7 +79,8 @@ def run_demo(out: Path, n: int = 300, seed: int = 0, workers: int = 2,
         f"{results['audio+gs+les']['ccc_valence'] - results['audio+gs']['ccc_valence']:+.3f}; "
         f"dominance, ES (full vs audio+gs+les): "
         f"{results['full']['ccc_dominance'] - results['audio+gs+les']['ccc_dominance']:+.3f}; "
-        f"mean, FM-MoE vs concat: {results['full']['ccc_mean'] - results['concat']['ccc_mean']:+.3f}.", "",
+        f"mean, FM-MoE vs concat: {results['full']['ccc_mean'] - results['concat']['ccc_mean']:+.3f}. "
+        "A gap smaller than the variants' sd over seeds (last column) is within training-seed noise.", "",
         "Training curves: " + ", ".join(f"[{k}](runs/{k}/seed-{seed}/curves.png)" for k in results) + ".", "",
         "## Extraction", "",
         "| stage | computed | reused | failed | seconds |", "|---|---|---|---|---|",
