@@ -312,7 +312,8 @@ def test_make_batch_casts_and_pads_exactly() -> None:
 def test_the_ablation_table_shows_the_spread_over_training_seeds() -> None:
     from msf.trainer.ablate import table
 
-    runs = [{"ccc_valence": v, "ccc_arousal": 0.5, "ccc_dominance": 0.5, "ccc_mean": m} for v, m in ((0.7, 0.6), (0.9, 0.8))]
+    runs = [{"ccc_valence": v, "ccc_arousal": 0.5, "ccc_dominance": 0.5, "ccc_mean": m}
+            for v, m in ((0.7, 0.6), (0.9, 0.8))]
     row = {"ccc_valence": 0.8, "ccc_arousal": 0.5, "ccc_dominance": 0.5, "ccc_mean": 0.7}
     lines = table({"audio": {**row, "runs": runs}}).splitlines()
     assert lines[0].endswith("| CCC mean | CCC mean, sd over seeds |")

@@ -54,8 +54,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     """Mean CCC per variant and, with several training seeds, the seeds' sd of the mean CCC: on a few
     hundred utterances two variants closer than that are not told apart by this ablation."""
     spread = all(len(v.get("runs", [])) > 1 for v in results.values())
-    lines = ["| variant | CCC valence | CCC arousal | CCC dominance | CCC mean |" + (" CCC mean, sd over seeds |" if spread else ""),
-             "|---|---|---|---|---|" + ("---|" if spread else "")]
+    head, rule = "| variant | CCC valence | CCC arousal | CCC dominance | CCC mean |", "|---|---|---|---|---|"
+    lines = [head + " CCC mean, sd over seeds |", rule + "---|"] if spread else [head, rule]
     for k, v in results.items():
         sd = f" {statistics.stdev(r['ccc_mean'] for r in v['runs']):.3f} |" if spread else ""
         lines.append(f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in COLUMNS) + " |" + sd)

@@ -67,22 +67,21 @@ def read(
         raise CorpusError(f"manifest not found: {path}")
     base = os.path.abspath(path.parent)  # relative paths are relative to the manifest
     b = CorpusBuilder(label_range, check_audio)
-    try:
-        rows = list(_rows(path))
+    try:  # rows are read as they are used: a 100k-row manifest is never held whole
+        for where, row in _rows(path):
+            if row is None:
+                b.problem(where, "not a JSON object")
+                continue
+            utt, audio, transcript, speaker, split, v, a, d, alignment = row
+            if not audio:
+                b.problem(where, "no audio path")
+                continue
+            hints = dict(extra) if extra else {}
+            if alignment:  # a TextGrid or .wdseg for align.backend=provided
+                hints["alignment"] = os.path.join(base, alignment)
+            # os.path.join keeps an absolute audio path as it is
+            b.add(where, utt, os.path.join(base, audio), (v, a, d), speaker, split, transcript or None, hints)
     except UnicodeDecodeError as e:
         raise CorpusError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save the manifest "
                           "as UTF-8") from None
-    for where, row in rows:
-        if row is None:
-            b.problem(where, "not a JSON object")
-            continue
-        utt, audio, transcript, speaker, split, v, a, d, alignment = row
-        if not audio:
-            b.problem(where, "no audio path")
-            continue
-        hints = dict(extra) if extra else {}
-        if alignment:  # a TextGrid or .wdseg for align.backend=provided
-            hints["alignment"] = os.path.join(base, alignment)
-        # os.path.join keeps an absolute audio path as it is
-        b.add(where, utt, os.path.join(base, audio), (v, a, d), speaker, split, transcript or None, hints)
     return b.build(path.parent.name if path.name.startswith("manifest") else path.stem, spec or str(path))
