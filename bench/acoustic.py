@@ -9,7 +9,9 @@ Rows (audio seconds per wall second, median of --repeats rounds, each round runn
   per-file    the common practice: one utterance at a time, one .npy file per utterance
 Peak RSS of `msf extract` at 1x and 10x the corpus (the 10x manifest lists every file ten times).
 The same pipeline/bare comparison on a WavLM-large-sized random model over a subset, and on a GPU
-when torch sees one. The FLOP rate the pipeline achieves with each model (torch's FLOP counter over the
+when torch sees one. Then a host-free stand-in encoder (it sleeps per utterance, as the host does while
+a GPU computes): the pipeline against the bare loop with it, with and without reading audio ahead, which is
+what the pipeline adds around a forward that leaves the host idle. The FLOP rate the pipeline achieves with each model (torch's FLOP counter over the
 same forwards, divided by the pipeline's wall time) against a large float32 matmul measured in the same
 run: the share of this machine's practical ceiling the extraction reaches.
 
@@ -114,6 +116,35 @@ def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: i
     return time.perf_counter() - t0
 
 
+def stand_in_rows(manifest: Path, root: Path, model: Path, ms: float, repeats: int) -> dict[str, list[float]]:
+    """Seconds of the pipeline (with and without reading the next batch's audio ahead) and of the bare
+    loop, over an encoder that sleeps `ms` per utterance and returns empty frames: a forward that costs
+    the host nothing, as a GPU's does. What remains is what the pipeline adds around the forward."""
+    from msf.pipeline import worker
+
+    real_forward, real_read_ahead = TransformersEncoder.forward, worker._read_ahead
+
+    def forward(self: TransformersEncoder, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        time.sleep(ms / 1000 * len(chunks))
+        return [np.zeros((len(c) // 320, 1, 8), np.float32) for c in chunks]
+
+    out: dict[str, list[float]] = {}
+    TransformersEncoder.forward = forward  # type: ignore[method-assign]
+    try:
+        for k in range(repeats):
+            out.setdefault("read_ahead", []).append(pipeline_run(manifest, root / f"stand-in-{k}", model, "cpu", 16))
+            worker._read_ahead = lambda stage, chunks: iter(chunks)  # type: ignore[assignment]
+            try:
+                out.setdefault("no_read_ahead", []).append(
+                    pipeline_run(manifest, root / f"stand-in-plain-{k}", model, "cpu", 16))
+            finally:
+                worker._read_ahead = real_read_ahead
+            out.setdefault("bare", []).append(bare_loop(manifest, model, "cpu", 16))
+    finally:
+        TransformersEncoder.forward = real_forward  # type: ignore[method-assign]
+    return out
+
+
 def model_setup(model: Path, device: str) -> float:
     """Seconds to load the encoder: what a pipeline run pays once per worker and the bare loop not at all."""
     t0 = time.perf_counter()
@@ -196,6 +227,9 @@ def main() -> None:
     ap.add_argument("--large-seconds", type=float, default=30.0)
     ap.add_argument("--batch", type=int, default=0, help="0: the stage's automatic size (1 on CPU, 16 on GPU)")
     ap.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda rows run only where torch sees a GPU")
+    ap.add_argument("--stand-in-ms", type=float, default=2.5,
+                    help="the host-free stand-in encoder's milliseconds per utterance (0: skip those rows); 2.5 is "
+                         "about what the small model's forward took per demo utterance on an H200")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-acoustic-"))
@@ -276,6 +310,15 @@ def main() -> None:
         print(f"{device}: float32 matmul peak {res[prefix + 'matmul_peak_gflops']:.1f} GFLOP/s "
               f"({torch.get_num_threads()} torch threads on CPU); share of it the pipeline reaches: small model "
               f"{res[prefix + 'flops_fraction_small']:.3f}, large-sized model {res[prefix + 'flops_fraction']:.3f}")
+    if args.stand_in_ms > 0:
+        st = on_own_thread(stand_in_rows, m1, root, small, args.stand_in_ms, args.repeats)
+        sr = lambda a: float(np.median(np.array(st["bare"]) / np.array(st[a])))  # noqa: E731
+        res |= {"stand_in_ms": args.stand_in_ms, "stand_in_pipeline_vs_bare": round(sr("read_ahead"), 3),
+                "stand_in_no_read_ahead_vs_bare": round(sr("no_read_ahead"), 3)}
+        print(f"host-free stand-in encoder ({args.stand_in_ms:g} ms per utterance, batches of 16), seconds: bare "
+              f"{np.median(st['bare']):.2f}, pipeline {np.median(st['read_ahead']):.2f} "
+              f"({res['stand_in_pipeline_vs_bare']:.2f} of bare), without reading audio ahead "
+              f"{np.median(st['no_read_ahead']):.2f} ({res['stand_in_no_read_ahead_vs_bare']:.2f})")
     res |= {"audio_minutes": round(audio_s / 60, 2), "devices": devices}
     print(json.dumps(res))
 

@@ -74,6 +74,9 @@ class Stage(ABC):
     # speaker's utterances. Each compute() call then gets one complete group, and every entry's
     # fingerprint covers the group's members, so a change to one member recomputes its group.
     group_by: ClassVar[str | None] = None
+    # Whether compute() reads `item.waveform`: the runner then decodes the next batch's audio while
+    # this one computes (on a GPU the forward is otherwise left waiting on the decoder).
+    reads_waveform: bool = False
 
     def __init__(self, params: StageParams, workdir: Path | None = None):
         self.params = params

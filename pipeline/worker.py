@@ -7,6 +7,7 @@ Models load once per worker process (the stage instances are kept here), not onc
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -84,6 +85,33 @@ def _batches(stage: Stage, prepared: list[tuple[TaskItem, Item]]) -> Iterator[li
         yield prepared[start : start + stage.batch_size]
 
 
+def _decode(chunk: list[tuple[TaskItem, Item]]) -> None:
+    for _, item in chunk:
+        try:
+            item.waveform  # noqa: B018 - cached on the item
+        except Exception:  # noqa: BLE001 - not cached: compute() meets the error again and records it
+            pass
+
+
+def _read_ahead(stage: Stage, chunks: list[list[tuple[TaskItem, Item]]]) -> Iterator[list[tuple[TaskItem, Item]]]:
+    """The batches in order, each one's audio decoded on a second thread while the previous batch
+    computes (soundfile and numpy release the GIL, so do torch's kernels). A batch is handed over only
+    once its decoding has finished, so the two threads never touch one item at the same time."""
+    if not stage.reads_waveform or len(chunks) < 2:
+        yield from chunks
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="msf-read-ahead") as pool:
+        ahead = pool.submit(_decode, chunks[0])
+        try:
+            for k, chunk in enumerate(chunks):
+                ahead.result()
+                if k + 1 < len(chunks):
+                    ahead = pool.submit(_decode, chunks[k + 1])
+                yield chunk
+        finally:
+            ahead.cancel()
+
+
 def _upstream_records(root: Path, reader: ShardReader, items: list[TaskItem]) -> dict[tuple[str, str], Record | Exception]:
     """Every upstream record the task needs, read one shard at a time (a task's inputs usually sit
     in the few shards the upstream tasks wrote)."""
@@ -138,13 +166,15 @@ def _run_task(root: str, stage_name: str, params: dict[str, Any], items: list[Ta
         prepared.append((ti, Item(Utterance.from_dict(ti.utt), inputs, ti.audio_hash)))  # type: ignore[arg-type]
     ok_ids: list[str] = []
     ok_records: list[Record] = []
-    for chunk in _batches(stage, prepared):
+    for chunk in _read_ahead(stage, list(_batches(stage, prepared))):
         try:
             outputs = _compute_batch(stage, [it for _, it in chunk])
         except MsfError:
             raise
         except Exception as e:  # noqa: BLE001
             outputs = [e] * len(chunk)
+        for _, it in chunk:  # a task's audio is not held until its shard is written
+            it.__dict__.pop("waveform", None)
         for (ti, _), out in zip(chunk, outputs):
             if isinstance(out, BaseException):
                 result.failed.append((ti.utt["id"], describe_error(out)))

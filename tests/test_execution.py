@@ -1,5 +1,6 @@
 """Execution: kill -9 at fixed points then resume equals a clean run (extraction and compaction);
-Ctrl-C at a fixed point; an existing Dask cluster by address; two local clusters side by side."""
+Ctrl-C at a fixed point; an existing Dask cluster by address; two local clusters side by side; the
+worker reading the next batch's audio ahead."""
 
 from __future__ import annotations
 
@@ -237,3 +238,57 @@ def test_a_local_cluster_starts_after_an_unreachable_scheduler_whenever_garbage_
     while the next cluster's loop thread starts. Before the fix this deadlocked every time."""
     r = subprocess.run([sys.executable, "-c", DEADLOCK_PROBE], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[7]", r.stderr[-2000:]
+
+
+def test_the_runner_decodes_the_next_batch_ahead_and_lets_go_of_each_batch_audio(tmp_path: Path) -> None:
+    """A stage that reads the waveform finds each batch's audio already decoded (read ahead on a second
+    thread while the batch before computes); a file that cannot be read still fails alone, with the
+    stage's own message; no item keeps its audio once its batch is done; a stage that does not read
+    the waveform gets nothing decoded for it."""
+    import soundfile as sf
+
+    from msf.pipeline import worker
+    from msf.pipeline.corpus import Utterance
+    from msf.pipeline.stage import REGISTRY, Item, Record, Stage, UtteranceError, register
+
+    seen: list[list[bool]] = []
+    items: list[Item] = []
+
+    @register
+    class ReadsAudio(Stage):
+        name = "test_reads_audio"
+        needs = ()
+        batch_size = 2
+        reads_waveform = True
+
+        def compute(self, batch: list[Item]) -> list[Record | Exception]:
+            seen.append(["waveform" in it.__dict__ for it in batch])
+            items.extend(batch)
+            out: list[Record | Exception] = []
+            for it in batch:
+                try:
+                    out.append({"samples": int(len(it.waveform))})
+                except Exception as e:  # noqa: BLE001
+                    out.append(UtteranceError(f"cannot read audio: {e}"))
+            return out
+
+    tasks = []
+    for k in range(5):
+        path = tmp_path / f"u{k}.wav"
+        if k != 3:  # u3 is listed but missing
+            sf.write(path, np.full(1600 * (k + 1), 0.1, np.float32), 16000)
+        tasks.append(worker.TaskItem(Utterance(f"u{k}", str(path)).to_dict(), "", {}))
+
+    try:
+        result = worker._run_task(str(tmp_path / "cache"), "test_reads_audio", {}, tasks, [], 0)
+        seen_ahead = list(seen)
+        seen.clear()
+        ReadsAudio.reads_waveform = False
+        worker._run_task(str(tmp_path / "cache2"), "test_reads_audio", {}, tasks, [], 0)
+    finally:
+        del REGISTRY["test_reads_audio"]  # `msf extract` without --stage runs every registered stage
+    assert seen_ahead == [[True, True], [True, False], [True]]  # u3 could not be decoded ahead
+    assert seen == [[False, False], [False, False], [False]]
+    assert [d[0] for d in result.done] == ["u0", "u1", "u2", "u4"]
+    assert [f[0] for f in result.failed] == ["u3"] and "cannot read audio" in result.failed[0][1]
+    assert not any("waveform" in it.__dict__ for it in items)

@@ -128,6 +128,7 @@ class AcousticStage(Stage):
     Params = AcousticParams
     volatile = frozenset({"device", "batch_size"})
     profiles = {"offline": {"backend": "whisper", "model": BUNDLED_TINY_EN}}
+    reads_waveform = True
 
     def __init__(self, params: StageParams, workdir: Path | None = None):
         super().__init__(params, workdir)

@@ -70,6 +70,10 @@ class AlignStage(Stage):
     profiles = {"offline": {"model": BUNDLED_TINY_EN, "backend": "sphinx"}}
     batch_size = 8
 
+    def __init__(self, params: StageParams, workdir: Path | None = None):
+        super().__init__(params, workdir)
+        self.reads_waveform = params.backend != "provided"  # type: ignore[attr-defined]
+
     def setup(self) -> None:
         p: AlignParams = self.params  # type: ignore[assignment]
         self._asr = None  # Whisper, loaded when the first utterance without a transcript comes
