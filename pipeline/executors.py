@@ -34,6 +34,11 @@ from msf.pipeline.errors import MsfError
 
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
 CONNECT_TIMEOUT_S = 30  # a scheduler that is up answers at once; this only bounds a wrong address
+# A local cluster's own logs show only what is critical. At ERROR, a worker process whose heartbeat met
+# the scheduler already closing printed a traceback ("Failed to communicate with scheduler during
+# heartbeat") at the end of a successful `make demo` on a busy machine. msf reports every failure a
+# task or a worker causes itself, in one line.
+DASK_LOG_LEVEL = logging.CRITICAL
 QUIET_LOCAL_CLUSTER = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",  # it only warns of a blocked event loop: logs we silence
@@ -132,7 +137,7 @@ class DaskExecutor:
                                              processes=self._workers > 1, dashboard_address=None,
                                              worker_dashboard_address=LOOPBACK_ANY_PORT,
                                              scheduler_kwargs={"dashboard_address": LOOPBACK_ANY_PORT},
-                                             silence_logs=logging.ERROR)
+                                             silence_logs=DASK_LOG_LEVEL)
                 self._client = Client(self._cluster)
         return self._client
 
