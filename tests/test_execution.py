@@ -1,6 +1,6 @@
 """Execution: kill -9 at fixed points then resume equals a clean run (extraction and compaction);
 Ctrl-C at a fixed point; an existing Dask cluster by address; two local clusters side by side; the
-worker reading the next batch's audio ahead."""
+worker reading the next batch's audio ahead; Dask's own worker logs kept off the console."""
 
 from __future__ import annotations
 
