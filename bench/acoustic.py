@@ -10,8 +10,9 @@ Rows (audio seconds per wall second, median of --repeats rounds, each round runn
 Peak RSS of `msf extract` at 1x and 10x the corpus (the 10x manifest lists every file ten times).
 The same pipeline/bare comparison on a WavLM-large-sized random model over a subset, and on a GPU
 when torch sees one. Then a host-free stand-in encoder (it sleeps per utterance, as the host does while
-a GPU computes): the pipeline against the bare loop with it, with and without reading audio ahead, which is
-what the pipeline adds around a forward that leaves the host idle. The FLOP rate the pipeline achieves with each model (torch's FLOP counter over the
+a GPU computes, and returns frames of the small model's shape): the pipeline against the bare loop with
+it, also without reading audio ahead and with one task at a time per worker, which is what the pipeline
+adds around a forward that leaves the host idle. The FLOP rate the pipeline achieves with each model (torch's FLOP counter over the
 same forwards, divided by the pipeline's wall time) against a large float32 matmul measured in the same
 run: the share of this machine's practical ceiling the extraction reaches.
 
@@ -104,9 +105,10 @@ def manifest_subset(corpus: Path, out: Path, seconds: float, copies: int = 1) ->
     return out, total * copies
 
 
-def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: int, workers: int = 1) -> float:
+def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: int, workers: int = 1,
+                 shard_size: int = 256) -> float:
     """Seconds for the acoustic stage alone (audio decoded and validated beforehand)."""
-    cfg = MsfConfig(corpus=str(manifest), cache=cache, workers=workers,
+    cfg = MsfConfig(corpus=str(manifest), cache=cache, workers=workers, shard_size=shard_size,
                     stages={"acoustic": {"model": str(model), "device": device, "batch_size": batch}})
     ex = Extraction(cfg)
     ex.run(["audio"], progress=False)
@@ -116,29 +118,43 @@ def pipeline_run(manifest: Path, cache: Path, model: Path, device: str, batch: i
     return time.perf_counter() - t0
 
 
+STAND_IN_SHARD = 64  # utterances per task in the stand-in rows: many tasks per worker, as in a real corpus
+
+
 def stand_in_rows(manifest: Path, root: Path, model: Path, ms: float, repeats: int) -> dict[str, list[float]]:
-    """Seconds of the pipeline (with and without reading the next batch's audio ahead) and of the bare
-    loop, over an encoder that sleeps `ms` per utterance and returns empty frames: a forward that costs
-    the host nothing, as a GPU's does. What remains is what the pipeline adds around the forward."""
-    from msf.pipeline import worker
+    """Seconds of the pipeline and of the bare loop over an encoder that sleeps `ms` per utterance and
+    returns zero frames of the model's own output shape: a forward that costs the host nothing, as a
+    GPU's does, with the real float16 conversion and shard writes around it. The pipeline also runs
+    without reading the next batch's audio ahead, and with one task at a time per worker (no shard
+    write while the next task computes): what each of those takes away."""
+    from msf.pipeline import executors, worker
 
     real_forward, real_read_ahead = TransformersEncoder.forward, worker._read_ahead
+    trailing = on_own_thread(lambda: real_forward(TransformersEncoder(AcousticParams(model=str(model))),
+                                                  [np.zeros(16000, np.float32)])[0].shape[1:])
 
     def forward(self: TransformersEncoder, chunks: list[np.ndarray]) -> list[np.ndarray]:
         time.sleep(ms / 1000 * len(chunks))
-        return [np.zeros((len(c) // 320, 1, 8), np.float32) for c in chunks]
+        return [np.zeros((len(c) // 320, *trailing), np.float32) for c in chunks]
+
+    def run(name: str, k: int) -> float:
+        return pipeline_run(manifest, root / f"stand-in-{name}-{k}", model, "cpu", 16, shard_size=STAND_IN_SHARD)
 
     out: dict[str, list[float]] = {}
     TransformersEncoder.forward = forward  # type: ignore[method-assign]
     try:
         for k in range(repeats):
-            out.setdefault("read_ahead", []).append(pipeline_run(manifest, root / f"stand-in-{k}", model, "cpu", 16))
+            out.setdefault("pipeline", []).append(run("pipeline", k))
             worker._read_ahead = lambda stage, chunks: iter(chunks)  # type: ignore[assignment]
             try:
-                out.setdefault("no_read_ahead", []).append(
-                    pipeline_run(manifest, root / f"stand-in-plain-{k}", model, "cpu", 16))
+                out.setdefault("no_read_ahead", []).append(run("no-read-ahead", k))
             finally:
                 worker._read_ahead = real_read_ahead
+            executors.TASKS_PER_WORKER = 1
+            try:
+                out.setdefault("one_task", []).append(run("one-task", k))
+            finally:
+                executors.TASKS_PER_WORKER = 2
             out.setdefault("bare", []).append(bare_loop(manifest, model, "cpu", 16))
     finally:
         TransformersEncoder.forward = real_forward  # type: ignore[method-assign]
@@ -313,12 +329,15 @@ def main() -> None:
     if args.stand_in_ms > 0:
         st = on_own_thread(stand_in_rows, m1, root, small, args.stand_in_ms, args.repeats)
         sr = lambda a: float(np.median(np.array(st["bare"]) / np.array(st[a])))  # noqa: E731
-        res |= {"stand_in_ms": args.stand_in_ms, "stand_in_pipeline_vs_bare": round(sr("read_ahead"), 3),
-                "stand_in_no_read_ahead_vs_bare": round(sr("no_read_ahead"), 3)}
-        print(f"host-free stand-in encoder ({args.stand_in_ms:g} ms per utterance, batches of 16), seconds: bare "
-              f"{np.median(st['bare']):.2f}, pipeline {np.median(st['read_ahead']):.2f} "
-              f"({res['stand_in_pipeline_vs_bare']:.2f} of bare), without reading audio ahead "
-              f"{np.median(st['no_read_ahead']):.2f} ({res['stand_in_no_read_ahead_vs_bare']:.2f})")
+        res |= {"stand_in_ms": args.stand_in_ms, "stand_in_pipeline_vs_bare": round(sr("pipeline"), 3),
+                "stand_in_no_read_ahead_vs_bare": round(sr("no_read_ahead"), 3),
+                "stand_in_one_task_at_a_time_vs_bare": round(sr("one_task"), 3)}
+        print(f"host-free stand-in encoder ({args.stand_in_ms:g} ms per utterance, batches of 16, the small model's "
+              f"frame shape, {STAND_IN_SHARD} utterances per task), seconds: bare {np.median(st['bare']):.2f}, "
+              f"pipeline {np.median(st['pipeline']):.2f} ({res['stand_in_pipeline_vs_bare']:.2f} of bare); without "
+              f"reading audio ahead {np.median(st['no_read_ahead']):.2f} ({res['stand_in_no_read_ahead_vs_bare']:.2f}); "
+              f"one task at a time per worker {np.median(st['one_task']):.2f} "
+              f"({res['stand_in_one_task_at_a_time_vs_bare']:.2f})")
     res |= {"audio_minutes": round(audio_s / 60, 2), "devices": devices}
     print(json.dumps(res))
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from msf.pipeline.errors import MsfError
 
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
+TASKS_PER_WORKER = 2
 CONNECT_TIMEOUT_S = 30  # a scheduler that is up answers at once; this only bounds a wrong address
 # A local cluster's own logs show only what is critical. At ERROR, a worker process whose heartbeat met
 # the scheduler already closing printed a traceback ("Failed to communicate with scheduler during
@@ -133,7 +134,9 @@ class DaskExecutor:
                         "to run local workers")
             else:
                 dask.config.set(QUIET_LOCAL_CLUSTER)
-                self._cluster = LocalCluster(n_workers=self._workers, threads_per_worker=1,
+                # Two threads per worker: one task computes while the one before writes its shard
+                # (worker.py lets only one compute at a time, so the cores are never oversubscribed).
+                self._cluster = LocalCluster(n_workers=self._workers, threads_per_worker=TASKS_PER_WORKER,
                                              processes=self._workers > 1, dashboard_address=None,
                                              worker_dashboard_address=LOOPBACK_ANY_PORT,
                                              scheduler_kwargs={"dashboard_address": LOOPBACK_ANY_PORT},

@@ -1,12 +1,15 @@
 """The worker side of an extraction: one task computes one stage over up to a shard's worth of
 utterances and writes them as one new shard. Workers never touch the index; the driver commits.
 
-Models load once per worker process (the stage instances are kept here), not once per task.
+Models load once per worker process (the stage instances are kept here), not once per task. A worker
+runs two tasks at a time; one lock lets only one of them compute, so the shard write of one task
+overlaps the next task's forwards and the model is never used by two threads at once.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,9 @@ from msf.pipeline.corpus import Utterance
 
 _STAGES: dict[tuple[str, str], Stage] = {}
 _READERS: dict[str, ShardReader] = {}
+# Everything a task does but write its shard runs under this lock: the stage instances, the shard
+# readers and the process-wide BLAS and torch thread settings are not for two threads at once.
+_COMPUTE = threading.Lock()
 
 
 @dataclass
@@ -140,12 +146,18 @@ def run_task(root: str, stage_name: str, params: dict[str, Any], items: list[Tas
     local cluster, so workers x threads never exceeds the cores; 0 leaves the worker's setting)."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1, user_api="blas"):
-        return _run_task(root, stage_name, params, items, plugins, torch_threads)
+    with _COMPUTE:  # the BLAS limit is set and restored inside it: another task's restore never lands mid-compute
+        with threadpool_limits(1, user_api="blas"):
+            result, ok_ids, ok_records = _compute_task(root, stage_name, params, items, plugins, torch_threads)
+    if ok_records:
+        written = write_shard(Path(root) / stage_name, ok_ids, ok_records)
+        result.shard = written.name
+        result.done = [(u, i, c, b) for i, (u, c, b) in enumerate(zip(ok_ids, written.checksums, written.bytes))]
+    return result
 
 
-def _run_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem],
-              plugins: list[str], torch_threads: int) -> TaskResult:
+def _compute_task(root: str, stage_name: str, params: dict[str, Any], items: list[TaskItem], plugins: list[str],
+                  torch_threads: int) -> tuple[TaskResult, list[str], list[Record]]:
     load_plugins(list(plugins))
     stage = stage_instance(stage_name, params, root)
     if torch_threads > 0 and "torch" in sys.modules:  # after setup, which imports it if the stage uses it
@@ -186,8 +198,4 @@ def _run_task(root: str, stage_name: str, params: dict[str, Any], items: list[Ta
                 continue
             ok_ids.append(ti.utt["id"])
             ok_records.append(out)
-    if ok_records:
-        written = write_shard(Path(root) / stage_name, ok_ids, ok_records)
-        result.shard = written.name
-        result.done = [(u, i, c, b) for i, (u, c, b) in enumerate(zip(ok_ids, written.checksums, written.bytes))]
-    return result
+    return result, ok_ids, ok_records

@@ -1,6 +1,7 @@
 """Execution: kill -9 at fixed points then resume equals a clean run (extraction and compaction);
 Ctrl-C at a fixed point; an existing Dask cluster by address; two local clusters side by side; the
-worker reading the next batch's audio ahead; Dask's own worker logs kept off the console."""
+worker reading the next batch's audio ahead and writing one shard while the next task computes; Dask's
+own worker logs kept off the console."""
 
 from __future__ import annotations
 
@@ -281,11 +282,11 @@ def test_the_runner_decodes_the_next_batch_ahead_and_lets_go_of_each_batch_audio
         tasks.append(worker.TaskItem(Utterance(f"u{k}", str(path)).to_dict(), "", {}))
 
     try:
-        result = worker._run_task(str(tmp_path / "cache"), "test_reads_audio", {}, tasks, [], 0)
+        result = worker.run_task(str(tmp_path / "cache"), "test_reads_audio", {}, tasks, [], 0)
         seen_ahead = list(seen)
         seen.clear()
         ReadsAudio.reads_waveform = False
-        worker._run_task(str(tmp_path / "cache2"), "test_reads_audio", {}, tasks, [], 0)
+        worker.run_task(str(tmp_path / "cache2"), "test_reads_audio", {}, tasks, [], 0)
     finally:
         del REGISTRY["test_reads_audio"]  # `msf extract` without --stage runs every registered stage
     assert seen_ahead == [[True, True], [True, False], [True]]  # u3 could not be decoded ahead
@@ -316,3 +317,60 @@ def test_a_local_cluster_keeps_dask_worker_errors_off_the_console(capfd: pytest.
         ex.close()
     err = capfd.readouterr().err
     assert "Failed to communicate with scheduler" not in err and "Traceback" not in err
+
+
+def test_a_worker_writes_one_shard_while_the_next_task_computes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local worker runs two tasks at a time: the first task's shard write waits (at a fixed point,
+    not a sleep) until the second task has started computing, which only happens if the write and the
+    next compute overlap; the two computes never run at once. The shards are those of a plain run."""
+    import threading
+
+    from msf.pipeline import worker
+    from msf.pipeline.corpus import Utterance
+    from msf.pipeline.executors import DaskExecutor
+    from msf.pipeline.stage import REGISTRY, Item, Record, Stage, register
+
+    lock = threading.Lock()
+    computing, most_at_once, computes = [0], [0], [0]
+    second_compute = threading.Event()
+
+    @register
+    class Counts(Stage):
+        name = "test_counts"
+        needs = ()
+
+        def compute(self, batch: list[Item]) -> list[Record | Exception]:
+            with lock:
+                computing[0] += 1
+                computes[0] += 1
+                most_at_once[0] = max(most_at_once[0], computing[0])
+                if computes[0] == 2:
+                    second_compute.set()
+            with lock:
+                computing[0] -= 1
+            return [{"n": len(it.utt.id)} for it in batch]
+
+    real_write = worker.write_shard
+    writes: list[int] = []
+    overlapped: list[bool] = []
+
+    def write_after_the_next_compute_starts(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with lock:
+            writes.append(len(writes))
+            first = len(writes) == 1
+        if first:
+            overlapped.append(second_compute.wait(timeout=60))  # the bound only ends a failing run
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "write_shard", write_after_the_next_compute_starts)
+    argsets = [(str(tmp_path / "cache"), "test_counts", {}, [worker.TaskItem(Utterance(u, "").to_dict(), "", {})],
+                [], 0) for u in ("a", "bb")]
+    ex = DaskExecutor(workers=1)
+    try:
+        results = dict(ex.run(worker.run_task, argsets, window=2))
+    finally:
+        ex.close()
+        del REGISTRY["test_counts"]
+    assert overlapped == [True] and most_at_once == [1]
+    assert sorted(d[0] for r in results.values() for d in r.done) == ["a", "bb"]
+    assert len({r.shard for r in results.values()}) == 2
