@@ -322,7 +322,8 @@ def test_a_local_cluster_keeps_dask_worker_errors_off_the_console(capfd: pytest.
 def test_a_worker_writes_one_shard_while_the_next_task_computes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A local worker runs two tasks at a time: the first task's shard write waits (at a fixed point,
     not a sleep) until the second task has started computing, which only happens if the write and the
-    next compute overlap; the two computes never run at once. The shards are those of a plain run."""
+    next compute overlap. The two computes never run at once: the first one holds on until the second
+    task is waiting at the worker's compute lock. Each task's entries land in a shard of their own."""
     import threading
 
     from msf.pipeline import worker
@@ -332,7 +333,28 @@ def test_a_worker_writes_one_shard_while_the_next_task_computes(tmp_path: Path, 
 
     lock = threading.Lock()
     computing, most_at_once, computes = [0], [0], [0]
-    second_compute = threading.Event()
+    second_compute, second_at_the_lock = threading.Event(), threading.Event()
+    second_waited: list[bool] = []  # whether the second task found the compute lock taken
+
+    class ObservedLock:
+        """The worker's compute lock, telling the test when the second task arrives at it and whether
+        it found the lock taken."""
+
+        def __init__(self) -> None:
+            self._lock, self._arrivals = threading.Lock(), 0
+
+        def __enter__(self) -> None:
+            free = self._lock.acquire(blocking=False)
+            with lock:
+                self._arrivals += 1
+                if self._arrivals == 2:
+                    second_waited.append(not free)
+                    second_at_the_lock.set()
+            if not free:
+                self._lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self._lock.release()
 
     @register
     class Counts(Stage):
@@ -344,8 +366,11 @@ def test_a_worker_writes_one_shard_while_the_next_task_computes(tmp_path: Path, 
                 computing[0] += 1
                 computes[0] += 1
                 most_at_once[0] = max(most_at_once[0], computing[0])
+                first = computes[0] == 1
                 if computes[0] == 2:
                     second_compute.set()
+            if first:  # hold on while the second task reaches the lock: it must not compute meanwhile
+                second_at_the_lock.wait(timeout=60)  # the bound only ends a failing run
             with lock:
                 computing[0] -= 1
             return [{"n": len(it.utt.id)} for it in batch]
@@ -363,6 +388,7 @@ def test_a_worker_writes_one_shard_while_the_next_task_computes(tmp_path: Path, 
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(worker, "write_shard", write_after_the_next_compute_starts)
+    monkeypatch.setattr(worker, "_COMPUTE", ObservedLock())
     argsets = [(str(tmp_path / "cache"), "test_counts", {}, [worker.TaskItem(Utterance(u, "").to_dict(), "", {})],
                 [], 0) for u in ("a", "bb")]
     ex = DaskExecutor(workers=1)
@@ -371,6 +397,6 @@ def test_a_worker_writes_one_shard_while_the_next_task_computes(tmp_path: Path, 
     finally:
         ex.close()
         del REGISTRY["test_counts"]
-    assert overlapped == [True] and most_at_once == [1]
+    assert second_waited == [True] and overlapped == [True] and most_at_once == [1]
     assert sorted(d[0] for r in results.values() for d in r.done) == ["a", "bb"]
     assert len({r.shard for r in results.values()}) == 2
