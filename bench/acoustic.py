@@ -150,11 +150,11 @@ def stand_in_rows(manifest: Path, root: Path, model: Path, ms: float, repeats: i
                 out.setdefault("no_read_ahead", []).append(run("no-read-ahead", k))
             finally:
                 worker._read_ahead = real_read_ahead
-            executors.TASKS_PER_WORKER = 1
+            tasks_per_worker, executors.TASKS_PER_WORKER = executors.TASKS_PER_WORKER, 1
             try:
                 out.setdefault("one_task", []).append(run("one-task", k))
             finally:
-                executors.TASKS_PER_WORKER = 2
+                executors.TASKS_PER_WORKER = tasks_per_worker
             out.setdefault("bare", []).append(bare_loop(manifest, model, "cpu", 16))
     finally:
         TransformersEncoder.forward = real_forward  # type: ignore[method-assign]
