@@ -40,6 +40,29 @@ def test_train_writes_a_complete_run(demo_features: Path, tmp_path: Path) -> Non
     assert concat["test"]["n"] == m["test"]["n"]
 
 
+def test_a_run_does_not_resume_on_features_extracted_since(demo_corpus: Path, demo_features: Path,
+                                                           tmp_path: Path) -> None:
+    import shutil
+
+    from msf.pipeline.config import MsfConfig
+    from msf.pipeline.errors import UsageError
+    from msf.pipeline.extraction import Extraction
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    shutil.copytree(demo_features, cache)
+    cfg = TrainConfig(features=cache, **dict(FAST, epochs=2))
+    first = train(cfg, run, progress=False)
+    assert train(cfg, run, progress=False)["test"] == first["test"]  # the same data: it resumes, done
+    # The same feature set re-extracted with another emphasis threshold: LES changes under the run.
+    ex = Extraction(MsfConfig(corpus=f"demo:{demo_corpus}", cache=cache, profile="offline", workers=1,
+                              stages={"align": {"backend": "provided"}, "emphasis": {"threshold": 0.3}}))
+    assert ex.run(["acoustic", "global", "local", "extended"], progress=False)["local"].computed > 0
+    ex.close()
+    with pytest.raises(UsageError, match="holds a run trained on other data .* choose another --out or delete it"):
+        train(cfg, run, progress=False)
+    assert json.loads((run / "metrics.json").read_text()) == first  # the old run is left as it was
+
+
 def test_the_model_learns_dominance(demo_features: Path, tmp_path: Path) -> None:
     """Dominance is the dimension the demo rule makes easiest (the phrasing's mood in the words, the
     volume in the audio). Over 10 training seeds on this 80-utterance corpus, test MSE was 0.19-0.46 of

@@ -192,9 +192,11 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     averaged = weight_average(model, cfg.average_epochs, -(-len(data.splits["train"].ids) // cfg.batch_size))
     scored = averaged.module if averaged else model  # what dev sees and best.pt keeps
-    state = {"epoch": 0, "best": -1e9, "best_epoch": 0, "history": []}
+    digest = data.digest(sources)
+    state = {"epoch": 0, "best": -1e9, "best_epoch": 0, "history": [], "data_digest": digest}
     if last.exists():  # resume exactly where the last finished epoch left off
         ck = load_checkpoint(last)
+        check_same_data(out, json.loads(ck["state"]), digest)
         load_weights(model, ck["model"], last)
         opt.load_state_dict(ck["optimizer"])
         if averaged:
@@ -237,6 +239,17 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
             bar.update(task, completed=state["epoch"], info=f"dev CCC {dev['ccc_mean']:.3f} (best {state['best']:.3f})")
     load_weights(model, load_checkpoint(out / "best.pt")["model"], out / "best.pt")
     return finish(model, data, sources, cfg.device, out, state["history"])
+
+
+def check_same_data(out: Path, state: dict[str, Any], digest: str) -> None:
+    """Refuse to resume a run on other data: features re-extracted with other settings (or code), other
+    labels or splits. Its checkpoints would go on training, and be scored, on what they never saw."""
+    trained_on = state.get("data_digest")
+    if trained_on is None and (out / "metrics.json").exists():  # a run from before the digest was kept here
+        trained_on = json.loads((out / "metrics.json").read_text()).get("data", {}).get("digest")
+    if trained_on != digest:
+        raise UsageError(f"{out} holds a run trained on other data (data digest {trained_on or 'not recorded'}, "
+                         f"now {digest}: the features, labels or splits changed); choose another --out or delete it")
 
 
 def finish(model: MsfSer, data: FeatureSet, sources: tuple[str, ...], device: str, out: Path,
