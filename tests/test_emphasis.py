@@ -70,6 +70,45 @@ def test_unvoiced_short_and_single_words_and_no_pitch_at_all(tmp_path: Path) -> 
                 assert np.all(np.isfinite(v)), k
 
 
+def _tone_words(words: list[tuple[float, float, float]], gap_s: float = 0.1) -> tuple[np.ndarray, list, list]:
+    """Words as 0.3 s tones (Hz, first-half and second-half amplitude) between quiet gaps."""
+    parts, start, end, t0 = [], [], [], gap_s
+    rng = np.random.default_rng(0)
+    parts.append(1e-4 * rng.standard_normal(int(gap_s * SR)))
+    for hz, a1, a2 in words:
+        t = np.arange(int(0.3 * SR)) / SR
+        amp = np.where(t < 0.15, a1, a2)
+        parts += [amp * np.sin(2 * np.pi * hz * t), 1e-4 * rng.standard_normal(int(gap_s * SR))]
+        start.append(t0)
+        end.append(t0 + 0.3)
+        t0 += 0.3 + gap_s
+    return np.concatenate(parts), start, end
+
+
+def test_with_phones_loudness_is_the_words_peak_and_an_absorbed_pause_is_not_the_word(tmp_path: Path) -> None:
+    # Word 1 is higher (190 against 150 Hz) and has a loud vowel (0.3) after a quiet onset (0.02): its
+    # peak is 9.5 dB over the others, its mean is not. Each word: a consonant, then a vowel (2nd half).
+    wave, start, end = _tone_words([(150, 0.1, 0.1), (190, 0.02, 0.3), (150, 0.1, 0.1), (150, 0.1, 0.1)])
+    words = ["ba", "da", "ga", "ka"]
+    item = _item(tmp_path / "peak.wav", wave, words, start, end)
+    phones = {"phones": np.array(["B", "AH"] * 4), "phone_word": np.repeat(np.arange(4), 2),
+              "phone_start": np.ravel([[s, s + 0.15] for s in start]), "phone_end": np.ravel([[s + 0.15, s + 0.3] for s in start])}
+    with_phones = Item(item.utt, {"align": item.inputs["align"] | phones})
+    stage = EmphasisStage(EmphasisParams())
+    by_peak, = stage.compute([with_phones])
+    by_mean, = stage.compute([item])
+    assert by_peak["emphasized"].tolist() == [False, True, False, False], by_peak["score"]
+    assert by_mean["emphasized"].tolist() == [False, False, False, False], by_mean["score"]
+    # The same words with the first one's span stretched back over 0.1 s of silence (as an aligner that
+    # lets a word absorb the pause before it): its loudness and duration are those of the word alone.
+    stretched = _item(tmp_path / "stretched.wav", wave, words, [start[0] - 0.1, *start[1:]], end)
+    absorbed, = stage.compute([stretched])
+    assert abs(absorbed["intensity_mean_db"][0] - by_mean["intensity_mean_db"][0]) < 0.5
+    assert abs(absorbed["duration_norm"][0] - by_mean["duration_norm"][0]) < 0.05  # 0.1 s absorbed
+    as_aligned, = EmphasisStage(EmphasisParams(pause_db=0)).compute([stretched])
+    assert as_aligned["intensity_mean_db"][0] < by_mean["intensity_mean_db"][0] - 2
+
+
 def test_a_changed_file_recomputes_its_speakers_entries_only(demo_corpus: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -2,9 +2,10 @@
 
 Per word: F0 mean/max/range in semitones relative to the speaker's median F0, intensity mean/max in
 dB relative to the utterance, duration per syllable (or character), and the z-scores of these within
-the utterance. Where the aligner gives phones (sphinx), syllables are the word's vowel phones and the
+the utterance. Where the aligner gives phones (sphinx), syllables are the word's vowel phones, the
 duration cue also weighs the lengthening of the word's longest vowel (its stressed vowel, in all but
-a few words) against the utterance's other vowels. The soft score contrasts each word with the other
+a few words) against the utterance's other vowels, and the loudness cue is the word's peak, not its
+mean. The soft score contrasts each word with the other
 words of its utterance (a stressed word peaks higher, is louder and longer than its neighbours),
 scaled by the size of a typical stress, so that an utterance with no stressed word scores low
 everywhere instead of always crowning its maximum.
@@ -119,13 +120,13 @@ class Contours:
         v = self.f0[(self.f0_t >= start) & (self.f0_t < end)]
         return v[np.isfinite(v)]
 
-    def sounding_s(self, start: float, end: float, floor_db: float) -> float:
-        """Seconds from the first to the last frame above floor_db within [start, end): the word
-        without a pause the aligner let it absorb."""
+    def sounding_span(self, start: float, end: float, floor_db: float) -> tuple[float, float]:
+        """[start, end) cut to its first and last frames above floor_db: the word without a pause the
+        aligner let it absorb (the whole span when no frame is that loud)."""
         inside = np.nonzero((self.int_t >= start) & (self.int_t < end) & (self.intensity > floor_db))[0]
         if not len(inside):
-            return end - start
-        return float(self.int_t[inside[-1]] - self.int_t[inside[0]] + FRAME_S)
+            return start, end
+        return float(self.int_t[inside[0]]), float(self.int_t[inside[-1]] + FRAME_S)
 
     def intensity_in(self, start: float, end: float) -> np.ndarray:
         v = self.intensity[(self.int_t >= start) & (self.int_t < end)]
@@ -178,7 +179,9 @@ class SpeakerStats:
 class EmphasisStage(Stage):
     name = "emphasis"
     needs = ("audio", "align")
-    version = "3"  # 2: syllables from phones, vowel lengthening; 3: the pitch cue is the F0 peak
+    # 2: syllables from phones, vowel lengthening; 3: the pitch cue is the F0 peak; 4: with phones the
+    # loudness cue is the word's peak, and loudness and duration skip an absorbed pause
+    version = "4"
     Params = EmphasisParams
     group_by = "speaker"  # F0, loudness and rate are relative to the speaker's medians over the corpus
 
@@ -208,12 +211,14 @@ class EmphasisStage(Stage):
                 f["f0_mean_st"][i], f["f0_max_st"][i] = st.mean(), st.max()
                 f["f0_range_st"][i] = st.max() - st.min()
                 voiced[i] = True
-            db = u.c.intensity_in(s, e)
+            # Loudness and duration over the word's sounding span: a pause the aligner let the word
+            # absorb is neither quieter speech nor lengthening.
+            s_on, e_on = u.c.sounding_span(s, e, u.loudness_db - p.pause_db) if p.pause_db > 0 else (s, e)
+            db = u.c.intensity_in(s_on, e_on)
             f["intensity_mean_db"][i] = db.mean() - u.loudness_db
             f["intensity_max_db"][i] = db.max() - u.loudness_db
             units = u.syllables[i] if p.duration_unit == "syllables" else max(1, len(w))
-            span = u.c.sounding_s(s, e, u.loudness_db - p.pause_db) if p.pause_db > 0 else e - s
-            f["duration_norm"][i] = max(span, 1e-3) / units
+            f["duration_norm"][i] = max(e_on - s_on, 1e-3) / units
         f["vowel_s"] = u.vowel_s
         # Cues: pitch and loudness as contrasts with the other words, duration as a log ratio; an
         # unvoiced word has no pitch cue (0), not a missing score. With phones, the duration cue is
@@ -225,9 +230,15 @@ class EmphasisStage(Stage):
         # Pitch: the word's F0 peak, not its mean: an accent is a peak on the stressed syllable, which a
         # long word's unstressed syllables dilute in the mean (demo, sphinx alignment, seeds 0/1: F1
         # 0.846/0.823 with the mean, 0.888/0.940 with the peak, 0.876/0.892 with the 90th percentile).
+        # Loudness: with phones, the word's peak, for the reason the pitch cue is a peak (sphinx
+        # alignment, emphasis F1 at corpus seeds 0/1/2: 0.885/0.888/0.845 with the mean, 0.933/0.930/0.910
+        # with the peak). Without phones the mean: there the duration cue counts vowel letters and has
+        # no stressed vowel, and with the peak one-syllable words crossed the threshold (the synthesiser's
+        # own word times: 0.908/0.890/0.889 with the mean, 0.856/0.868/0.859 with the peak).
+        loudness = f["intensity_max_db"] if np.isfinite(u.vowel_s).any() else f["intensity_mean_db"]
         evidence = (
             np.clip(_contrast(f["f0_max_st"]) / p.stress_pitch_st, -2, 2)
-            + np.clip(_contrast(f["intensity_mean_db"]) / p.stress_loudness_db, -2, 2)
+            + np.clip(_contrast(loudness) / p.stress_loudness_db, -2, 2)
             + lengthening
         ) / 3.0
         score = 1.0 / (1.0 + np.exp(-p.sharpness * (evidence - p.midpoint)))
