@@ -99,8 +99,11 @@ class SphinxAligner:
     PLAINLY_GOOD = -35.0
 
     # Whisper's mean word probability that confirms a refused transcript. Demo corpus, tiny.en: the
-    # refused correct transcripts 0.41-0.65 (all correct ones 0.33-0.89); another utterance's text,
+    # refused correct transcripts 0.41-0.65 (all correct ones 0.32-0.89); another utterance's text,
     # which mostly shares the template's words, 0.04-0.55 (median 0.12). Needed only after a refusal.
+    # The overlap costs a voice both models hear badly: at corpus seed 1, 1 of 300 correct transcripts
+    # (fast, high-pitched; tiny.en's ASR hears "the hotel once this door is sealed...") scores 0.32
+    # and stays refused, its failure recorded; lowering this would confirm other recordings' texts.
     CONFIRMED = 0.4
 
     def __init__(self, language: str, max_score_gap: float,
