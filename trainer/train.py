@@ -238,7 +238,7 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
                           **({"averaged": averaged.state_dict()} if averaged else {})}, last)
             bar.update(task, completed=state["epoch"], info=f"dev CCC {dev['ccc_mean']:.3f} (best {state['best']:.3f})")
     load_weights(model, load_checkpoint(out / "best.pt")["model"], out / "best.pt")
-    return finish(model, data, sources, cfg.device, out, state["history"])
+    return finish(model, data, digest, cfg.device, out, state["history"])
 
 
 def check_same_data(out: Path, state: dict[str, Any], digest: str) -> None:
@@ -252,7 +252,7 @@ def check_same_data(out: Path, state: dict[str, Any], digest: str) -> None:
                          f"now {digest}: the features, labels or splits changed); choose another --out or delete it")
 
 
-def finish(model: MsfSer, data: FeatureSet, sources: tuple[str, ...], device: str, out: Path,
+def finish(model: MsfSer, data: FeatureSet, digest: str, device: str, out: Path,
            history: list[dict]) -> dict[str, Any]:
     """metrics.json (dev and test CCC), usage.json (gate and router statistics), curves.png."""
     metrics: dict[str, Any] = {}
@@ -263,7 +263,7 @@ def finish(model: MsfSer, data: FeatureSet, sources: tuple[str, ...], device: st
             metrics[split] = {**ev.ccc, "n": len(data.splits[split].ids)}
             usage[split] = {"gates": ev.gates, "router": dict(zip(TARGETS, ev.router))}
     metrics["skipped"] = data.skipped
-    metrics["data"] = {"digest": data.digest(sources), "feature_set": data.name,
+    metrics["data"] = {"digest": digest, "feature_set": data.name,
                        **{s: len(data.splits[s].ids) for s in ("train", "dev", "test")}}
     if data.unmatched_label_rows:
         metrics["data"]["label_rows_without_cached_utterance"] = data.unmatched_label_rows
