@@ -110,7 +110,7 @@ def extract(
 ) -> None:
     """Bring the requested stages up to date in the cache, computing only what changed."""
     from msf.pipeline.config import load_config
-    from msf.pipeline.extraction import Extraction, reports_json
+    from msf.pipeline.extraction import Extraction, preflight, reports_json
     from msf.pipeline.stage import REGISTRY, stage_class
 
     with user_errors():
@@ -120,6 +120,7 @@ def extract(
         stages = stage or sorted(REGISTRY)
         for s in stages:
             stage_class(s)
+        preflight(cfg, stages)  # before the cache is created: a run that cannot start leaves nothing
         ex = Extraction(cfg, dry_run=dry_run)
         try:
             if dry_run:
@@ -161,6 +162,10 @@ def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) ->
     OUT.print(table)
     OUT.print(f"about {human_bytes(total)} to write; {human_bytes(free)} free on the cache's filesystem; time on "
               f"{ex.config.workers} worker(s), from a calibration on {calibrate} utterance(s) of this corpus", highlight=False)
+    for stage_name, e in estimates.items():
+        if e.sends is not None:
+            untimed = "" if e.sends.loopback else "; not calibrated, so nothing was sent by this dry run"
+            OUT.print(f"{stage_name} would send {e.sends}{untimed}", highlight=False)
 
 
 def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str] = (), corpus: Optional[str] = None):  # type: ignore[assignment]

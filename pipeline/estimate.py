@@ -50,6 +50,26 @@ class StageCost:
 
 
 @dataclass
+class Sends:
+    """What a stage would send off this process: at most `requests` requests (answers already in the
+    stage's answer cache are not asked again) and `audio_seconds` of audio (None: words only)."""
+
+    host: str
+    requests: int
+    audio_seconds: float | None
+    loopback: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "requests": self.requests, "loopback": self.loopback,
+                "audio_seconds": None if self.audio_seconds is None else round(self.audio_seconds, 1)}
+
+    def __str__(self) -> str:
+        audio = "words only" if self.audio_seconds is None else f"{self.audio_seconds / 60:.1f} min of audio"
+        where = "this machine" if self.loopback else "a remote host"
+        return f"up to {self.requests:,} requests ({audio}) to {self.host} ({where})"
+
+
+@dataclass
 class Estimate:
     to_compute: int
     reused: int
@@ -58,11 +78,15 @@ class Estimate:
     seconds: float | None
     declared_bytes: float | None  # from the declared shape alone, before compression
     why: dict[str, int]
+    sends: Sends | None = None  # words or audio this stage would send to an endpoint
 
     def to_dict(self) -> dict[str, Any]:
-        return {"to_compute": self.to_compute, "reused": self.reused, "bytes": _round(self.bytes),
-                "seconds": _round(self.seconds), "declared_bytes": _round(self.declared_bytes),
-                "audio_seconds": round(self.audio_seconds, 1), "why": self.why}
+        out = {"to_compute": self.to_compute, "reused": self.reused, "bytes": _round(self.bytes),
+               "seconds": _round(self.seconds), "declared_bytes": _round(self.declared_bytes),
+               "audio_seconds": round(self.audio_seconds, 1), "why": self.why}
+        if self.sends is not None:
+            out["sends"] = self.sends.to_dict()
+        return out
 
 
 def _round(x: float | None) -> float | None:

@@ -20,7 +20,7 @@ from msf.pipeline.cache_index import FeatureSetRecord, Failure
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, corpus_digest, corpus_source, load_corpus
 from msf.pipeline.errors import MsfError, NotFound, UsageError
-from msf.pipeline.estimate import (Estimate, StageCost, audio_durations, calibrate as calibrate_stages,
+from msf.pipeline.estimate import (Estimate, Sends, StageCost, audio_durations, calibrate as calibrate_stages,
                                    estimate_stage, pick_for_calibration)
 from msf.pipeline.executors import DaskExecutor, Executor
 from msf.pipeline.faults import fault_point
@@ -62,6 +62,26 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def preflight(config: MsfConfig, stages: list[str]) -> None:
+    """Stop before anything is computed (or a cache created) when a stage of this run cannot run with
+    its settings: e.g. `describe` with no endpoint named."""
+    for name in stage_order(stages):
+        cls = stage_class(name)
+        cls(config.params_for(cls)).preflight()
+
+
+def remote_tainted(plan: Plan) -> set[str]:
+    """The stages that send words or audio to a host off this machine, and those downstream of them
+    (computing them would send too)."""
+    out: set[str] = set()
+    for name in plan.order:
+        cls = plan[name].stage
+        egress = cls(plan[name].params).egress()
+        if (egress is not None and not egress.loopback) or any(up in out for up in cls.needs):
+            out.add(name)
+    return out
 
 
 def _recorded_corpus(config: MsfConfig) -> str:
@@ -192,6 +212,7 @@ class Extraction:
             force: bool = False) -> dict[str, StageReport]:
         """Bring the stages up to date. Unless `force`, first check that what the stages with a
         declared output size would write fits in the cache's filesystem."""
+        preflight(self.config, stages)
         with CacheLock(self.root, wait_s=wait_s):
             unchanged = self._unchanged(stages)
             if unchanged is not None:
@@ -239,13 +260,16 @@ class Extraction:
 
     def dry_run(self, stages: list[str], calibrate: int = 5) -> dict[str, Estimate]:
         """Per stage: what would be computed and why, and its estimated bytes and wall time. Computes
-        and writes nothing in the cache (open it with `dry_run=True`)."""
+        and writes nothing in the cache (open it with `dry_run=True`), and sends nothing off this
+        machine: stages that would are not calibrated (their time is unknown), only counted."""
+        preflight(self.config, stages)
         plan = self.plan(stages)
         todo = {name: self._to_compute(plan, name) for name in plan.order}
         need = {u for _, t in todo.values() for u in t}
         durations = audio_durations(plan.sources[u].utt.audio for u in need)
         costs: dict[str, StageCost] = {}
-        busy = [n for n in plan.order if todo[n][1]]
+        remote = remote_tainted(plan)
+        busy = [n for n in plan.order if todo[n][1] and n not in remote]
         if calibrate > 0 and busy:
             utts = [plan.sources[u].utt for u in need]
             costs = calibrate_stages(self._calibration_extraction, pick_for_calibration(utts, durations, calibrate),
@@ -259,6 +283,11 @@ class Extraction:
                                        len(state.fresh) - (len(us) - len(state.todo)), why, costs.get(name),
                                        self.config.workers, None if self.config.scheduler else os.cpu_count(),
                                        self.config.shard_size)
+            egress = stage.egress()
+            if egress is not None:
+                audio = (None if egress.max_audio_s is None
+                         else sum(min(durations[plan.sources[u].utt.audio], egress.max_audio_s) for u in us))
+                out[name].sends = Sends(egress.host, len(us), audio, egress.loopback)
         return out
 
     def _calibration_extraction(self, root: Path, corpus: Corpus, executor: Executor) -> "Extraction":

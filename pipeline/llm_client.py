@@ -4,11 +4,16 @@ Transport faults (timeouts, 429 with Retry-After, 5xx, dropped connections) are 
 by the `openai` client itself; answers that arrive but are empty or malformed are retried here. An
 answer is cached by (model, prompt) only once accepted, so a rerun never pays twice and a failure
 is never stored as an answer. The API key is read from the environment and never written anywhere.
+
+With audio (an audio-language model), each request is the prompt and an `input_audio` part (base64
+WAV), the shape OpenAI's audio models and vLLM's audio-language models take; the answer is then cached
+by (model, prompt, the WAV's content hash), so two recordings with the same words never share one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import sqlite3
@@ -33,22 +38,35 @@ class AnswerCache:
                         "created REAL)")
 
     @staticmethod
-    def key(model: str, prompt: str) -> str:
-        return hashlib.blake2b(f"{model}\x00{prompt}".encode(), digest_size=20).hexdigest()
+    def key(model: str, prompt: str, audio: bytes | None = None) -> str:
+        """Text-only answers keep the key they always had; an answer to audio adds the audio's hash."""
+        heard = "" if audio is None else "\x00audio:" + hashlib.blake2b(audio, digest_size=20).hexdigest()
+        return hashlib.blake2b(f"{model}\x00{prompt}{heard}".encode(), digest_size=20).hexdigest()
 
-    def get(self, model: str, prompt: str) -> str | None:
-        row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (self.key(model, prompt),)).fetchone()
+    def get(self, model: str, prompt: str, audio: bytes | None = None) -> str | None:
+        row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (self.key(model, prompt, audio),)).fetchone()
         return row[0] if row else None
 
-    def put(self, model: str, prompt: str, answer: str) -> None:
+    def put(self, model: str, prompt: str, answer: str, audio: bytes | None = None) -> None:
         self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
-                        (self.key(model, prompt), model, answer, time.time()))
+                        (self.key(model, prompt, audio), model, answer, time.time()))
 
 
-def split_cached(answers: AnswerCache | None, model: str, prompts: Sequence[str]) -> tuple[list, list[int]]:
+def split_cached(answers: AnswerCache | None, model: str, prompts: Sequence[str],
+                 audio: Sequence[bytes | None] | None = None) -> tuple[list, list[int]]:
     """Per prompt its cached answer (None where there is none), and the indices still to ask."""
-    out = [answers.get(model, p) if answers else None for p in prompts]
+    heard = audio if audio is not None else [None] * len(prompts)
+    out = [answers.get(model, p, a) if answers else None for p, a in zip(prompts, heard)]
     return out, [i for i, a in enumerate(out) if a is None]
+
+
+def user_message(prompt: str, audio: bytes | None) -> dict:
+    """The chat message: the prompt alone, or the prompt and the WAV as an `input_audio` part."""
+    if audio is None:
+        return {"role": "user", "content": prompt}
+    return {"role": "user", "content": [
+        {"type": "text", "text": prompt},
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(audio).decode("ascii"), "format": "wav"}}]}
 
 
 def check_answer(text: object) -> str:
@@ -77,25 +95,30 @@ class ChatEndpoint:
         self.max_tokens = max_tokens
         self.answers = answers
 
-    def complete_all(self, prompts: list[str]) -> list[str | Exception]:
-        """One accepted answer, or the UtteranceError that explains its failure, per prompt."""
-        return asyncio.run(self._all(prompts))
+    def complete_all(self, prompts: list[str], audio: list[bytes] | None = None) -> list[str | Exception]:
+        """One accepted answer, or the UtteranceError that explains its failure, per prompt; with
+        `audio`, each prompt is sent with its WAV."""
+        return asyncio.run(self._all(prompts, audio))
 
-    async def _all(self, prompts: list[str]) -> list[str | Exception]:
+    async def _all(self, prompts: list[str], audio: list[bytes] | None) -> list[str | Exception]:
         import openai
 
-        out, todo = split_cached(self.answers, self.model, prompts)
+        heard: Sequence[bytes | None] = audio if audio is not None else [None] * len(prompts)
+        out, todo = split_cached(self.answers, self.model, prompts, heard)
         if todo:
             sem = asyncio.Semaphore(self.concurrency)
             async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self.key, timeout=self.timeout_s,
                                           max_retries=self.max_retries) as client:
-                results = await asyncio.gather(*(self._one(client, sem, prompts[i]) for i in todo))
+                results = await asyncio.gather(*(self._one(client, sem, prompts[i], heard[i]) for i in todo))
             for i, r in zip(todo, results):
                 out[i] = r
         return out  # type: ignore[return-value]
 
-    async def _one(self, client, sem: asyncio.Semaphore, prompt: str) -> str | Exception:  # type: ignore[no-untyped-def]
+    async def _one(self, client, sem: asyncio.Semaphore, prompt: str,  # type: ignore[no-untyped-def]
+                   audio: bytes | None) -> str | Exception:
         import openai
+
+        message = user_message(prompt, audio)
 
         last = ""
         for _ in range(self.max_retries + 1):  # attempts for answers that arrive but are unusable
@@ -103,7 +126,7 @@ class ChatEndpoint:
                 async with sem:
                     r = await client.chat.completions.create(
                         model=self.model, temperature=self.temperature, max_tokens=self.max_tokens,
-                        messages=[{"role": "user", "content": prompt}])
+                        messages=[message])
                 text = check_answer(r.choices[0].message.content if r.choices else None)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 # Every request would fail the same way: stop the run with one message.
@@ -120,6 +143,6 @@ class ChatEndpoint:
                 last = str(e) or type(e).__name__  # malformed body or unusable answer: ask again
                 continue
             if self.answers:
-                self.answers.put(self.model, prompt, text)
+                self.answers.put(self.model, prompt, text, audio)
             return text
         return UtteranceError(f"LLM endpoint gave no usable answer in {self.max_retries + 1} attempts (last: {last})")

@@ -5,11 +5,13 @@ A stage never sees HDF5, Dask or fingerprints; the runner hands it `Item`s and s
 
 from __future__ import annotations
 
+import ipaddress
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
+from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -20,6 +22,31 @@ from msf.pipeline.errors import NotFound, UsageError
 
 # A stored entry: named numpy arrays, numbers and strings (never pickles).
 Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Egress:
+    """What a stage sends off this process for each utterance it computes: to which endpoint, and how
+    much of the audio (None: words only). The dry run reports it; nothing is sent to a host the
+    user did not name."""
+
+    url: str
+    max_audio_s: float | None = None
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).netloc or self.url
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the endpoint is on this machine (127.0.0.0/8, ::1, localhost)."""
+        name = urlparse(self.url).hostname or ""
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
 
 class StageParams(BaseModel):
@@ -77,6 +104,9 @@ class Stage(ABC):
     # Whether compute() reads `item.waveform`: the runner then decodes the next batch's audio while
     # this one computes (on a GPU the forward is otherwise left waiting on the decoder).
     reads_waveform: bool = False
+    # A stage registered under a name that is already taken is an error, unless it says it replaces
+    # the one registered there (a plugin's own `describe`); whichever is imported first.
+    replaces: ClassVar[bool] = False
 
     def __init__(self, params: StageParams, workdir: Path | None = None):
         self.params = params
@@ -94,6 +124,14 @@ class Stage(ABC):
     def fingerprint_params(cls, params: StageParams) -> dict[str, Any]:
         return params.model_dump(mode="json", exclude=set(cls.volatile))
 
+    def preflight(self) -> None:
+        """Settings this stage cannot run with, raised as one UsageError before any stage of the run
+        computes anything (a run that would stop at this stage stops before the first)."""
+
+    def egress(self) -> Egress | None:
+        """Where this stage sends an utterance's words or audio, or None when nothing leaves."""
+        return None
+
     def declared_bytes(self, seconds: float) -> float | None:
         """The size of one entry for `seconds` of audio, from the output's shape as the stage and its
         model declare it (before compression; no model weights loaded, nothing computed). None when
@@ -104,8 +142,22 @@ class Stage(ABC):
 REGISTRY: dict[str, type[Stage]] = {}
 
 
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def register(cls: type[Stage]) -> type[Stage]:
-    REGISTRY[cls.name] = cls
+    """Add a stage under its name. A name taken by another class is an error naming both, unless one
+    of them declares `replaces = True`: that one is kept, whichever was imported first, so a plugin's
+    stage is never silently swapped for the built-in one (or the other way round)."""
+    old = REGISTRY.get(cls.name)
+    if old is None or _qualified(old) == _qualified(cls):  # new, or the same class imported again
+        REGISTRY[cls.name] = cls
+    elif cls.replaces and not old.replaces:
+        REGISTRY[cls.name] = cls
+    elif not (old.replaces and not cls.replaces):
+        raise UsageError(f"two stages are registered as {cls.name!r}: {_qualified(old)} and {_qualified(cls)}; "
+                         "rename one, or set `replaces = True` on the one that should be used")
     return cls
 
 

@@ -1,7 +1,10 @@
-"""A real HTTP server on 127.0.0.1 speaking the chat-completions API, scripted per request."""
+"""A real HTTP server on 127.0.0.1 speaking the chat-completions API, scripted per request. With
+`hears=True` it is an audio-language model's endpoint: the script also gets the WAV bytes of each
+request's `input_audio` part (None when a request carries none)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -12,9 +15,19 @@ from typing import Callable
 Behaviour = tuple
 
 
+def text_and_audio(content: str | list) -> tuple[str, bytes | None]:
+    """A message's text, and the WAV bytes of its `input_audio` part if it has one."""
+    if isinstance(content, str):
+        return content, None
+    text = " ".join(p["text"] for p in content if p["type"] == "text")
+    audio = [base64.b64decode(p["input_audio"]["data"]) for p in content if p["type"] == "input_audio"]
+    return text, audio[0] if audio else None
+
+
 class ChatServer:
-    def __init__(self, script: Callable[[int, str], Behaviour], port: int = 0):
+    def __init__(self, script: Callable[..., Behaviour], port: int = 0, hears: bool = False):
         self.script = script
+        self.hears = hears
         self.stopped = False
         self.requests: list[tuple[float, dict, dict]] = []  # time, headers, body
         self.lock = threading.Lock()
@@ -35,8 +48,8 @@ class ChatServer:
                 with server.lock:
                     n = len(server.requests)
                     server.requests.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
-                prompt = body["messages"][-1]["content"]
-                b = server.script(n, prompt)
+                prompt, audio = text_and_audio(body["messages"][-1]["content"])
+                b = server.script(n, prompt, audio) if server.hears else server.script(n, prompt)
                 if b[0] == "hang":
                     time.sleep(b[1])
                     b = ("answer", "a late answer that nobody is waiting for anymore")

@@ -80,11 +80,11 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert code == 2 and "unknown stage 'nosuch'" in err and "Traceback" not in err
     empty = tmp_path / "empty.csv"
     empty.write_text("id,audio,transcript,speaker,split,valence,arousal,dominance\n")
-    code, _, err = invoke("extract", "--corpus", str(empty), "--cache", str(tmp_path / "e"))
+    code, _, err = invoke("extract", "--corpus", str(empty), "--cache", str(tmp_path / "e"), "--profile", "offline")
     assert code == 2 and "has no usable utterances (no rows)" in err
     for spec, says in [("demo:/no/such/dir", "msf corpus demo /no/such/dir"),
                        (str(tmp_path / "typo.csv"), "manifest not found"), ("mps-podcast:/data", "unknown corpus spec")]:
-        code, _, err = invoke("extract", "--corpus", spec, "--cache", str(tmp_path / "d"))
+        code, _, err = invoke("extract", "--corpus", spec, "--cache", str(tmp_path / "d"), "--profile", "offline")
         assert code == 2 and says in err
         assert not (tmp_path / "d").exists()  # no empty cache left behind by a typo
     code, _, err = invoke("status", "--cache", str(tmp_path / "empty"))
@@ -142,7 +142,7 @@ def test_second_writer_gets_a_clear_message(tmp_path: Path) -> None:
     corpus = write_manifest(tmp_path / "c", 2)
     cache = tmp_path / "cache"
     with CacheLock(cache):
-        code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(cache))
+        code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--profile", "offline")
     assert code == 2 and "is in use by msf process" in err and "--wait" in err
     code, _, _ = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--stage", "audio", "--json")
     assert code == 0
