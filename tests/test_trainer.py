@@ -342,3 +342,30 @@ def test_the_ablation_table_shows_the_spread_over_training_seeds() -> None:
     assert lines[0].endswith("| CCC mean | CCC mean, sd over seeds |")
     assert lines[2] == "| audio | 0.800 | 0.500 | 0.500 | 0.700 | 0.141 |"  # stdev(0.6, 0.8)
     assert table({"audio": {**row, "runs": runs[:1]}}).splitlines()[2] == "| audio | 0.800 | 0.500 | 0.500 | 0.700 |"
+
+
+def test_a_last_training_batch_of_one_joins_the_one_before() -> None:
+    import numpy as np
+
+    from msf.trainer.data import batch_groups
+
+    order = np.arange(33)
+    assert [len(g) for g in batch_groups(order, 16, training=True)] == [16, 17]
+    assert [len(g) for g in batch_groups(order, 16, training=False)] == [16, 16, 1]  # evaluation: as is
+    assert [len(g) for g in batch_groups(order[:32], 16, training=True)] == [16, 16]
+    assert np.concatenate(batch_groups(order, 16, training=True)).tolist() == order.tolist()
+
+
+@pytest.mark.parametrize("sources", ["audio", "audio,prosody", "audio,gs,prosody", "audio,gs,les,es,prosody"])
+def test_training_with_one_utterance_left_over_for_the_last_batch(demo_features: Path, tmp_path: Path,
+                                                                  sources: str) -> None:
+    """N_train = 1 (mod the batch size): the prosody projection's BatchNorm stopped training with
+    'Expected more than 1 value per channel'; every source combination trains now."""
+    from msf.trainer.data import FeatureSet, parse_sources
+
+    n = len(FeatureSet(demo_features, parse_sources("audio"), in_memory=False).splits["train"].ids)
+    options = dict(FAST, epochs=1, batch_size=n - 1)  # batches of n - 1 and 1
+    for fusion in ("fm-moe", "concat"):
+        m = train(TrainConfig(features=demo_features, sources=sources, fusion=fusion, **options),
+                  tmp_path / f"run-{fusion}", progress=False)
+        assert all(-1 <= m["test"][k] <= 1 for k in ("ccc_valence", "ccc_arousal", "ccc_dominance"))

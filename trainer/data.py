@@ -84,6 +84,16 @@ def epoch_order(ids: list[str], seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(len(ids))
 
 
+def batch_groups(order: np.ndarray, batch_size: int, training: bool) -> list[np.ndarray]:
+    """Consecutive batches of `batch_size` positions. In training a last batch of one utterance joins
+    the batch before it: the prosody projection's BatchNorm and the CCC loss are statistics over the
+    batch, and one utterance has none (N_train = 1 mod the batch size stopped training)."""
+    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if training and len(groups) > 1 and len(groups[-1]) == 1:
+        groups[-2:] = [np.concatenate(groups[-2:])]
+    return groups
+
+
 def with_labels_from(utts: list[Utterance], spec: str) -> tuple[list[Utterance], set[str], int]:
     """Labels and splits from a newer manifest, matched by id: the utterances, the ids it lacks, and
     how many of its rows match no cached utterance."""
@@ -162,6 +172,9 @@ class FeatureSet:
             if not self.splits[split].ids:
                 raise UsageError(f"no usable {split} utterances in feature set {name!r} of {cache} "
                                  f"(skipped: {self.skipped or 'none'})")
+        if len(self.splits["train"].ids) == 1:  # the CCC loss and BatchNorm are statistics over a batch
+            raise UsageError(f"one usable train utterance in feature set {name!r} of {cache}: training needs "
+                             f"at least two (skipped: {self.skipped or 'none'})")
         first = self._read(*self.splits["train"].frames_at[0])
         self.frame_shape = first.shape[1:]
         self.vector_dims = {s: v.shape[1] for s, v in self.splits["train"].vectors.items()}
@@ -221,7 +234,7 @@ class FeatureSet:
         next batches while the model trains; a batch's rows are read grouped by shard."""
         s = self.splits[split]
         order = epoch_order(s.ids, seed, epoch) if shuffle else np.arange(len(s.ids))
-        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        groups = batch_groups(order, batch_size, training=shuffle)
         q: queue.Queue = queue.Queue(maxsize=prefetch)
 
         def produce() -> None:

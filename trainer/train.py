@@ -22,7 +22,7 @@ from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.faults import fault_point
 from msf.pipeline.lock import CacheLock
 from msf.pipeline.progress import STDERR
-from msf.trainer.data import TARGETS, Batch, FeatureSet, parse_sources
+from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, parse_sources
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
 
 
@@ -190,7 +190,8 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
     place(model, cfg.device, "--device")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    averaged = weight_average(model, cfg.average_epochs, -(-len(data.splits["train"].ids) // cfg.batch_size))
+    steps = len(batch_groups(np.arange(len(data.splits["train"].ids)), cfg.batch_size, training=True))
+    averaged = weight_average(model, cfg.average_epochs, steps)
     scored = averaged.module if averaged else model  # what dev sees and best.pt keeps
     digest = data.digest(sources)
     state = {"epoch": 0, "best": -1e9, "best_epoch": 0, "history": [], "data_digest": digest}
