@@ -14,9 +14,12 @@ a GPU computes, and returns frames of the small model's shape): the pipeline aga
 it, also without reading audio ahead and with one task at a time per worker, which is what the pipeline
 adds around a forward that leaves the host idle. The FLOP rate the pipeline achieves with each model (torch's FLOP counter over the
 same forwards, divided by the pipeline's wall time) against a large float32 matmul measured in the same
-run: the share of this machine's practical ceiling the extraction reaches.
+run: the share of this machine's practical ceiling the extraction reaches. Truncation: keeping hidden
+state 6 of the WavLM-large-sized model, the encoder stopped after layer 6 against the whole 24-layer
+forward (what extraction ran before it stopped early), bare loops over the same audio, and the largest
+difference between the two's hidden state 6 (it must be 0).
 
-    python bench/acoustic.py [--minutes 10] [--repeats 3] [--large-seconds 30] [--out DIR]
+    python bench/acoustic.py [--minutes 10] [--repeats 3] [--large-seconds 30] [--only truncation] [--out DIR]
 
 Random weights (no download needed) have the same cost as trained ones. Last stdout line: JSON.
 """
@@ -168,8 +171,8 @@ def model_setup(model: Path, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def bare_loop(manifest: Path, model: Path, device: str, batch: int) -> float:
-    enc = TransformersEncoder(AcousticParams(model=str(model), device=device))
+def bare_loop(manifest: Path, model: Path, device: str, batch: int, layers: list[int] | None = None) -> float:
+    enc = TransformersEncoder(AcousticParams(model=str(model), device=device, layers=layers or [-1]))
     batch = batch or (1 if device == "cpu" else 16)
     waves = sorted((load_waveform(r["audio"]) for r in csv.DictReader(open(manifest))), key=len)
     t0 = time.perf_counter()
@@ -177,6 +180,34 @@ def bare_loop(manifest: Path, model: Path, device: str, batch: int) -> float:
         for f in enc.forward(waves[i : i + batch]):
             f.astype(np.float16)
     return time.perf_counter() - t0
+
+
+TRUNCATE_AT = 6
+
+
+def truncation_rows(manifest: Path, model: Path, device: str, batch: int, repeats: int) -> dict[str, float]:
+    """Hidden state 6 with the encoder stopped after layer 6, against the whole forward: seconds of
+    each (median of interleaved rounds, and the median of the rounds' ratios), and the largest
+    difference between the two's hidden state 6. The whole forward is what the stage ran before it
+    stopped early: `layers=[6, -1]` still needs every layer."""
+    runs: dict[str, list[float]] = {"full": [], "truncated": []}
+    for _ in range(repeats):
+        runs["full"].append(on_own_thread(bare_loop, manifest, model, device, batch, [TRUNCATE_AT, -1]))
+        runs["truncated"].append(on_own_thread(bare_loop, manifest, model, device, batch, [TRUNCATE_AT]))
+
+    def diff() -> float:
+        full = TransformersEncoder(AcousticParams(model=str(model), device=device, layers=[TRUNCATE_AT, -1]))
+        cut = TransformersEncoder(AcousticParams(model=str(model), device=device, layers=[TRUNCATE_AT]))
+        worst = 0.0
+        for r in list(csv.DictReader(open(manifest)))[:3]:
+            wave = load_waveform(r["audio"])
+            a, b = full.forward([wave])[0][:, 0], cut.forward([wave])[0][:, 0]
+            worst = max(worst, float(np.abs(a - b).max()))
+        return worst
+
+    return {"full_s": float(np.median(runs["full"])), "truncated_s": float(np.median(runs["truncated"])),
+            "speedup": float(np.median(np.array(runs["full"]) / np.array(runs["truncated"]))),
+            "max_abs_diff": on_own_thread(diff)}
 
 
 def forward_flops(manifest: Path, model: Path, batch: int, device: str = "cpu") -> float:
@@ -246,17 +277,30 @@ def main() -> None:
     ap.add_argument("--stand-in-ms", type=float, default=2.5,
                     help="the host-free stand-in encoder's milliseconds per utterance (0: skip those rows); 2.5 is "
                          "about what the small model's forward took per demo utterance on an H200")
+    ap.add_argument("--only", choices=["truncation"], help="run only these rows")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-acoustic-"))
     n = int(args.minutes * 60 / 4.0) + 20  # demo utterances average about 4.5 s
+    if args.only:
+        n = int(args.large_seconds / 4.0) + 5
     corpus = build_demo_corpus(root / "corpus", n=n, seed=0, progress=False)
-    small = on_own_thread(save_model, root / "wavlm-small", SMALL)
     large = on_own_thread(save_model, root / "wavlm-large-sized", LARGE)
-    m1, audio_s = manifest_subset(corpus, root / "m1.csv", args.minutes * 60)
     ml, large_s = manifest_subset(corpus, root / "ml.csv", args.large_seconds)
     devices = [d for d in args.devices.split(",") if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
     res: dict = {}
+    for device in devices:
+        t = truncation_rows(ml, large, device, args.batch, args.repeats)
+        prefix = "" if device == "cpu" else "gpu_"
+        res |= {f"{prefix}truncation_speedup": round(t["speedup"], 2), f"{prefix}truncation_max_abs_diff": t["max_abs_diff"]}
+        print(f"{device}: hidden state {TRUNCATE_AT} of the large-sized model (24 layers) over {large_s:.0f} s of audio: "
+              f"the whole forward {t['full_s']:.2f} s, stopped after layer {TRUNCATE_AT} {t['truncated_s']:.2f} s "
+              f"({t['speedup']:.2f}x); largest difference {t['max_abs_diff']:g}")
+    if args.only:
+        print(json.dumps(res | {"devices": devices}))
+        return
+    small = on_own_thread(save_model, root / "wavlm-small", SMALL)
+    m1, audio_s = manifest_subset(corpus, root / "m1.csv", args.minutes * 60)
     rows = []
     for device in devices:
         # The repeats are interleaved (each round runs every row once) and each ratio is the median of

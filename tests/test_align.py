@@ -176,3 +176,35 @@ def test_no_transcript_whisper_asr_then_sphinx_realigns(demo_corpus: Path) -> No
     rec = stage.compute([Item(Utterance("x", utt.audio))])[0]
     assert not isinstance(rec, Exception), rec
     assert rec["source"] == "whisper:asr+sphinx" and len(rec["words"]) >= 8 and len(rec["phones"]) > len(rec["words"])
+
+
+def test_batched_asr_transcribes_a_long_file_as_the_sequential_one_does(demo_corpus: Path, tmp_path: Path) -> None:
+    """faster-whisper's batched pipeline (the default on CUDA, asked for here on CPU): a 40 s file of
+    several utterances with pauses gives the words the one-segment-at-a-time decoder gives, and the
+    batch size enters the fingerprint only when it batches."""
+    import soundfile as sf
+
+    from msf.pipeline.audio_io import load_waveform
+
+    utts = load_corpus(f"demo:{demo_corpus}").utterances
+    pause = np.zeros(8000, np.float32)
+    parts, total = [], 0
+    for u in utts:
+        if total > 40 * 16000:
+            break
+        w = load_waveform(u.audio)
+        parts += [w, pause]
+        total += len(w) + len(pause)
+    sf.write(tmp_path / "long.wav", np.concatenate(parts), 16000)
+    item = Item(Utterance("long", str(tmp_path / "long.wav")))
+    words = {}
+    for batch in (1, 4):
+        rec = _stage(backend="whisper", model=BUNDLED_TINY_EN, asr_batch=batch).compute([item])[0]
+        assert not isinstance(rec, Exception), rec
+        words[batch] = rec["words"].tolist()
+        assert np.all(np.diff(rec["start"]) >= 0) and rec["end"][-1] > 35.0
+    common = len(set(words[1]) & set(words[4])) / len(set(words[1]))
+    assert len(words[4]) > 60 and common > 0.9, (words[1], words[4])
+    fp = AlignStage.fingerprint_params
+    assert "asr_batch" not in fp(AlignParams()) and fp(AlignParams(device="cuda"))["asr_batch"] == 16
+    assert fp(AlignParams(asr_batch=4))["asr_batch"] == 4

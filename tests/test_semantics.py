@@ -279,3 +279,20 @@ def test_describe_with_a_local_model_that_is_not_there_fails_with_one_message(tm
                                  "--set", "describe.backend=local", "--set", f"describe.model={tmp_path / 'no-such-model'}"])
     assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
     assert "describe model" in r.stderr and "cannot be loaded offline" in r.stderr and "no-such-model" in r.stderr
+
+
+def test_the_text_encoder_in_half_precision_is_within_the_documented_tolerance() -> None:
+    """The bundled MiniLM (real weights) in bfloat16 against float32: every sentence embedding at cosine
+    >= 0.999 (docs/scaling.md, "Precision")."""
+    from msf.pipeline.model_loading import BUNDLED_MINILM
+    from msf.pipeline.stages.global_semantics import GlobalStage
+    from msf.pipeline.text_encoder import TextEncoder, TextEncoderParams
+
+    texts = ["I can't believe you did that again.", "Thank you so much, this is wonderful news!",
+             "Fine. Whatever you say.", "The meeting is moved to Tuesday at noon."]
+    emb = {p: np.stack(TextEncoder(TextEncoderParams(model=BUNDLED_MINILM, precision=p), "global.model").embed(texts))
+           for p in ("float32", "bfloat16")}
+    cos = (emb["float32"] * emb["bfloat16"]).sum(1) / np.linalg.norm(emb["float32"], axis=1) / np.linalg.norm(
+        emb["bfloat16"], axis=1)
+    assert cos.min() >= 0.999 and np.abs(emb["float32"] - emb["bfloat16"]).max() > 0, cos
+    assert "precision" not in GlobalStage.fingerprint_params(GlobalStage.Params())

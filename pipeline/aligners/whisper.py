@@ -13,17 +13,26 @@ WHISPER_WINDOW_S = 30.0
 
 
 class WhisperAligner:
-    def __init__(self, model: str, device: str, compute_type: str, language: str, min_score: float, vad: bool):
+    def __init__(self, model: str, device: str, compute_type: str, language: str, min_score: float, vad: bool,
+                 asr_batch: int = 1):
         self.model = load_whisper(model, device, compute_type, role="align")
         self.language = language
         self.min_score = min_score
         self.vad = vad
+        self.asr_batch = asr_batch
 
     def transcribe(self, audio: np.ndarray) -> WordTimes:
-        segments, _ = self.model.transcribe(
-            audio, language=self.language, word_timestamps=True, beam_size=5,
-            condition_on_previous_text=False, vad_filter=self.vad,
-        )
+        if self.asr_batch > 1:  # the speech segments VAD finds, decoded `asr_batch` at a time
+            from faster_whisper import BatchedInferencePipeline
+
+            segments, _ = BatchedInferencePipeline(self.model).transcribe(
+                audio, language=self.language, word_timestamps=True, beam_size=5, batch_size=self.asr_batch,
+                vad_filter=True)
+        else:
+            segments, _ = self.model.transcribe(
+                audio, language=self.language, word_timestamps=True, beam_size=5,
+                condition_on_previous_text=False, vad_filter=self.vad,
+            )
         words = [w for s in segments for w in (s.words or []) if clean_word(w.word)]
         if not words:
             raise UtteranceError("no speech found: the transcriber heard no words (and there is no transcript)")

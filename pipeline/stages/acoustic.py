@@ -5,13 +5,15 @@ layer) or T x L x D (several, for a learned weighted sum)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from msf.pipeline.device import Device, place
+from msf.pipeline.device import (ComputeType, Device, Precision, place, precision_fingerprint,
+                                  resolve_compute_type, torch_dtype)
 from msf.pipeline.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
                                         whisper_dims)
+from msf.pipeline.errors import UsageError
 from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
 
 SR = 16_000
@@ -24,8 +26,10 @@ class AcousticParams(StageParams):
     layers: list[int] | Literal["all"] = [-1]
     chunk_s: float = 30.0  # longer audio is encoded in chunks of this length ...
     overlap_s: float = 2.0  # ... overlapping by this much; each frame comes from the chunk it is central in
-    dtype: Literal["float16", "float32"] = "float16"
-    compute_type: str = "int8"  # CTranslate2 (whisper backend)
+    dtype: Literal["float16", "float32"] = "float16"  # as stored
+    # The dtype the encoder runs in (transformers backend); auto: bfloat16 on CUDA, float32 on CPU.
+    precision: Precision = "auto"
+    compute_type: ComputeType = "auto"  # CTranslate2 (whisper backend); auto: int8 on CPU, float16 on CUDA
     device: Device = "cpu"
     # 0 = automatic: 1 on CPU, where padding only costs time and memory (bench/acoustic.py: batches
     # of 8 run at about 0.7x the speed of single files), 16 on a GPU, which batching keeps busy.
@@ -47,6 +51,8 @@ class TransformersEncoder(_Encoder):
         self.model, source = load_transformers(p.model, "AutoModel", "acoustic.model",
                                                offline="the Whisper tiny.en encoder bundled with msf")
         place(self.model, p.device, "acoustic.device")
+        self.dtype = torch_dtype(p.precision, p.device)
+        self.model.to(self.dtype)  # type: ignore[attr-defined]
         self.device = p.device
         try:
             self.extractor = transformers.AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
@@ -57,7 +63,26 @@ class TransformersEncoder(_Encoder):
         # Group-norm feature encoders (wav2vec2-base, HuBERT-base) normalise over time, padding
         # included, so a padded batch changes their output: they run one utterance at a time.
         self.pad_ok = getattr(cfg, "feat_extract_norm", "layer") == "layer"
-        self.layers = p.layers
+        self.index = hidden_state_indices(p.layers, cfg.num_hidden_layers)
+        self._stop_at(max(self.index), cfg)
+
+    def _stop_at(self, deepest: int, cfg: object) -> None:
+        """Drop the transformer layers above the deepest hidden state kept: hidden state 6 of a 24-layer
+        WavLM-Large then costs 1/2.6 of the whole forward on CPU (bench/acoustic.py --only truncation). Hidden state k is the output of layer k, as in
+        the full forward, bit for bit; only a pre-LN ("stable layer norm") encoder's final LayerNorm,
+        which the full model applies to its last hidden state alone, must not touch a truncated one."""
+        encoder = self.model.encoder  # type: ignore[attr-defined]
+        pre_ln = bool(getattr(cfg, "do_stable_layer_norm", False))
+        # The only hidden state kept is the last one computed: take the model's last output instead of
+        # asking for all of them, unless a final LayerNorm sits between the two.
+        self.last_only = self.index == [deepest] and not (pre_ln and deepest >= len(encoder.layers))
+        if deepest >= len(encoder.layers):
+            return
+        import torch
+
+        encoder.layers = encoder.layers[:deepest]
+        if pre_ln:
+            encoder.layer_norm = torch.nn.Identity()
 
     def forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         if not self.pad_ok and len(chunks) > 1:
@@ -66,19 +91,30 @@ class TransformersEncoder(_Encoder):
 
         inp = self.extractor(chunks, sampling_rate=SR, return_tensors="pt", padding=True,
                              return_attention_mask=self.pad_ok)
-        kwargs = {"input_values": inp.input_values.to(self.device)}
+        kwargs = {"input_values": inp.input_values.to(self.device, self.dtype)}
         if self.pad_ok and "attention_mask" in inp:
             kwargs["attention_mask"] = inp.attention_mask.to(self.device)
         with torch.inference_mode():
-            hidden = self.model(**kwargs, output_hidden_states=True).hidden_states  # type: ignore[operator]
-        index = list(range(len(hidden))) if self.layers == "all" else list(self.layers)
-        try:
-            stacked = torch.stack([hidden[i] for i in index], dim=2).float().cpu().numpy()  # B x T x L x D
-        except IndexError:
-            raise ValueError(f"acoustic.layers={self.layers} but the model has {len(hidden)} hidden states "
-                             f"(0..{len(hidden) - 1}, or negative from the end)") from None
+            if self.last_only:
+                stacked = self.model(**kwargs).last_hidden_state[:, :, None]  # type: ignore[operator]
+            else:
+                hidden = self.model(**kwargs, output_hidden_states=True).hidden_states  # type: ignore[operator]
+                stacked = torch.stack([hidden[i] for i in self.index], dim=2)
+            stacked = stacked.float().cpu().numpy()  # B x T x L x D
         lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(c) for c in chunks]))  # type: ignore[attr-defined]
         return [stacked[b, : int(n)] for b, n in enumerate(lengths)]
+
+
+def hidden_state_indices(layers: list[int] | str, num_layers: int) -> list[int]:
+    """`acoustic.layers` as hidden-state indices 0..num_layers (negative counted from the end)."""
+    count = num_layers + 1
+    if layers == "all":
+        return list(range(count))
+    bad = [i for i in layers if not -count <= i < count]
+    if bad:
+        raise UsageError(f"acoustic.layers={list(layers)} but the model has {count} hidden states "
+                         f"(0..{count - 1}, or negative from the end)")
+    return [i % count for i in layers]
 
 
 class WhisperEncoder(_Encoder):
@@ -89,7 +125,7 @@ class WhisperEncoder(_Encoder):
     def __init__(self, p: AcousticParams):
         if p.layers not in ([-1], "all"):
             raise ValueError("acoustic.backend=whisper gives the encoder's last layer only: use layers=[-1]")
-        self.whisper = load_whisper(p.model, p.device, p.compute_type, role="acoustic")
+        self.whisper = load_whisper(p.model, p.device, resolve_compute_type(p.compute_type, p.device), role="acoustic")
 
     def forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         from faster_whisper.audio import pad_or_trim
@@ -134,6 +170,13 @@ class AcousticStage(Stage):
         super().__init__(params, workdir)
         p: AcousticParams = params  # type: ignore[assignment]
         self.batch_size = p.batch_size or (1 if p.device == "cpu" else 16)
+
+    @classmethod
+    def fingerprint_params(cls, params: StageParams) -> dict[str, Any]:
+        p: AcousticParams = params  # type: ignore[assignment]
+        out = super().fingerprint_params(params)
+        out["compute_type"] = resolve_compute_type(p.compute_type, p.device)
+        return precision_fingerprint(out, p.precision, p.device)
 
     def declared_bytes(self, seconds: float) -> float | None:
         """frames x layers x width x dtype size, from the model's config (or model.bin for Whisper)."""

@@ -7,11 +7,12 @@ The backends live in `msf.pipeline.aligners`, the corpus files' readers in the c
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from msf.pipeline.device import Device
+from msf.pipeline.device import ComputeType, Device, resolve_compute_type
 from msf.pipeline.aligners import Aligner
 from msf.pipeline.corpora.alignment_files import AlignmentFileError, WordTimes, read_provided, transcript_words
 from msf.pipeline.model_loading import BUNDLED_TINY_EN
@@ -25,7 +26,11 @@ class AlignParams(StageParams):
     model: str = "large-v3"
     # The wav2vec2-CTC model of the `ctc` backend (hub id or local directory); whisperX's English default.
     ctc_model: str = "facebook/wav2vec2-base-960h"
-    compute_type: str = "int8"
+    compute_type: ComputeType = "auto"  # CTranslate2; auto: int8 on CPU, float16 on CUDA
+    # ASR through faster-whisper's batched pipeline (a file's speech segments, found by VAD, decoded
+    # together): 0 = auto, 16 on CUDA and one segment at a time on CPU (where batching only pads);
+    # 1 = one at a time. Part of the fingerprint as it resolves (its segments are VAD's, not 30 s windows).
+    asr_batch: int = Field(0, ge=0)
     language: str = "en"
     device: Device = "cpu"
     # Whisper forced alignment: a mean word probability below this means the transcript is not what
@@ -59,6 +64,10 @@ def alignment_record(t: WordTimes) -> Record:
     }
 
 
+def resolve_asr_batch(asr_batch: int, device: str) -> int:
+    return asr_batch or (16 if device.startswith("cuda") else 1)
+
+
 @register
 class AlignStage(Stage):
     name = "align"
@@ -73,6 +82,15 @@ class AlignStage(Stage):
     def __init__(self, params: StageParams, workdir: Path | None = None):
         super().__init__(params, workdir)
         self.reads_waveform = params.backend != "provided"  # type: ignore[attr-defined]
+
+    @classmethod
+    def fingerprint_params(cls, params: StageParams) -> dict[str, Any]:
+        """The compute type as it resolves on the device: "auto" on a CPU is the int8 of before."""
+        p: AlignParams = params  # type: ignore[assignment]
+        out = {**super().fingerprint_params(params), "compute_type": resolve_compute_type(p.compute_type, p.device)}
+        out.pop("asr_batch")
+        batch = resolve_asr_batch(p.asr_batch, p.device)
+        return out if batch == 1 else {**out, "asr_batch": batch}  # one at a time: the fingerprints of before
 
     def setup(self) -> None:
         p: AlignParams = self.params  # type: ignore[assignment]
@@ -103,7 +121,8 @@ class AlignStage(Stage):
         from msf.pipeline.aligners.whisper import WhisperAligner
 
         p: AlignParams = self.params  # type: ignore[assignment]
-        return WhisperAligner(p.model, p.device, p.compute_type, p.language, p.min_score, p.vad)
+        return WhisperAligner(p.model, p.device, resolve_compute_type(p.compute_type, p.device), p.language,
+                              p.min_score, p.vad, resolve_asr_batch(p.asr_batch, p.device))
 
     def compute(self, batch: list[Item]) -> list[Record | Exception]:
         out: list[Record | Exception] = []
