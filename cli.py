@@ -171,9 +171,9 @@ def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) ->
 def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str] = (), corpus: Optional[str] = None):  # type: ignore[assignment]
     """The named feature set of a cache, as recorded; or compared with the settings of --config FILE,
     --set overrides and a --corpus given now (each over the recorded settings)."""
-    from msf.pipeline.cache_view import CacheView, open_store
+    from msf.pipeline.cache_view import CacheView, open_store, recorded_corpus
     from msf.pipeline.config import MsfConfig, load_config
-    from msf.pipeline.corpus import load_corpus
+    from msf.pipeline.corpus import corpus_digest, load_corpus
 
     store = open_store(cache)
     try:
@@ -182,7 +182,9 @@ def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str]
         if record is not None and (config or sets or corpus):
             base = MsfConfig.model_validate_json(record.config).model_dump(mode="json", exclude_none=True)
             cfg = load_config(config, list(sets), base=base, read_cwd=False, corpus=corpus)
-            source = load_corpus(cfg.corpus, cfg.label_range) if corpus else None  # type: ignore[arg-type]
+            if corpus:  # parsed again only when its inputs changed since the set's extraction
+                source = recorded_corpus(store.index, cfg, corpus_digest(cfg.corpus, cfg.label_range)) or load_corpus(
+                    cfg.corpus, cfg.label_range)  # type: ignore[arg-type]
         return CacheView(cache, name, config=cfg, corpus=source, store=store, owns_store=True)
     except BaseException:
         store.close()

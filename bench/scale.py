@@ -1,5 +1,8 @@
 """msf's own cost at MSP-Podcast scale: a synthetic corpus of 100,000 short wavs through `audio` and
-four cheap stages (bench/scale_stages.py), so what is measured is the pipeline, not a model.
+four cheap stages (bench/scale_stages.py), so what is measured is the pipeline, not a model. Then an
+MSP-Podcast-shaped corpus (`Audios/`, `Transcripts/`, `Labels/labels_consensus.csv`, one transcript
+file per utterance, a third of the speakers `Unknown`) of 300,000 utterances through `audio` and seven
+cheap stages, read by the `msp-podcast:` reader.
 
 Figures (each command a fresh process, wall time from process start to exit):
   first run      `msf extract` computing all 500,000 entries; its overhead per entry
@@ -7,15 +10,17 @@ Figures (each command a fresh process, wall time from process start to exit):
   status         `msf status --json` on the cache alone            (target < 2 s)
   peak RSS       the largest of the three processes                (target < 1 GB)
 
-    python bench/scale.py [--n 100000] [--workers 2] [--out DIR]
+    python bench/scale.py [--n 100000] [--msp-n 300000] [--only msp] [--workers 2] [--out DIR]
 
-Last stdout line: one JSON object (n, first_run_s, overhead_ms_per_entry, noop_rerun_s, status_s, peak_rss_mb).
+Last stdout line: one JSON object (n, first_run_s, overhead_ms_per_entry, noop_rerun_s, status_s, peak_rss_mb,
+and msp300k_first_run_s, msp300k_noop_rerun_s, msp300k_status_s, msp300k_peak_rss_mb).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
@@ -30,6 +35,7 @@ import soundfile as sf
 
 HERE = Path(__file__).resolve().parent
 STAGES = ["audio", "scale_a", "scale_b", "scale_c", "scale_d"]
+MSP_STAGES = [*STAGES, "scale_e", "scale_f", "scale_g"]
 
 
 def build(root: Path, n: int) -> Path:
@@ -56,6 +62,38 @@ def build(root: Path, n: int) -> Path:
     return manifest
 
 
+def build_msp(root: Path, n: int) -> Path:
+    """An MSP-Podcast layout of n distinct 0.12 s wavs: flat `Audios/` and `Transcripts/` (one file per
+    utterance, as MSP-Podcast ships them) and `Labels/labels_consensus.csv` over the five split sets,
+    a third of the rows with speaker `Unknown`. The wavs are one PCM body with each file's number in
+    its first samples, written as bytes (sf.write per file would take most of the build)."""
+    labels = root / "Labels" / "labels_consensus.csv"
+    if labels.exists():
+        return root
+    for d in ("Audios", "Transcripts", "Labels"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    t = np.arange(1920) / 16000
+    burst = 0.3 * np.sin(2 * np.pi * 220 * t) * np.hanning(len(t)) + np.random.default_rng(0).normal(0, 1e-3, len(t))
+    buf = io.BytesIO()
+    sf.write(buf, burst.astype(np.float32), 16000, format="WAV", subtype="PCM_16")
+    template = bytearray(buf.getvalue())
+    body = len(template) - 1920 * 2  # the PCM data starts here
+    splits = ("Train", "Train", "Train", "Development", "Test1", "Test2", "Test3")
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"])
+        for i in range(n):
+            name = f"MSP-PODCAST_{i // 100:04d}_{i % 100:04d}"
+            template[body : body + 4] = i.to_bytes(4, "little")  # distinct content, inaudible
+            (root / "Audios" / f"{name}.wav").write_bytes(template)
+            (root / "Transcripts" / f"{name}.txt").write_text(f"utterance number {i} of the podcast\n")
+            split = splits[i % len(splits)]
+            w.writerow([f"{name}.wav", "N", "", "", "", "Unknown", "Unknown", split] if split == "Test3" else
+                       [f"{name}.wav", "N", 4.0, 4.0, 4.0, "Unknown" if i % 3 == 0 else str(i % 1000),
+                        ("Female", "Male")[i % 2], split])
+    return root
+
+
 def timed(args: list[str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MB) and stdout of one msf process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
@@ -70,37 +108,64 @@ def timed(args: list[str]) -> tuple[float, float, str]:
         return wall, usage.ru_maxrss / 1024, out.read()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, help="keep the corpus (and reuse it) here")
-    args = ap.parse_args()
-    root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-scale-"))
-    t0 = time.perf_counter()
-    manifest = build(root / "corpus", args.n)
-    print(f"corpus: {args.n} wavs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    cache = root / "cache"
+def measure(spec: str, cache: Path, last_stage: str, workers: int) -> dict[str, float]:
+    """First run, no-op rerun and status of `msf extract --stage last_stage` over `spec`."""
     shutil.rmtree(cache, ignore_errors=True)
-    extract = ["extract", "--corpus", str(manifest), "--cache", str(cache), "--set", 'plugins=["scale_stages"]',
-               "--stage", "scale_d", "--workers", str(args.workers), "--json"]
+    extract = ["extract", "--corpus", spec, "--cache", str(cache), "--set", 'plugins=["scale_stages"]',
+               "--stage", last_stage, "--workers", str(workers), "--json"]
     first_s, first_rss, out = timed(extract)
     entries = sum(s["computed"] for s in json.loads(out.strip().splitlines()[-1])["stages"].values())
     noop_s, noop_rss, out = timed(extract)
     recomputed = sum(s["computed"] for s in json.loads(out.strip().splitlines()[-1])["stages"].values())
     status_s, status_rss, _ = timed(["status", "--cache", str(cache), "--json"])
-    peak = max(first_rss, noop_rss, status_rss)
-    print(f"{args.n:,} utterances x {len(STAGES)} stages = {entries:,} entries; {args.workers} workers; "
-          f"{os.cpu_count()} CPUs")
+    return {"entries": entries, "first_s": first_s, "first_rss": first_rss, "noop_s": noop_s, "noop_rss": noop_rss,
+            "recomputed": recomputed, "status_s": status_s, "status_rss": status_rss,
+            "peak": max(first_rss, noop_rss, status_rss)}
+
+
+def table(title: str, m: dict[str, float]) -> None:
+    print(title)
     print(f"{'':<16}{'seconds':>10}{'peak RSS MB':>13}{'target':>12}")
-    print(f"{'first run':<16}{first_s:>10.1f}{first_rss:>13.0f}{'':>12}   {1000 * first_s / entries:.3f} ms per entry")
-    print(f"{'no-op rerun':<16}{noop_s:>10.2f}{noop_rss:>13.0f}{'< 3 s':>12}   {recomputed} entries recomputed")
-    print(f"{'status':<16}{status_s:>10.2f}{status_rss:>13.0f}{'< 2 s':>12}")
-    print(f"peak RSS {peak:.0f} MB (target < 1024)")
-    print(json.dumps({"n": args.n, "entries": entries, "first_run_s": round(first_s, 2),
-                      "overhead_ms_per_entry": round(1000 * first_s / entries, 4), "noop_rerun_s": round(noop_s, 3),
-                      "noop_recomputed": recomputed, "status_s": round(status_s, 3), "peak_rss_mb": round(peak),
-                      "workers": args.workers}))
+    print(f"{'first run':<16}{m['first_s']:>10.1f}{m['first_rss']:>13.0f}{'':>12}   "
+          f"{1000 * m['first_s'] / m['entries']:.3f} ms per entry")
+    print(f"{'no-op rerun':<16}{m['noop_s']:>10.2f}{m['noop_rss']:>13.0f}{'< 3 s':>12}   "
+          f"{m['recomputed']:.0f} entries recomputed")
+    print(f"{'status':<16}{m['status_s']:>10.2f}{m['status_rss']:>13.0f}{'< 2 s':>12}")
+    print(f"peak RSS {m['peak']:.0f} MB (target < 1024)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--msp-n", type=int, default=300_000)
+    ap.add_argument("--only", choices=["msp"], help="run only the MSP-Podcast-shaped row")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="keep the corpora (and reuse them) here")
+    args = ap.parse_args()
+    root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-scale-"))
+    res: dict = {"workers": args.workers}
+    if not args.only:
+        t0 = time.perf_counter()
+        manifest = build(root / "corpus", args.n)
+        print(f"corpus: {args.n} wavs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        m = measure(str(manifest), root / "cache", "scale_d", args.workers)
+        table(f"{args.n:,} utterances (manifest) x {len(STAGES)} stages = {m['entries']:,} entries; "
+              f"{args.workers} workers; {os.cpu_count()} CPUs", m)
+        res |= {"n": args.n, "entries": m["entries"], "first_run_s": round(m["first_s"], 2),
+                "overhead_ms_per_entry": round(1000 * m["first_s"] / m["entries"], 4),
+                "noop_rerun_s": round(m["noop_s"], 3), "noop_recomputed": m["recomputed"],
+                "status_s": round(m["status_s"], 3), "peak_rss_mb": round(m["peak"])}
+    t0 = time.perf_counter()
+    msp = build_msp(root / "msp", args.msp_n)
+    print(f"MSP-Podcast-shaped corpus: {args.msp_n} utterances in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    m = measure(f"msp-podcast:{msp}", root / "cache-msp", "scale_g", args.workers)
+    key = f"msp{args.msp_n // 1000}k"
+    table(f"{args.msp_n:,} utterances (MSP-Podcast layout, msp-podcast: reader) x {len(MSP_STAGES)} stages = "
+          f"{m['entries']:,} entries", m)
+    res |= {f"{key}_entries": m["entries"], f"{key}_first_run_s": round(m["first_s"], 2),
+            f"{key}_noop_rerun_s": round(m["noop_s"], 3), f"{key}_noop_recomputed": m["recomputed"],
+            f"{key}_status_s": round(m["status_s"], 3), f"{key}_peak_rss_mb": round(m["peak"])}
+    print(json.dumps(res))
 
 
 if __name__ == "__main__":

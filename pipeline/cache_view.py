@@ -14,9 +14,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from msf.pipeline.cache_index import Entry, Failure, FeatureSetRecord
+from msf.pipeline.cache_index import CacheIndex, Entry, Failure, FeatureSetRecord
 from msf.pipeline.config import ConfigError, MsfConfig
-from msf.pipeline.corpus import Corpus, Utterance
+from msf.pipeline.corpus import Corpus, CorpusProblem, Utterance, corpus_source
 from msf.pipeline.errors import NotFound
 from msf.pipeline.fingerprint import params_digest
 from msf.pipeline.planning import (Plan, Source, StageState, completion_keys, reasons, rows_digest,
@@ -33,6 +33,28 @@ def require_cache(cache: Path) -> None:
 def open_store(cache: Path) -> ShardStore:
     require_cache(cache)
     return ShardStore(Path(cache))
+
+
+def recorded_corpus(index: CacheIndex, config: MsfConfig, digest_now: str | None) -> Corpus | None:
+    """The corpus as the feature set's last extraction recorded it, when the corpus's inputs (its
+    `corpus_digest`: the manifest's bytes, or every label and transcript file's size and mtime) are
+    unchanged since; None otherwise (then the reader parses it). The rows the reader refused then are
+    refused again; missing audio is found again by the content-hash pass."""
+    record = index.feature_set(config.name)
+    if record is None or not record.corpus_digest or config.corpus is None or record.corpus != config.corpus:
+        return None
+    if digest_now != record.corpus_digest:
+        return None
+    rows = index.utterances()
+    if not all(m in rows for m in record.members):
+        return None
+    problems = []
+    for text in json.loads(index.get_meta("corpus_problems") or "[]"):
+        if not text.endswith(" (kept)"):  # the kept ones (missing audio) are not the reader's
+            where, _, message = text.partition(": ")
+            problems.append(CorpusProblem(where, message))
+    return Corpus(corpus_source(config.corpus)[0], config.corpus, [Utterance.from_dict(rows[m].row)
+                                                                   for m in record.members], problems)
 
 
 class CacheView:

@@ -18,6 +18,7 @@ from rich.progress import Progress
 
 from msf.pipeline.cache_index import FeatureSetRecord, Failure
 from msf.pipeline.config import ConfigError, MsfConfig
+from msf.pipeline.cache_view import recorded_corpus
 from msf.pipeline.corpus import Corpus, corpus_digest, corpus_source, load_corpus
 from msf.pipeline.errors import MsfError, NotFound, UsageError
 from msf.pipeline.estimate import (Estimate, Sends, StageCost, audio_durations, calibrate as calibrate_stages,
@@ -84,7 +85,7 @@ def remote_tainted(plan: Plan) -> set[str]:
     return out
 
 
-def _recorded_corpus(config: MsfConfig) -> str:
+def _recorded_corpus_hint(config: MsfConfig) -> str:
     """What the feature set was last extracted from, to suggest when a rerun names no corpus."""
     if config.cache is None or not (config.cache / "index.sqlite").is_file():
         return ""
@@ -103,7 +104,7 @@ class Extraction:
                  dry_run: bool = False):
         """`dry_run`: the cache is opened read-only (and not created); only `dry_run()` makes sense."""
         if corpus is None and config.corpus is None:
-            raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml" + _recorded_corpus(config))
+            raise ConfigError("no corpus: pass --corpus SPEC or set `corpus` in msf.toml" + _recorded_corpus_hint(config))
         load_plugins(config.plugins)
         for name in config.stages:  # a mistyped setting fails now, not after the content-hash pass
             config.params_for(stage_class(name))
@@ -123,10 +124,12 @@ class Extraction:
 
     @property
     def corpus(self) -> Corpus:
-        """Read on first use: an unchanged rerun never parses the manifest (see `_unchanged`)."""
+        """Read on first use: an unchanged rerun never parses the manifest (see `_unchanged`), and a
+        corpus unchanged since this feature set's last extraction is taken from the rows recorded then."""
         if self._corpus is None:
             # the audio is stat-ed once, by the content-hash pass, not by the reader too
-            self._corpus = load_corpus(self.config.corpus, self.config.label_range, check_audio=False)  # type: ignore[arg-type]
+            self._corpus = recorded_corpus(self.store.index, self.config, self.corpus_digest) or load_corpus(
+                self.config.corpus, self.config.label_range, check_audio=False)  # type: ignore[arg-type]
         return self._corpus
 
     def corpus_problems(self) -> list[str]:
@@ -150,6 +153,11 @@ class Extraction:
             self._sources = sources_from_corpus(corpus, self.store.index, lambda n: bar.advance(task, n))
             corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
             bar.update(task, total=bar.tasks[task].completed)
+
+    @cached_property
+    def corpus_digest(self) -> str | None:
+        """The corpus's inputs now (see `corpus_digest`): computed once per run, a directory scan."""
+        return corpus_digest(self.config.corpus, self.config.label_range) if self.config.corpus else None
 
     @cached_property
     def rows_digest(self) -> str:
@@ -197,7 +205,7 @@ class Extraction:
             return None
         index = self.store.index
         record = index.feature_set(self.config.name)
-        digest_now = corpus_digest(self.config.corpus, self.config.label_range)
+        digest_now = self.corpus_digest
         if (record is None or not digest_now or record.corpus_digest != digest_now
                 or record.config != self._config_json() or not set(stage_order(stages)) <= set(record.stages)
                 or index.get_meta("utterances_digest") != record.rows_digest
@@ -330,7 +338,7 @@ class Extraction:
         name = self.config.name
         config = self._config_json()
         members = [s.utt.id for s in self.sources]
-        corpus = (corpus_digest(self.config.corpus, self.config.label_range) or "") if self.config.corpus else ""
+        corpus = self.corpus_digest or ""
         old = index.feature_set(name)
         order = stage_order(stages)
         wanted = stage_order(list(dict.fromkeys([*(old.stages if old else []), *order])))  # upstream first

@@ -73,8 +73,7 @@ def test_unknown_spec() -> None:
         load_corpus("nowhere")
 
 
-def test_msp_podcast_layout(tmp_path: Path) -> None:
-    root = tmp_path / "MSP"
+def _msp(root: Path) -> None:
     (root / "Labels").mkdir(parents=True)
     (root / "Transcripts").mkdir()
     for name in ("MSP-PODCAST_0001_0001.wav", "MSP-PODCAST_0001_0002.wav", "MSP-PODCAST_0002_0001.wav"):
@@ -87,6 +86,11 @@ def test_msp_podcast_layout(tmp_path: Path) -> None:
         "MSP-PODCAST_0002_0001.wav,A,6.0,2.2,9.5,88,Male,Test1\n"
         "MSP-PODCAST_0002_0002.wav,A,6.0,2.2,5.5,88,Male,Holdout\n"
     )
+
+
+def test_msp_podcast_layout(tmp_path: Path) -> None:
+    root = tmp_path / "MSP"
+    _msp(root)
     c = load_corpus(f"msp-podcast:{root}")
     assert [(u.id, u.split, u.speaker) for u in c.utterances] == [
         ("MSP-PODCAST_0001_0001", "train", "127"), ("MSP-PODCAST_0001_0002", "dev", "127")]
@@ -147,3 +151,50 @@ def test_an_utterance_round_trips_through_its_dict() -> None:
     assert set(d) == {f.name for f in fields(Utterance)} and Utterance.from_dict(d) == u
     d["extra"]["session"] = "3"
     assert u.extra == {"session": "2"}  # a copy: a stage cannot change the corpus it was given
+
+
+@pytest.mark.parametrize("kind", ["msp-podcast", "iemocap"])
+def test_an_unchanged_corpus_is_not_parsed_again(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun, a changed setting and `status --corpus` take the rows recorded at the last extraction
+    while no label, transcript or alignment file changed (a directory scan says so); an edited
+    transcript is read again."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from msf.cli import app
+    from msf.pipeline.config import load_config
+    from msf.pipeline.corpora import iemocap, msp_podcast
+    from msf.pipeline.extraction import Extraction
+
+    root = tmp_path / "corpus"
+    (_msp if kind == "msp-podcast" else _iemocap)(root)
+    spec, cache = f"{kind}:{root}", tmp_path / "cache"
+    module = msp_podcast if kind == "msp-podcast" else iemocap
+    parsed: list[str] = []
+    read = module.read
+    monkeypatch.setattr(module, "read", lambda *a, **k: parsed.append("read") or read(*a, **k))
+
+    def extract(*sets: str) -> int:
+        ex = Extraction(load_config(None, list(sets), corpus=spec, cache=str(cache), workers=1, read_cwd=False))
+        computed = ex.run(["audio"], progress=False)["audio"].computed
+        ex.close()
+        return computed
+
+    n = extract()
+    assert parsed == ["read"] and n == (2 if kind == "msp-podcast" else 10)
+    assert extract() == 0 and extract("audio.min_contrast_db=3") == n  # a setting changed: all recomputed
+    r = CliRunner().invoke(app, ["status", "--cache", str(cache), "--corpus", spec, "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["stages"]["audio"]["fresh"] == n
+    assert parsed == ["read"]  # none of these parsed the corpus again
+    uid, edited = (("MSP-PODCAST_0001_0001", root / "Transcripts" / "MSP-PODCAST_0001_0001.txt") if kind == "msp-podcast"
+                   else ("Ses01F_impro01_F000", root / "Session1" / "dialog" / "transcriptions" / "Ses01F_impro01.txt"))
+    edited.write_text(edited.read_text().replace("great", "terrific").replace("Excuse me number 0", "Pardon me"))
+    extract("audio.min_contrast_db=3")
+    assert parsed == ["read", "read"]
+    from msf.pipeline.shard_store import ShardStore
+
+    store = ShardStore(cache, readonly=True)
+    transcript = store.index.utterances([uid])[uid].row["transcript"]
+    store.close()
+    assert transcript in ("so that was terrific", "Pardon me.")

@@ -10,7 +10,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Utterance
+from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Utterance, listing
 from msf.pipeline.errors import UsageError
 
 EVAL_LINE = re.compile(
@@ -39,6 +39,19 @@ def _transcripts(session_dir: Path) -> dict[str, str]:
             m = TRANSCRIPT_LINE.match(line.strip())
             if m:
                 out[m["utt"]] = m["text"].strip()
+    return out
+
+
+def inputs(root: Path) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every file `read` reads or looks for: the EmoEvaluation files, the
+    transcriptions and the ForcedAlignment `.wdseg` files, per session."""
+    out: list[tuple[str, int, int]] = []
+    for session in sorted(p for p in root.glob("Session[1-5]") if p.is_dir()):
+        dialog = session / "dialog"
+        out += listing(str(dialog / "EmoEvaluation"), ".txt") + listing(str(dialog / "transcriptions"), ".txt")
+        aligned = session / "sentences" / "ForcedAlignment"
+        for d in sorted(p for p in aligned.glob("*") if p.is_dir()):
+            out += listing(str(d), ".wdseg")
     return out
 
 

@@ -6,7 +6,7 @@ import csv
 import os
 from pathlib import Path
 
-from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError
+from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, listing
 
 SPLITS = {"Train": "train", "Development": "dev", "Test1": "test", "Test2": "test2", "Test3": "test3"}
 COLUMNS = ("FileName", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Split_Set")
@@ -18,6 +18,13 @@ def _transcript(transcripts: str, stem: str) -> str | None:
             return f.read().strip() or None
     except FileNotFoundError:
         return None
+
+
+def inputs(root: Path) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every file `read` reads: the labels file and the transcripts."""
+    labels = os.path.join(root, "Labels", "labels_consensus.csv")
+    st = os.stat(labels)  # no labels file: not a corpus (OSError), as `read` says
+    return [(labels, st.st_size, st.st_mtime_ns), *listing(os.path.join(root, "Transcripts"), ".txt")]
 
 
 def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
