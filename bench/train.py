@@ -10,10 +10,15 @@ fit in --memory-gb. The scale rows train a narrower model (--scale-hidden 32), s
 is a larger share of the epoch than with the default width. The shard and .npy rows both hand the
 frames as stored (float16) to the trainer's own batch assembly, which casts them: only the reads differ.
 
-    python bench/train.py [--n 160] [--repeats 5] [--features CACHE] [--scale-n 20000]
+Then one batch of 32 ten-second utterances with all 25 hidden states of a WavLM-Large-sized model
+(T x 25 x 1024 float16 each, 0.8 GB), from the stored frames to float32 on the device: as the trainer
+assembles it now (padded as stored, cast on the device) and as it did before (cast to float32 on the
+host in 32,768-element pieces, then moved), interleaved, median of rounds.
+
+    python bench/train.py [--n 160] [--repeats 5] [--features CACHE] [--scale-n 20000] [--only batch25]
 
 Last stdout line: one JSON object (epoch_s_shards, epoch_s_npy, epoch_s_memory, steps_per_s,
-epoch_s_shards_20k, epoch_s_npy_20k, ...).
+epoch_s_shards_20k, epoch_s_npy_20k, batch_s_25_layers, batch_s_25_layers_before, ...).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.extraction import Extraction
 from msf.pipeline.shard_store import write_shard
-from msf.trainer.data import FeatureSet, Split, parse_sources
+from msf.trainer.data import Batch, FeatureSet, Split, make_batch, parse_sources
 from msf.trainer.model import ModelConfig, MsfSer, ccc, load_balance
 from msf.trainer.train import to_tensors
 
@@ -48,6 +53,12 @@ class NpyFeatureSet(FeatureSet):
         if at and at[0][0].suffix == ".npy":
             return [np.load(p) for p, _ in at]  # as stored (float16), like the shard reader
         return super()._read_frames(at)
+
+    @classmethod
+    def _frame_counts(cls, at: list[tuple[Path, int]]) -> np.ndarray:
+        if at and at[0][0].suffix == ".npy":
+            return np.array([np.load(p, mmap_mode="r").shape[0] for p, _ in at], np.int64)
+        return super()._frame_counts(at)
 
 
 def as_npy(data: FeatureSet, out: Path) -> NpyFeatureSet:
@@ -164,6 +175,55 @@ def ratio(runs: dict[str, tuple[list[float], list[float], int]], a: str, b: str)
     return float(np.median(np.array(runs[a][0]) / np.array(runs[b][0])))
 
 
+TORCH_GRAIN = 32768  # at::internal::GRAIN_SIZE
+
+
+def make_batch_before(frames: list[np.ndarray]) -> Batch:
+    """The trainer's batch assembly before frames stayed float16 to the device (kept here to measure
+    against): a float32 batch filled on the host, copied in pieces under torch's parallel grain."""
+    lengths = np.array([len(f) for f in frames])
+    out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.float32)
+    dst = torch.from_numpy(out)
+    step = max(1, TORCH_GRAIN // max(1, int(np.prod(out.shape[2:]))))
+    for b, f in enumerate(frames):
+        src = torch.from_numpy(f)
+        for i in range(0, len(f), step):
+            j = min(i + step, len(f))
+            dst[b, i:j] = src[i:j]
+    return Batch(out, lengths, {}, np.ones(len(frames), bool), np.zeros((len(frames), 3), np.float32), [])
+
+
+def wide_batch_rows(device: str, repeats: int, n: int = 32, seconds: float = 10.0) -> dict[str, float]:
+    """Seconds from stored float16 frames (T x 25 x 1024) to a float32 batch on the device: now and before."""
+    rng = np.random.default_rng(0)
+    frames = [rng.standard_normal((int(seconds * 50) - k, 25, 1024), np.float32).astype(np.float16) for k in range(n)]
+    labels = np.zeros((n, 3), np.float32)
+
+    def now() -> float:
+        t0 = time.perf_counter()
+        x = to_tensors(make_batch(frames, {}, np.ones(n, bool), labels, []), device)[0]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        assert x.dtype == torch.float32
+        return time.perf_counter() - t0
+
+    def before() -> float:
+        t0 = time.perf_counter()
+        b = make_batch_before(frames)
+        x = torch.from_numpy(b.frames).to(device, non_blocking=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        assert x.dtype == torch.float32
+        return time.perf_counter() - t0
+
+    runs: dict[str, list[float]] = {"now": [], "before": []}
+    for _ in range(repeats):
+        runs["now"].append(now())
+        runs["before"].append(before())
+    return {"now": float(np.median(runs["now"])), "before": float(np.median(runs["before"])),
+            "speedup": float(np.median(np.array(runs["before"]) / np.array(runs["now"])))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=160)
@@ -175,13 +235,25 @@ def main() -> None:
     ap.add_argument("--scale-hidden", type=int, default=32,
                     help="model width for the scale rows: small, so reading is a larger share of the epoch")
     ap.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda rows run only where torch sees a GPU")
+    ap.add_argument("--only", choices=["batch25"], help="run only these rows")
     args = ap.parse_args()
+    devices = [d for d in args.devices.split(",") if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
+    res: dict = {}
+    for device in devices:
+        w = wide_batch_rows(device, args.repeats)
+        p = "" if device == "cpu" else "gpu_"
+        res |= {f"{p}batch_s_25_layers": round(w["now"], 3), f"{p}batch_s_25_layers_before": round(w["before"], 3),
+                f"{p}batch_25_layers_speedup": round(w["speedup"], 2)}
+        print(f"{device}: a batch of 32 x 10 s x 25 x 1024 from stored float16 to float32 on the device: "
+              f"{w['now']:.3f} s (before: {w['before']:.3f} s, {w['speedup']:.1f}x)")
+    if args.only:
+        print(json.dumps(res))
+        return
     root = Path(tempfile.mkdtemp(prefix="msf-bench-train-"))
     cache = args.features or build(args.n, root)
     shards = FeatureSet(cache, SOURCES, in_memory=False)
     sets = {"shards": shards, "npy": as_npy(shards, root / "npy"), "memory": FeatureSet(cache, SOURCES, in_memory=True)}
-    devices = [d for d in args.devices.split(",") if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
-    rows, res = [], {}
+    rows = []
     for device in devices:
         runs = interleaved_epochs(sets, device, args.repeats)
         p = summarise(runs, device, "", rows, res)

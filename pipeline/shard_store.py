@@ -256,6 +256,12 @@ class ShardReader:
             self._columns[key] = (g["offsets"][...], data)
         return self._columns[key]
 
+    def array_lengths(self, path: Path, name: str, rows: list[int]) -> np.ndarray:
+        """The first dimension of an array field in several rows, from its offsets alone (no data read)."""
+        offsets = self._column(path, name)[0]
+        r = np.asarray(rows, dtype=np.int64)
+        return offsets[r + 1] - offsets[r]
+
     def array_rows(self, path: Path, name: str, rows: list[int]) -> list[np.ndarray]:
         """One array field of several rows, for streaming training batches: rows close together in the
         shard are read as one span (one call and each compressed chunk decompressed once), rows far

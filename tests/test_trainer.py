@@ -219,13 +219,16 @@ def test_training_depends_on_the_features_not_the_shard_layout(tmp_path: Path) -
     assert CliRunner().invoke(app, ["cache", "compact", "--cache", str(caches["compacted"]), "--shard-size", "7"]).exit_code == 0
     layouts = {k: len(list((c / "acoustic").glob("shard-*.h5"))) for k, c in caches.items()}
     assert len(set(layouts.values())) == 3, layouts  # three shardings of the same entries
-    runs = {}
-    for (name, cache), in_memory in [*((kv, None) for kv in caches.items()), (("compacted", caches["compacted"]), False)]:
-        options = dict(FAST, epochs=3, seed=7, sources="audio", in_memory=in_memory)
-        runs[(name, in_memory)] = train(TrainConfig(features=cache, **options), tmp_path / f"run-{name}-{in_memory}",
-                                        progress=False)
-    figures = {k: (m["dev"], m["test"], m["data"]["digest"]) for k, m in runs.items()}
-    assert len(set(map(repr, figures.values()))) == 1, figures
+    # as trained by default, and with batches bucketed by length and bounded by frames (the lengths read
+    # from the shards' offsets when streamed, from the frames when held in memory)
+    for extra in ({}, {"bucket": True, "max_batch_frames": 2000}):
+        runs = {}
+        for (name, cache), in_memory in [*((kv, None) for kv in caches.items()), (("compacted", caches["compacted"]), False)]:
+            options = dict(FAST, epochs=3, seed=7, sources="audio", in_memory=in_memory, **extra)
+            runs[(name, in_memory)] = train(TrainConfig(features=cache, **options),
+                                            tmp_path / f"run-{name}-{in_memory}-{len(extra)}", progress=False)
+        figures = {k: (m["dev"], m["test"], m["data"]["digest"]) for k, m in runs.items()}
+        assert len(set(map(repr, figures.values()))) == 1, figures
 
 
 @pytest.mark.parametrize("fusion", ["fm-moe", "concat"])
@@ -314,22 +317,27 @@ def test_weight_averaging_keeps_the_average_over_its_horizon(demo_features: Path
         TrainConfig(features=demo_features, average_epochs=-1)
 
 
-def test_make_batch_casts_and_pads_exactly() -> None:
-    """Stored float16 frames (one layer or several) arrive as float32, bit-equal to numpy's cast, and
-    zero past each length, however the copy is cut into pieces."""
+def test_make_batch_pads_as_stored_and_the_device_gets_float32_exactly() -> None:
+    """Stored float16 frames (one layer or several) are padded as float16, zero past each length, and
+    reach the device as float32 bit-equal to numpy's cast; float32 frames stay float32."""
     import numpy as np
 
     from msf.trainer.data import make_batch
+    from msf.trainer.train import to_tensors
 
     rng = np.random.default_rng(0)
-    for shape in ((384,), (3, 200)):  # 85 and 54 frames per piece
+    for shape in ((384,), (3, 200)):
         frames = [rng.standard_normal((n, *shape)).astype(np.float16) for n in (1, 54, 55, 130)]
         b = make_batch(frames, {}, np.ones(4, bool), np.zeros((4, 3), np.float32), ["a", "b", "c", "d"])
-        assert b.frames.dtype == np.float32 and b.frames.shape == (4, 130, *shape)
+        assert b.frames.dtype == np.float16 and b.frames.shape == (4, 130, *shape)
+        on_device = to_tensors(b, "cpu")[0]
+        assert on_device.dtype == torch.float32
         for k, f in enumerate(frames):
-            assert np.array_equal(b.frames[k, : len(f)], f.astype(np.float32))
-            assert not b.frames[k, len(f) :].any()
+            assert np.array_equal(on_device[k, : len(f)].numpy(), f.astype(np.float32))
+            assert not on_device[k, len(f) :].any()
         assert b.lengths.tolist() == [1, 54, 55, 130]
+        assert make_batch([f.astype(np.float32) for f in frames], {}, np.ones(4, bool), np.zeros((4, 3), np.float32),
+                          list("abcd")).frames.dtype == np.float32
 
 
 def test_the_ablation_table_shows_the_spread_over_training_seeds() -> None:
@@ -342,6 +350,35 @@ def test_the_ablation_table_shows_the_spread_over_training_seeds() -> None:
     assert lines[0].endswith("| CCC mean | CCC mean, sd over seeds |")
     assert lines[2] == "| audio | 0.800 | 0.500 | 0.500 | 0.700 | 0.141 |"  # stdev(0.6, 0.8)
     assert table({"audio": {**row, "runs": runs[:1]}}).splitlines()[2] == "| audio | 0.800 | 0.500 | 0.500 | 0.700 |"
+
+
+def test_bucketed_batches_depend_on_seed_epoch_ids_and_lengths_only() -> None:
+    import numpy as np
+
+    from msf.trainer.data import BUCKET_BATCHES, batch_groups, epoch_order
+
+    rng = np.random.default_rng(0)
+    ids = [f"u{i:04d}" for i in range(500)]
+    lengths = rng.integers(50, 600, len(ids))
+
+    def groups(seed: int, epoch: int, **kw: object) -> list[list[int]]:
+        order = epoch_order(ids, seed, epoch)
+        return [g.tolist() for g in batch_groups(order, 16, training=True, lengths=lengths, seed=seed, epoch=epoch,
+                                                 **kw)]  # type: ignore[arg-type]
+
+    a = groups(0, 1, bucket=True, max_frames=4000)
+    assert a == groups(0, 1, bucket=True, max_frames=4000)  # a function of its inputs
+    assert a != groups(0, 2, bucket=True, max_frames=4000) and a != groups(1, 1, bucket=True, max_frames=4000)
+    assert sorted(k for g in a for k in g) == list(range(len(ids)))  # every utterance once
+    over = [g for g in a if len(g) > 16 or (len(g) > 1 and len(g) * lengths[g].max() > 4000)]
+    assert len(over) <= 1 and all(len(g) <= 17 for g in over)  # only where a last single joined its neighbour
+    padded = lambda gs: sum(len(g) * lengths[g].max() for g in gs)  # noqa: E731
+    plain = groups(0, 1)
+    assert padded(groups(0, 1, bucket=True)) < 0.8 * padded(plain)  # similar lengths share a batch
+    assert [len(g) for g in plain] == [16] * 31 + [4] and BUCKET_BATCHES > 1  # unbounded, unbucketed: as before
+    long = lengths.copy()
+    long[7] = 10_000  # one utterance longer than the bound is a batch of its own
+    assert [7] in [g.tolist() for g in batch_groups(np.arange(500), 16, training=False, lengths=long, max_frames=4000)]
 
 
 def test_a_last_training_batch_of_one_joins_the_one_before() -> None:

@@ -25,7 +25,6 @@ from msf.pipeline.shard_store import ShardReader
 SOURCES = ("audio", "gs", "les", "es", "prosody")
 STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended", "prosody": "emphasis"}
 TARGETS = ("valence", "arousal", "dominance")
-TORCH_GRAIN = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops run on the calling thread
 
 
 def source_vector(source: str, record: dict) -> np.ndarray:
@@ -47,7 +46,7 @@ def mean_sd(n: int, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray
 
 @dataclass
 class Batch:
-    frames: np.ndarray  # B x T x D (or B x T x L x D) float32, zero-padded
+    frames: np.ndarray  # B x T x D (or B x T x L x D), zero-padded, float16 as stored (or float32)
     lengths: np.ndarray  # B
     vectors: dict[str, np.ndarray]  # source -> B x D
     les_mask: np.ndarray  # B bool
@@ -64,6 +63,7 @@ class Split:
     frames_at: list[tuple[Path, int]]  # acoustic shard and row of each utterance
     frames: list[np.ndarray] | None = None  # held in memory
     speakers: list[str] | None = None  # the speaker group of each utterance (speaker standardisation)
+    lengths: np.ndarray | None = None  # frames per utterance, read when first needed (`FeatureSet.lengths`)
 
 
 def parse_sources(spec: str) -> tuple[str, ...]:
@@ -84,14 +84,41 @@ def epoch_order(ids: list[str], seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(len(ids))
 
 
-def batch_groups(order: np.ndarray, batch_size: int, training: bool) -> list[np.ndarray]:
-    """Consecutive batches of `batch_size` positions. In training a last batch of one utterance joins
-    the batch before it: the prosody projection's BatchNorm and the CCC loss are statistics over the
-    batch, and one utterance has none (N_train = 1 mod the batch size stopped training)."""
-    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+BUCKET_BATCHES = 20  # a bucket: this many batches' worth of the epoch's order, sorted by length
+
+
+def batch_groups(order: np.ndarray, batch_size: int, training: bool, lengths: np.ndarray | None = None,
+                 max_frames: int = 0, bucket: bool = False, seed: int = 0, epoch: int = 0) -> list[np.ndarray]:
+    """Batches of positions, in `order`: at most `batch_size` each and, with `max_frames` (and the
+    `lengths` in frames), at most that many padded frames (count x longest), so one long turn does
+    not make a batch of 32 of its length; a single utterance longer than that is a batch alone.
+
+    `bucket` (training): the epoch's order is cut into buckets of BUCKET_BATCHES batches, each sorted
+    by length, so a batch holds similar lengths (little padding), and the batches are then shuffled;
+    all of it drawn from (seed, epoch) and the ids' order and lengths alone, never the shard layout.
+
+    In training a last batch of one utterance joins the batch before it: the prosody projection's
+    BatchNorm and the CCC loss are statistics over the batch, and one utterance has none
+    (N_train = 1 mod the batch size stopped training)."""
+    if training and bucket and lengths is not None:
+        window = batch_size * BUCKET_BATCHES
+        order = np.concatenate([sorted(order[i : i + window], key=lambda k: lengths[k])
+                                for i in range(0, len(order), window)] or [order]).astype(order.dtype)
+    groups: list[list[int]] = [[]]
+    longest = 0
+    for k in order:
+        n = int(lengths[k]) if lengths is not None else 0
+        if groups[-1] and (len(groups[-1]) >= batch_size or (max_frames and max(longest, n) * (len(groups[-1]) + 1) > max_frames)):
+            groups.append([])
+            longest = 0
+        groups[-1].append(int(k))
+        longest = max(longest, n)
     if training and len(groups) > 1 and len(groups[-1]) == 1:
-        groups[-2:] = [np.concatenate(groups[-2:])]
-    return groups
+        groups[-2:] = [groups[-2] + groups[-1]]
+    out = [np.asarray(g, dtype=order.dtype) for g in groups if g]
+    if training and bucket:
+        out = [out[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(out))]
+    return out
 
 
 def with_labels_from(utts: list[Utterance], spec: str) -> tuple[list[Utterance], set[str], int]:
@@ -218,7 +245,7 @@ class FeatureSet:
     @classmethod
     def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
         """Frames of several utterances in the order given, as stored (float16), one read per shard;
-        `make_batch` casts them as it pads."""
+        they stay float16 until `to_tensors` puts them on the device."""
         by_shard: dict[Path, list[int]] = defaultdict(list)
         for k, (path, _) in enumerate(at):
             by_shard[path].append(k)
@@ -229,12 +256,15 @@ class FeatureSet:
         return out  # type: ignore[return-value]
 
     def batches(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                prefetch: int = 4) -> Iterator[Batch]:
-        """Batches in the order `epoch_order` gives (sorted ids when not shuffled). A thread reads the
-        next batches while the model trains; a batch's rows are read grouped by shard."""
+                prefetch: int = 4, max_frames: int = 0, bucket: bool = False) -> Iterator[Batch]:
+        """Batches in the order `epoch_order` gives (sorted ids when not shuffled), cut as
+        `batch_groups` says. A thread reads the next batches while the model trains; a batch's rows are
+        read grouped by shard."""
         s = self.splits[split]
         order = epoch_order(s.ids, seed, epoch) if shuffle else np.arange(len(s.ids))
-        groups = batch_groups(order, batch_size, training=shuffle)
+        lengths = self.lengths(split) if max_frames or (bucket and shuffle) else None
+        groups = batch_groups(order, batch_size, training=shuffle, lengths=lengths, max_frames=max_frames,
+                              bucket=bucket, seed=seed, epoch=epoch)
         q: queue.Queue = queue.Queue(maxsize=prefetch)
 
         def produce() -> None:
@@ -250,6 +280,24 @@ class FeatureSet:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def lengths(self, split: str) -> np.ndarray:
+        """Frames per utterance of a split, from the frames held in memory or the shards' offsets."""
+        s = self.splits[split]
+        if s.lengths is None:
+            s.lengths = (np.array([len(f) for f in s.frames], np.int64) if s.frames is not None
+                         else self._frame_counts(s.frames_at))
+        return s.lengths
+
+    @classmethod
+    def _frame_counts(cls, at: list[tuple[Path, int]]) -> np.ndarray:
+        by_shard: dict[Path, list[int]] = defaultdict(list)
+        for k, (path, _) in enumerate(at):
+            by_shard[path].append(k)
+        out = np.zeros(len(at), np.int64)
+        for path, ks in by_shard.items():
+            out[ks] = cls._reader.array_lengths(path, "frames", [at[k][1] for k in ks])
+        return out
 
     def _batch(self, s: Split, idx: list[int]) -> Batch:
         if s.frames is not None:
@@ -277,19 +325,13 @@ def _records(view: CacheView, entries: list[Entry]) -> dict[str, dict]:
 
 def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mask: np.ndarray,
                labels: np.ndarray, ids: list[str]) -> Batch:
-    """The frames (float16 as stored, or float32) cast and padded into one float32 array. torch casts
-    (numpy's float16 cast is not vectorised): 2.2 ms per batch of 32 demo utterances, against 6.2 ms
-    cast by numpy and 15.6 ms with a float32 copy of each utterance first. Copies stay under torch's
-    parallel grain (32,768 elements), so they run on the calling thread (the read-ahead thread) and
-    never wake the intra-op threads the training step is using: whole-utterance copies made epochs
-    slower, not faster."""
+    """The frames padded into one array in the dtype they come in: float16 as stored stays float16
+    until it reaches the device, where `to_tensors` casts it (on a GPU the cast is nearly free; on
+    the host it is half the bytes to copy). With 25 layers of 1024 a batch of 32 ten-second
+    utterances is 0.8 GB in float16: cast on the host in pieces it took 2.2 s to assemble, padded as
+    stored and cast by torch's threads ~0.5 s (bench/train.py, batch_s_25_layers)."""
     lengths = np.array([len(f) for f in frames])
-    out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.float32)
-    dst = torch.from_numpy(out)
-    step = max(1, TORCH_GRAIN // max(1, int(np.prod(out.shape[2:]))))  # frames per piece
+    out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.result_type(*frames))
     for b, f in enumerate(frames):
-        src = torch.from_numpy(f)
-        for i in range(0, len(f), step):
-            j = min(i + step, len(f))
-            dst[b, i:j] = src[i:j]
+        out[b, : len(f)] = f
     return Batch(out, lengths, vectors, les_mask, labels, ids)

@@ -22,7 +22,7 @@ from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.faults import fault_point
 from msf.pipeline.lock import CacheLock
 from msf.pipeline.progress import STDERR
-from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, parse_sources
+from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, epoch_order, parse_sources
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
 
 
@@ -40,6 +40,11 @@ class TrainConfig(BaseModel):
     epochs: int = Field(60, ge=1)
     patience: int = Field(12, ge=1)
     batch_size: int = Field(32, ge=1)
+    # A batch holds at most this many padded frames (utterances x the longest): 32 utterances of 20 s
+    # at 50 frames/s. A long turn then shares its batch with few others. 0: no bound.
+    max_batch_frames: int = Field(32_000, ge=0)
+    # Training batches of similar lengths (bucketed, then shuffled): less padding; see `batch_groups`.
+    bucket: bool = False
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     hidden: int = Field(128, ge=1)
@@ -93,18 +98,18 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
 
 def to_tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
-    """frames, lengths, vectors (a dict), LES mask, labels on the device."""
-    return (torch.from_numpy(b.frames).to(device, non_blocking=True), torch.from_numpy(b.lengths).to(device),
+    """frames (float32, cast on the device), lengths, vectors (a dict), LES mask, labels on the device."""
+    return (torch.from_numpy(b.frames).to(device, non_blocking=True).float(), torch.from_numpy(b.lengths).to(device),
             {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},  # type: ignore[return-value]
             torch.from_numpy(b.les_mask).to(device), torch.from_numpy(b.labels).to(device))
 
 
-def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64
-                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64,
+                  max_frames: int = 32_000) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     model.eval()
     preds, golds, aux_all = [], [], {}
     with torch.inference_mode():
-        for b in data.batches(split, batch_size, shuffle=False):
+        for b in data.batches(split, batch_size, shuffle=False, max_frames=max_frames):
             frames, lengths, vectors, mask, labels = to_tensors(b, device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 p, aux = model(frames, lengths, vectors, mask)
@@ -190,7 +195,10 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
     place(model, cfg.device, "--device")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = len(batch_groups(np.arange(len(data.splits["train"].ids)), cfg.batch_size, training=True))
+    train_ids = data.splits["train"].ids
+    steps = len(batch_groups(epoch_order(train_ids, cfg.seed, 0), cfg.batch_size, training=True,
+                             lengths=data.lengths("train") if cfg.max_batch_frames or cfg.bucket else None,
+                             max_frames=cfg.max_batch_frames, bucket=cfg.bucket))
     averaged = weight_average(model, cfg.average_epochs, steps)
     scored = averaged.module if averaged else model  # what dev sees and best.pt keeps
     digest = data.digest(sources)
@@ -211,7 +219,8 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
         while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] < cfg.patience:
             model.train()
             t0, losses = time.perf_counter(), []
-            for b in data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=state["epoch"]):
+            for b in data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=state["epoch"],
+                                  max_frames=cfg.max_batch_frames, bucket=cfg.bucket):
                 frames, lengths, vectors, mask, labels = to_tensors(b, cfg.device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
                     pred, aux = model(frames, lengths, vectors, mask)
