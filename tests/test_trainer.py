@@ -317,27 +317,28 @@ def test_weight_averaging_keeps_the_average_over_its_horizon(demo_features: Path
         TrainConfig(features=demo_features, average_epochs=-1)
 
 
-def test_make_batch_pads_as_stored_and_the_device_gets_float32_exactly() -> None:
-    """Stored float16 frames (one layer or several) are padded as float16, zero past each length, and
-    reach the device as float32 bit-equal to numpy's cast; float32 frames stay float32."""
+def test_make_batch_casts_or_pads_as_stored_and_the_device_gets_float32_exactly() -> None:
+    """Stored float16 frames (one layer or several), cast on the host as they are padded (CPU training)
+    or padded as float16 and cast on the device (GPU): float32 bit-equal to numpy's cast either way,
+    zero past each length, however the copy is cut into pieces."""
     import numpy as np
 
     from msf.trainer.data import make_batch
-    from msf.trainer.train import to_tensors
+    from msf.trainer.train import host_casts, to_tensors
 
+    assert host_casts("cpu") and not host_casts("cuda:1")
     rng = np.random.default_rng(0)
-    for shape in ((384,), (3, 200)):
+    for shape in ((384,), (3, 200)):  # 85 and 54 frames per piece
         frames = [rng.standard_normal((n, *shape)).astype(np.float16) for n in (1, 54, 55, 130)]
-        b = make_batch(frames, {}, np.ones(4, bool), np.zeros((4, 3), np.float32), ["a", "b", "c", "d"])
-        assert b.frames.dtype == np.float16 and b.frames.shape == (4, 130, *shape)
-        on_device = to_tensors(b, "cpu")[0]
-        assert on_device.dtype == torch.float32
-        for k, f in enumerate(frames):
-            assert np.array_equal(on_device[k, : len(f)].numpy(), f.astype(np.float32))
-            assert not on_device[k, len(f) :].any()
-        assert b.lengths.tolist() == [1, 54, 55, 130]
-        assert make_batch([f.astype(np.float32) for f in frames], {}, np.ones(4, bool), np.zeros((4, 3), np.float32),
-                          list("abcd")).frames.dtype == np.float32
+        for cast, dtype in ((True, np.float32), (False, np.float16)):
+            b = make_batch(frames, {}, np.ones(4, bool), np.zeros((4, 3), np.float32), ["a", "b", "c", "d"], cast)
+            assert b.frames.dtype == dtype and b.frames.shape == (4, 130, *shape)
+            on_device = to_tensors(b, "cpu")[0]
+            assert on_device.dtype == torch.float32
+            for k, f in enumerate(frames):
+                assert np.array_equal(on_device[k, : len(f)].numpy(), f.astype(np.float32))
+                assert not on_device[k, len(f) :].any()
+            assert b.lengths.tolist() == [1, 54, 55, 130]
 
 
 def test_the_ablation_table_shows_the_spread_over_training_seeds() -> None:

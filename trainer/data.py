@@ -25,6 +25,7 @@ from msf.pipeline.shard_store import ShardReader
 SOURCES = ("audio", "gs", "les", "es", "prosody")
 STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended", "prosody": "emphasis"}
 TARGETS = ("valence", "arousal", "dominance")
+TORCH_GRAIN = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops run on the calling thread
 
 
 def source_vector(source: str, record: dict) -> np.ndarray:
@@ -46,7 +47,7 @@ def mean_sd(n: int, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray
 
 @dataclass
 class Batch:
-    frames: np.ndarray  # B x T x D (or B x T x L x D), zero-padded, float16 as stored (or float32)
+    frames: np.ndarray  # B x T x D (or B x T x L x D), zero-padded; float32, or float16 as stored for a GPU
     lengths: np.ndarray  # B
     vectors: dict[str, np.ndarray]  # source -> B x D
     les_mask: np.ndarray  # B bool
@@ -245,7 +246,7 @@ class FeatureSet:
     @classmethod
     def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
         """Frames of several utterances in the order given, as stored (float16), one read per shard;
-        they stay float16 until `to_tensors` puts them on the device."""
+        `make_batch` casts them as it pads (or, for a GPU, the device does)."""
         by_shard: dict[Path, list[int]] = defaultdict(list)
         for k, (path, _) in enumerate(at):
             by_shard[path].append(k)
@@ -256,7 +257,7 @@ class FeatureSet:
         return out  # type: ignore[return-value]
 
     def batches(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                prefetch: int = 4, max_frames: int = 0, bucket: bool = False) -> Iterator[Batch]:
+                prefetch: int = 4, max_frames: int = 0, bucket: bool = False, cast: bool = True) -> Iterator[Batch]:
         """Batches in the order `epoch_order` gives (sorted ids when not shuffled), cut as
         `batch_groups` says. A thread reads the next batches while the model trains; a batch's rows are
         read grouped by shard."""
@@ -270,7 +271,7 @@ class FeatureSet:
         def produce() -> None:
             try:
                 for g in groups:
-                    q.put(self._batch(s, list(g)))
+                    q.put(self._batch(s, list(g), cast))
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
                 q.put(e)
             q.put(None)
@@ -299,7 +300,7 @@ class FeatureSet:
             out[ks] = cls._reader.array_lengths(path, "frames", [at[k][1] for k in ks])
         return out
 
-    def _batch(self, s: Split, idx: list[int]) -> Batch:
+    def _batch(self, s: Split, idx: list[int], cast: bool = True) -> Batch:
         if s.frames is not None:
             frames = [s.frames[i] for i in idx]
         else:
@@ -308,7 +309,7 @@ class FeatureSet:
             stats = [self.speaker_stats[s.speakers[i]] for i in idx]  # type: ignore[index]
             frames = [(f - mean) / sd for f, (mean, sd) in zip(frames, stats)]
         return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, s.les_mask[idx], s.labels[idx],
-                          [s.ids[i] for i in idx])
+                          [s.ids[i] for i in idx], cast)
 
 
 def _records(view: CacheView, entries: list[Entry]) -> dict[str, dict]:
@@ -324,14 +325,25 @@ def _records(view: CacheView, entries: list[Entry]) -> dict[str, dict]:
 
 
 def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mask: np.ndarray,
-               labels: np.ndarray, ids: list[str]) -> Batch:
-    """The frames padded into one array in the dtype they come in: float16 as stored stays float16
-    until it reaches the device, where `to_tensors` casts it (on a GPU the cast is nearly free; on
-    the host it is half the bytes to copy). With 25 layers of 1024 a batch of 32 ten-second
-    utterances is 0.8 GB in float16: cast on the host in pieces it took 2.2 s to assemble, padded as
-    stored and cast by torch's threads ~0.5 s (bench/train.py, batch_s_25_layers)."""
+               labels: np.ndarray, ids: list[str], cast: bool = True) -> Batch:
+    """The frames padded into one array. `cast` (training on the CPU): float32, cast by torch as it pads,
+    in pieces under torch's parallel grain so the copy stays on the calling (read-ahead) thread and
+    never wakes the intra-op threads the training step is using (numpy's float16 cast is not
+    vectorised; whole-utterance copies made epochs slower). Otherwise (a GPU): as stored, float16,
+    half the bytes to pad and to move, cast on the device by `to_tensors`. On a CPU the two ways cost
+    the same (32 ten-second utterances x 25 x 1024: 0.545 s and 0.551 s, bench/train.py --only
+    batch25), and the first runs on the read-ahead thread, beside the training step."""
     lengths = np.array([len(f) for f in frames])
-    out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.result_type(*frames))
+    out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.float32 if cast else np.result_type(*frames))
+    if not cast:
+        for b, f in enumerate(frames):
+            out[b, : len(f)] = f
+        return Batch(out, lengths, vectors, les_mask, labels, ids)
+    dst = torch.from_numpy(out)
+    step = max(1, TORCH_GRAIN // max(1, int(np.prod(out.shape[2:]))))  # frames per piece
     for b, f in enumerate(frames):
-        out[b, : len(f)] = f
+        src = torch.from_numpy(f)
+        for i in range(0, len(f), step):
+            j = min(i + step, len(f))
+            dst[b, i:j] = src[i:j]
     return Batch(out, lengths, vectors, les_mask, labels, ids)

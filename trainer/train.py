@@ -97,8 +97,15 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def host_casts(device: str) -> bool:
+    """Whether batches are cast to float32 on the host (`make_batch`): yes but for a GPU, which takes
+    them as stored (float16: half the bytes over the bus) and casts them itself."""
+    return not device.startswith("cuda")
+
+
 def to_tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
-    """frames (float32, cast on the device), lengths, vectors (a dict), LES mask, labels on the device."""
+    """frames (float32; a float16 batch is cast on the device), lengths, vectors (a dict), LES mask,
+    labels on the device."""
     return (torch.from_numpy(b.frames).to(device, non_blocking=True).float(), torch.from_numpy(b.lengths).to(device),
             {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},  # type: ignore[return-value]
             torch.from_numpy(b.les_mask).to(device), torch.from_numpy(b.labels).to(device))
@@ -109,7 +116,7 @@ def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batc
     model.eval()
     preds, golds, aux_all = [], [], {}
     with torch.inference_mode():
-        for b in data.batches(split, batch_size, shuffle=False, max_frames=max_frames):
+        for b in data.batches(split, batch_size, shuffle=False, max_frames=max_frames, cast=host_casts(device)):
             frames, lengths, vectors, mask, labels = to_tensors(b, device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 p, aux = model(frames, lengths, vectors, mask)
@@ -220,7 +227,7 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
             model.train()
             t0, losses = time.perf_counter(), []
             for b in data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=state["epoch"],
-                                  max_frames=cfg.max_batch_frames, bucket=cfg.bucket):
+                                  max_frames=cfg.max_batch_frames, bucket=cfg.bucket, cast=host_casts(cfg.device)):
                 frames, lengths, vectors, mask, labels = to_tensors(b, cfg.device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
                     pred, aux = model(frames, lengths, vectors, mask)
