@@ -363,13 +363,13 @@ class Extraction:
             index.record_completion(name, key, shards, len(sp.fingerprints), nbytes)
             report.seconds = round(time.perf_counter() - t0, 3)
             return report
-        items, blocked = self._items(plan, name, todo)
+        upstream, blocked = self._upstream(plan, name, todo)
         if cls.group_by:
-            groups = self._whole_groups(plan, name, state, items, report)
+            groups = self._whole_groups(plan, name, state, upstream, report)
         else:
-            ready = [items[u] for u in todo if u in items]
+            ready = [u for u in todo if u in upstream]
             sizes = index.file_sizes()
-            ready.sort(key=lambda t: sizes.get(t.utt["audio"], 0))  # similar lengths share a task
+            ready.sort(key=lambda u: sizes.get(plan.sources[u].utt.audio, 0))  # similar lengths share a task
             # Shard-sized tasks, but never fewer tasks than workers: a small corpus still uses them all.
             size = max(1, min(self.config.shard_size, -(-len(ready) // self.executor.workers)))
             groups = [ready[i : i + size] for i in range(0, len(ready), size)]
@@ -380,7 +380,10 @@ class Extraction:
             bar.advance(task, len(blocked))
         params = sp.params.model_dump(mode="json")
         threads = 0 if self.config.scheduler else max(1, (os.cpu_count() or 1) // self.executor.workers)
-        argsets = ((str(self.root), name, params, g, self.config.plugins, threads) for g in groups)
+        # A task's items (each utterance's manifest row) are made as the executor takes the task: at
+        # 300k utterances, all of them at once held 40 % of the driver's memory.
+        argsets = ((str(self.root), name, params, [self._task_item(plan, u, upstream[u]) for u in g],
+                    self.config.plugins, threads) for g in groups)
         # two tasks per worker in flight: one running, one queued, and nothing more held anywhere
         results = self.executor.run(run_task, argsets, window=2 * self.executor.workers)
         try:
@@ -389,7 +392,7 @@ class Extraction:
                 if isinstance(res, MsfError):  # no model, a bad setting: one clear error, not N failures
                     raise res
                 if isinstance(res, BaseException):  # a crashed task fails its items, not the run
-                    res = TaskResult(failed=[(t.utt["id"], f"task failed: {describe_error(res)}") for t in group])
+                    res = TaskResult(failed=[(u, f"task failed: {describe_error(res)}") for u in group])
                 index.commit([plan.entry(name, u, res.shard, row, checksum, size)  # type: ignore[arg-type]
                               for u, row, checksum, size in res.done],
                              [Failure(name, u, sp.fingerprints[u], err, time.time()) for u, err in res.failed])
@@ -407,15 +410,21 @@ class Extraction:
         report.seconds = round(time.perf_counter() - t0, 3)
         return report
 
-    def _items(self, plan: Plan, name: str, utts: list[str]) -> tuple[dict[str, TaskItem], list[Failure]]:
-        """Task items for the utterances whose upstream entries are all fresh; a failure record for
-        the others, naming the upstream stage and its error."""
+    @staticmethod
+    def _task_item(plan: Plan, uid: str, upstream: dict[str, tuple[str, int]]) -> TaskItem:
+        src = plan.sources[uid]
+        return TaskItem(src.utt.to_dict(), src.audio_hash, upstream)
+
+    def _upstream(self, plan: Plan, name: str, utts: list[str]
+                  ) -> tuple[dict[str, dict[str, tuple[str, int]]], list[Failure]]:
+        """Where the upstream entries (stage -> shard, row) of each utterance whose upstream entries
+        are all fresh are; a failure record for the others, naming the upstream stage and its error."""
         cls = plan[name].stage
         index = self.store.index
         located = {up: index.locations(up) for up in cls.needs}
         shards = {up: self.store.shard_names(up) for up in cls.needs}
         errors = {up: {(f.utt, f.fingerprint): f.error for f in index.failures(up)} for up in cls.needs}
-        items: dict[str, TaskItem] = {}
+        items: dict[str, dict[str, tuple[str, int]]] = {}
         blocked: list[Failure] = []
         for uid in utts:
             upstream: dict[str, tuple[str, int]] = {}
@@ -428,24 +437,25 @@ class Extraction:
                     break
                 upstream[up] = loc
             else:
-                src = plan.sources[uid]
-                items[uid] = TaskItem(src.utt.to_dict(), src.audio_hash, upstream)
+                items[uid] = upstream
         return items, blocked
 
-    def _whole_groups(self, plan: Plan, name: str, state: StageState, items: dict[str, TaskItem],
-                      report: StageReport) -> list[list[TaskItem]]:
+    def _whole_groups(self, plan: Plan, name: str, state: StageState, items: dict[str, dict[str, tuple[str, int]]],
+                      report: StageReport) -> list[list[str]]:
         """Tasks of whole groups: a group with anything to compute is computed with all its ready
-        members (its statistics need them), fresh ones included; packed up to shard_size per task."""
+        members (its statistics need them), fresh ones included; packed up to shard_size per task.
+        The fresh members' upstream locations are added to `items`."""
         cls = plan[name].stage
         members: dict[str, list[str]] = {}
         for uid in plan.sources:
             members.setdefault(plan.group_of(cls, uid), []).append(uid)
         touched = [ms for ms in members.values() if any(m in items for m in ms)]
-        again, _ = self._items(plan, name, [m for ms in touched for m in ms if m in state.fresh])
+        again, _ = self._upstream(plan, name, [m for ms in touched for m in ms if m in state.fresh])
         report.reused -= len(again)
-        tasks: list[list[TaskItem]] = [[]]
+        items.update(again)
+        tasks: list[list[str]] = [[]]
         for ms in touched:
-            group = [items.get(m) or again[m] for m in ms if m in items or m in again]
+            group = [m for m in ms if m in items]
             if tasks[-1] and len(tasks[-1]) + len(group) > self.config.shard_size:
                 tasks.append([])
             tasks[-1].extend(group)
