@@ -9,7 +9,11 @@ demo's real prompts (as the server received them) also go through `describe.back
 this process: seconds per utterance one prompt at a time and in batches of 8 (model loading timed
 apart), and three of its descriptions.
 
-    python bench/describe.py [--latency-ms 200] [--repeats 3] [--n 24] [--local MODEL] [--threads 1]
+With `--audio`, `describe.audio = true` against a local server that decodes the WAV of each request
+and answers from what it hears (its length and loudness), as an audio-language model would: three of
+the requests as sent (the base64 audio elided) with their answers, and the second run's request count.
+
+    python bench/describe.py [--latency-ms 200] [--repeats 3] [--n 24] [--local MODEL] [--threads 1] [--audio]
 
 Last stdout line: one JSON object.
 """
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24, help="demo utterances for the rerun check")
     ap.add_argument("--local", help="also time describe.backend=local with this model ('bundled': SmolLM2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for --local (a worker's share)")
+    ap.add_argument("--audio", action="store_true", help="also describe.audio=true against a hearing server")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="msf-bench-describe-"))
     rps: dict[int, float] = {}
@@ -77,6 +82,7 @@ def main() -> None:
         prompts = [b["messages"][-1]["content"] for _, _, b in server.requests[-counts[0]:]]
     local = local_figures(BUNDLED_SMOLLM2 if args.local == "bundled" else args.local, prompts, args.threads) \
         if args.local else {}
+    heard = audio_examples(corpus, root) if args.audio else {}
     ideal = 1000 / args.latency_ms
     print(f"local chat-completions server, fixed latency {args.latency_ms:g} ms; median of {args.repeats}")
     print(f"{'concurrency':>12}{'requests/s':>12}{'x c=1':>8}{'of c x ideal':>14}")
@@ -86,7 +92,48 @@ def main() -> None:
           f"second run {counts[1]}")
     print(json.dumps({"rps_c1": round(rps[1], 2), "rps_c8": round(rps[8], 2), "rps_c32": round(rps[32], 2),
                       "speedup_c32": round(rps[32] / rps[1], 2), "first_run_requests": counts[0],
-                      "second_run_requests": counts[1], "latency_ms": args.latency_ms} | local))
+                      "second_run_requests": counts[1], "latency_ms": args.latency_ms} | local | heard))
+
+
+def hearing_server(n: int, prompt: str, audio: bytes | None) -> tuple:
+    import io
+
+    import soundfile as sf
+
+    x, sr = sf.read(io.BytesIO(audio), dtype="float32")  # type: ignore[arg-type]
+    db = 20 * np.log10(np.sqrt(np.mean(x**2)) + 1e-9)
+    return ("answer", f"I hear {len(x) / sr:.2f} seconds of speech at {db:.1f} dB RMS; the speaker sounds "
+                      f"{'animated' if db > -20 else 'subdued'}.")
+
+
+def audio_examples(corpus: Path, root: Path) -> dict[str, int]:
+    """describe.audio=true twice over the corpus: three requests as sent (audio elided) and answers."""
+    import copy
+
+    with ChatServer(hearing_server, hears=True) as server:
+        cfg = MsfConfig(corpus=f"demo:{corpus}", cache=root / "cache-audio", profile="offline", workers=1,
+                        stages={"align": {"backend": "provided"},
+                                "describe": {"backend": "openai", "base_url": server.url, "model": "hears",
+                                             "audio": True}})
+        counts = []
+        for _ in range(2):
+            before = len(server.requests)
+            ex = Extraction(cfg)
+            ex.run(["describe"], progress=False)
+            if not counts:
+                for _, _, body in server.requests[:3]:
+                    shown = copy.deepcopy(body)
+                    for part in shown["messages"][0]["content"]:
+                        if part["type"] == "input_audio":
+                            part["input_audio"]["data"] = f"<{len(part['input_audio']['data'])} base64 characters>"
+                    print(json.dumps(shown, indent=1))
+                for u in ex.corpus.utterances[:3]:
+                    print(u.id, json.dumps(ex.read("describe", u.id)))
+            ex.close()
+            counts.append(len(server.requests) - before)
+    print(f"describe.audio=true on {len(counts) and counts[0]} utterances: first run {counts[0]} requests, "
+          f"second run {counts[1]}")
+    return {"audio_first_run_requests": counts[0], "audio_second_run_requests": counts[1]}
 
 
 def local_figures(model: str, prompts: list[str], threads: int) -> dict[str, float]:

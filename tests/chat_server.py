@@ -25,9 +25,10 @@ def text_and_audio(content: str | list) -> tuple[str, bytes | None]:
 
 
 class ChatServer:
-    def __init__(self, script: Callable[..., Behaviour], port: int = 0, hears: bool = False):
+    def __init__(self, script: Callable[..., Behaviour], port: int = 0, hears: bool = False, latency_s: float = 0.0):
         self.script = script
         self.hears = hears
+        self.latency_s = latency_s  # every answer waits this long (bench/describe.py's fixed latency)
         self.stopped = False
         self.requests: list[tuple[float, dict, dict]] = []  # time, headers, body
         self.lock = threading.Lock()
@@ -50,6 +51,8 @@ class ChatServer:
                     server.requests.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
                 prompt, audio = text_and_audio(body["messages"][-1]["content"])
                 b = server.script(n, prompt, audio) if server.hears else server.script(n, prompt)
+                if server.latency_s:
+                    time.sleep(server.latency_s)
                 if b[0] == "hang":
                     time.sleep(b[1])
                     b = ("answer", "a late answer that nobody is waiting for anymore")
