@@ -120,15 +120,16 @@ def audio_examples(corpus: Path, root: Path) -> dict[str, int]:
             before = len(server.requests)
             ex = Extraction(cfg)
             ex.run(["describe"], progress=False)
-            if not counts:
+            if not counts:  # each request as sent, then the record stored for its utterance
                 for _, _, body in server.requests[:3]:
                     shown = copy.deepcopy(body)
                     for part in shown["messages"][0]["content"]:
                         if part["type"] == "input_audio":
                             part["input_audio"]["data"] = f"<{len(part['input_audio']['data'])} base64 characters>"
                     print(json.dumps(shown, indent=1))
-                for u in ex.corpus.utterances[:3]:
-                    print(u.id, json.dumps(ex.read("describe", u.id)))
+                    text = shown["messages"][0]["content"][0]["text"]
+                    u = next(u for u in ex.corpus.utterances if f'"{u.transcript}"' in text)
+                    print(f"-> {u.id}: {json.dumps(ex.read('describe', u.id))}")
             ex.close()
             counts.append(len(server.requests) - before)
     print(f"describe.audio=true on {len(counts) and counts[0]} utterances: first run {counts[0]} requests, "
