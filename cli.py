@@ -456,14 +456,18 @@ def train(
     epochs: int = typer.Option(60),
     speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
     average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
+    max_batch_frames: Optional[int] = typer.Option(None, help="At most this many padded frames (utterances x the "
+                                                              "longest) per batch; 0: no bound (default 32000)."),
+    bucket: bool = typer.Option(False, "--bucket", help="Training batches of similar lengths (less padding; off by "
+                                                        "default: it cost CCC on the demo, docs/trainer.md)."),
 ) -> None:
     """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves and usage statistics."""
     from msf.trainer.train import TrainConfig, train as run_training
 
     with user_errors():
         cfg = TrainConfig(features=features, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold,
-                          device=device, seed=seed, epochs=epochs, speaker_norm=speaker_norm,
-                          **given(average_epochs=average_epochs))
+                          device=device, seed=seed, epochs=epochs, speaker_norm=speaker_norm, bucket=bucket,
+                          **given(average_epochs=average_epochs, max_batch_frames=max_batch_frames))
         metrics = run_training(cfg, out)
     print(json.dumps(metrics))
 

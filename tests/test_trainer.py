@@ -407,3 +407,19 @@ def test_training_with_one_utterance_left_over_for_the_last_batch(demo_features:
         m = train(TrainConfig(features=demo_features, sources=sources, fusion=fusion, **options),
                   tmp_path / f"run-{fusion}", progress=False)
         assert all(-1 <= m["test"][k] <= 1 for k in ("ccc_valence", "ccc_arousal", "ccc_dominance"))
+
+
+def test_msf_train_takes_the_batching_settings(demo_features: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from msf.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(tmp_path / "run"),
+                                 "--sources", "audio", "--epochs", "1", "--bucket", "--max-batch-frames", "3000"])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    saved = (tmp_path / "run").rglob("*.json")
+    assert any('"bucket": true' in p.read_text() and '"max_batch_frames": 3000' in p.read_text() for p in saved)
+    bad = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(tmp_path / "bad"),
+                                   "--max-batch-frames", "-1"])
+    assert bad.exit_code == 2 and "max_batch_frames" in bad.stderr and "Traceback" not in bad.stderr
