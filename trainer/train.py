@@ -26,6 +26,10 @@ from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, epoch_ord
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
 
 
+# Padded frames (utterances x the longest) a batch may hold: 32 utterances of 20 s at 50 frames/s.
+MAX_BATCH_FRAMES = 32_000
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,9 +44,9 @@ class TrainConfig(BaseModel):
     epochs: int = Field(60, ge=1)
     patience: int = Field(12, ge=1)
     batch_size: int = Field(32, ge=1)
-    # A batch holds at most this many padded frames (utterances x the longest): 32 utterances of 20 s
-    # at 50 frames/s. A long turn then shares its batch with few others. 0: no bound.
-    max_batch_frames: int = Field(32_000, ge=0)
+    # Training batches: a long turn then shares its batch with few others. 0: no bound. (Evaluation
+    # batches are bounded by MAX_BATCH_FRAMES too.)
+    max_batch_frames: int = Field(MAX_BATCH_FRAMES, ge=0)
     # Training batches of similar lengths (bucketed, then shuffled): less padding; see `batch_groups`.
     bucket: bool = False
     lr: float = Field(1e-3, gt=0)
@@ -112,7 +116,7 @@ def to_tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
 
 
 def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64,
-                  max_frames: int = 32_000) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+                  max_frames: int = MAX_BATCH_FRAMES) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     model.eval()
     preds, golds, aux_all = [], [], {}
     with torch.inference_mode():
