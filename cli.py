@@ -484,7 +484,7 @@ def evaluate(
     settings than the run's (another aligner, say) are allowed, and named on stderr."""
     from msf.pipeline.config import MsfConfig
     from msf.pipeline.planning import settings_changes
-    from msf.trainer.data import STAGE_OF, FeatureSet, parse_sources
+    from msf.trainer.data import STAGE_OF, FeatureSet, parse_sources, scored_splits
     from msf.trainer.train import evaluate as run_eval, load_run
 
     with user_errors():
@@ -497,7 +497,8 @@ def evaluate(
         if changes:
             ERR.print("note: these features differ from the run's training features in "
                       + "; ".join(changes), highlight=False, markup=False)
-        result = {s: run_eval(model, data, s, device).ccc for s in ("dev", "test") if data.splits[s].ids}
+        result = {s: {**run_eval(model, data, s, device).ccc, "n": len(data.splits[s].ids)}
+                  for s in scored_splits(data.splits)}
     print(json.dumps(result))
 
 

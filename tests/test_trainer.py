@@ -423,3 +423,36 @@ def test_msf_train_takes_the_batching_settings(demo_features: Path, tmp_path: Pa
     bad = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(tmp_path / "bad"),
                                    "--max-batch-frames", "-1"])
     assert bad.exit_code == 2 and "max_batch_frames" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_labelled_split_is_scored_on_its_own(tmp_path: Path) -> None:
+    """MSP-Podcast's Test2 (and any split a manifest names) is scored under its own key with its n, by
+    train and by evaluate, not skipped as 'no split'."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from msf.cli import app
+    from msf.pipeline.corpora.demo import build_demo_corpus
+
+    corpus = build_demo_corpus(tmp_path / "corpus", n=36, seed=8, progress=False)
+    rows = list(csv.DictReader(open(corpus / "manifest.csv")))
+    tests = [r for r in rows if r["split"] == "test"]
+    for k, r in enumerate(tests):
+        r["split"] = ("test", "test2", "test_b")[k % 3]
+    with open(corpus / "splits.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    counts = {s: sum(r["split"] == s for r in rows) for s in ("dev", "test", "test2", "test_b")}
+    assert min(counts.values()) > 0
+    cache = tmp_path / "cache"
+    r = CliRunner().invoke(app, ["extract", "--corpus", str(corpus / "splits.csv"), "--cache", str(cache),
+                                 "--profile", "offline", "--stage", "acoustic"])
+    assert r.exit_code == 0, r.stderr
+    m = train(TrainConfig(features=cache, sources="audio", **dict(FAST, epochs=1)), tmp_path / "run", progress=False)
+    assert m["skipped"] == {} and {s: m[s]["n"] for s in counts} == counts
+    assert all(-1 <= m[s]["ccc_mean"] <= 1 for s in counts)
+    ev = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path / "run"), "--features", str(cache)])
+    assert ev.exit_code == 0, ev.stderr
+    assert json.loads(ev.stdout) == {s: m[s] for s in counts}

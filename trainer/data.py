@@ -132,6 +132,11 @@ def with_labels_from(utts: list[Utterance], spec: str) -> tuple[list[Utterance],
     return out, cached - set(rows), sum(i not in cached for i in rows)
 
 
+def scored_splits(splits: dict[str, "Split"]) -> list[str]:
+    """The splits a run is scored on: all but train that hold utterances, dev and test first."""
+    return [name for name, s in splits.items() if name != "train" and s.ids]
+
+
 def _skip_reason(why: str) -> str:
     if why.startswith("failed"):
         return "failed extraction"
@@ -142,7 +147,7 @@ def _skip_reason(why: str) -> str:
 
 class FeatureSet:
     """The utterances of a named feature set that have labels, a split and fresh entries for every
-    needed stage."""
+    needed stage. `splits` holds train, dev, test and every other split the labelled utterances name."""
 
     def __init__(self, cache: Path, sources: tuple[str, ...], fold: int | None = None, name: str = "default",
                  labels: str | None = None, in_memory: bool | None = None, memory_limit_gb: float = 4.0,
@@ -167,7 +172,7 @@ class FeatureSet:
             keep: list[Utterance] = []
             for u in sorted(utts, key=lambda u: u.id):
                 reason = ("not in the label manifest" if u.id in unlabelled else "no labels" if u.labels is None
-                          else "no split" if u.split not in ("train", "dev", "test")
+                          else "no split" if not u.split
                           else next((_skip_reason(why[st][u.id]) for st in stages if u.id not in fresh[st]), None))
                 if reason:
                     self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -181,7 +186,8 @@ class FeatureSet:
             records = {st: _records(view, [fresh[st][u.id] for u in keep]) for st in stages if st != "acoustic"}
             acoustic = fresh["acoustic"]
             self.splits: dict[str, Split] = {}
-            for split in ("train", "dev", "test"):
+            # train and dev, then every other labelled split the corpus names (test, MSP-Podcast's test2, ...)
+            for split in ["train", "dev", "test", *sorted({u.split for u in keep} - {"train", "dev", "test"})]:
                 us = [u for u in keep if u.split == split]
                 self.splits[split] = Split(
                     ids=[u.id for u in us],

@@ -22,7 +22,7 @@ from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.faults import fault_point
 from msf.pipeline.lock import CacheLock
 from msf.pipeline.progress import STDERR
-from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, epoch_order, parse_sources
+from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
 
 
@@ -275,17 +275,16 @@ def check_same_data(out: Path, state: dict[str, Any], digest: str) -> None:
 
 def finish(model: MsfSer, data: FeatureSet, digest: str, device: str, out: Path,
            history: list[dict]) -> dict[str, Any]:
-    """metrics.json (dev and test CCC), usage.json (gate and router statistics), curves.png."""
+    """metrics.json (CCC on dev, test and every other labelled split, each with its n), usage.json
+    (gate and router statistics), curves.png."""
     metrics: dict[str, Any] = {}
     usage: dict[str, Any] = {}
-    for split in ("dev", "test"):
-        if data.splits[split].ids:
-            ev = evaluate(model, data, split, device)
-            metrics[split] = {**ev.ccc, "n": len(data.splits[split].ids)}
-            usage[split] = {"gates": ev.gates, "router": dict(zip(TARGETS, ev.router))}
+    for split in scored_splits(data.splits):
+        ev = evaluate(model, data, split, device)
+        metrics[split] = {**ev.ccc, "n": len(data.splits[split].ids)}
+        usage[split] = {"gates": ev.gates, "router": dict(zip(TARGETS, ev.router))}
     metrics["skipped"] = data.skipped
-    metrics["data"] = {"digest": digest, "feature_set": data.name,
-                       **{s: len(data.splits[s].ids) for s in ("train", "dev", "test")}}
+    metrics["data"] = {"digest": digest, "feature_set": data.name, **{s: len(v.ids) for s, v in data.splits.items()}}
     if data.unmatched_label_rows:
         metrics["data"]["label_rows_without_cached_utterance"] = data.unmatched_label_rows
     metrics["threads"] = torch.get_num_threads()
