@@ -544,13 +544,13 @@ def ablate(
     average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
-    from msf.trainer.ablate import ablate as run_ablation, table
+    from msf.trainer.ablate import ablate as run_ablation, tables
 
     with user_errors():
         results = run_ablation(features, out, seeds=seeds, seed=seed, fold=fold, device=device, name=name,
                                labels=corpus, prosody=prosody, speaker_norm=speaker_norm,
                                **given(average_epochs=average_epochs))
-    OUT.print(table(results))
+    OUT.print(tables(results))
 
 
 @app.command()

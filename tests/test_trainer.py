@@ -427,7 +427,7 @@ def test_msf_train_takes_the_batching_settings(demo_features: Path, tmp_path: Pa
 
 def test_every_labelled_split_is_scored_on_its_own(tmp_path: Path) -> None:
     """MSP-Podcast's Test2 (and any split a manifest names) is scored under its own key with its n, by
-    train and by evaluate, not skipped as 'no split'."""
+    train and by evaluate, not skipped as 'no split'; ablate reports a table per test set."""
     import csv
 
     from typer.testing import CliRunner
@@ -440,15 +440,16 @@ def test_every_labelled_split_is_scored_on_its_own(tmp_path: Path) -> None:
     tests = [r for r in rows if r["split"] == "test"]
     for k, r in enumerate(tests):
         r["split"] = ("test", "test2", "test_b")[k % 3]
-    with open(corpus / "splits.csv", "w", newline="") as f:
+    with open(corpus / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     counts = {s: sum(r["split"] == s for r in rows) for s in ("dev", "test", "test2", "test_b")}
     assert min(counts.values()) > 0
     cache = tmp_path / "cache"
-    r = CliRunner().invoke(app, ["extract", "--corpus", str(corpus / "splits.csv"), "--cache", str(cache),
-                                 "--profile", "offline", "--stage", "acoustic"])
+    r = CliRunner().invoke(app, ["extract", "--corpus", f"demo:{corpus}", "--cache", str(cache), "--profile", "offline",
+                                 "--set", "align.backend=provided", "--stage", "acoustic", "--stage", "global",
+                                 "--stage", "local", "--stage", "extended"])
     assert r.exit_code == 0, r.stderr
     m = train(TrainConfig(features=cache, sources="audio", **dict(FAST, epochs=1)), tmp_path / "run", progress=False)
     assert m["skipped"] == {} and {s: m[s]["n"] for s in counts} == counts
@@ -456,3 +457,9 @@ def test_every_labelled_split_is_scored_on_its_own(tmp_path: Path) -> None:
     ev = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path / "run"), "--features", str(cache)])
     assert ev.exit_code == 0, ev.stderr
     assert json.loads(ev.stdout) == {s: m[s] for s in counts}
+    from msf.trainer.ablate import ablate
+
+    results = ablate(cache, tmp_path / "ablation", seeds=1, progress=False, prosody=False, **dict(FAST, epochs=1))
+    assert all(set(r["splits"]) == {"test2", "test_b"} for r in results.values())  # a table per other test set
+    report = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert "\ntest2\n" in report and "\ntest_b\n" in report and report.count("| full |") == 3
