@@ -424,7 +424,7 @@ class Extraction:
         located = {up: index.locations(up) for up in cls.needs}
         shards = {up: self.store.shard_names(up) for up in cls.needs}
         errors = {up: {(f.utt, f.fingerprint): f.error for f in index.failures(up)} for up in cls.needs}
-        items: dict[str, dict[str, tuple[str, int]]] = {}
+        found: dict[str, dict[str, tuple[str, int]]] = {}
         blocked: list[Failure] = []
         for uid in utts:
             upstream: dict[str, tuple[str, int]] = {}
@@ -437,8 +437,8 @@ class Extraction:
                     break
                 upstream[up] = loc
             else:
-                items[uid] = upstream
-        return items, blocked
+                found[uid] = upstream
+        return found, blocked
 
     def _whole_groups(self, plan: Plan, name: str, state: StageState, items: dict[str, dict[str, tuple[str, int]]],
                       report: StageReport) -> list[list[str]]:

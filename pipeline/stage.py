@@ -151,13 +151,13 @@ def register(cls: type[Stage]) -> type[Stage]:
     of them declares `replaces = True`: that one is kept, whichever was imported first, so a plugin's
     stage is never silently swapped for the built-in one (or the other way round)."""
     old = REGISTRY.get(cls.name)
-    if old is None or _qualified(old) == _qualified(cls):  # new, or the same class imported again
-        REGISTRY[cls.name] = cls
-    elif cls.replaces and not old.replaces:
-        REGISTRY[cls.name] = cls
-    elif not (old.replaces and not cls.replaces):
-        raise UsageError(f"two stages are registered as {cls.name!r}: {_qualified(old)} and {_qualified(cls)}; "
-                         "rename one, or set `replaces = True` on the one that should be used")
+    if old is not None and _qualified(old) != _qualified(cls):  # not the same class imported again
+        if old.replaces == cls.replaces:
+            raise UsageError(f"two stages are registered as {cls.name!r}: {_qualified(old)} and {_qualified(cls)}; "
+                             "rename one, or set `replaces = True` on the one that should be used")
+        if old.replaces:  # the replacement was imported first: it stays
+            return cls
+    REGISTRY[cls.name] = cls
     return cls
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from msf.pipeline.audio_io import TARGET_SR
 from msf.pipeline.device import Device
 from msf.pipeline.errors import UsageError
 from msf.pipeline.knowledge_describer import KnowledgeDescriber
@@ -30,7 +31,6 @@ from msf.pipeline.stages.global_semantics import transcript_of
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_PROMPT = PROMPTS / "describe.txt"
 DEFAULT_AUDIO_PROMPT = PROMPTS / "describe_audio.txt"  # the listener hears the speech
-SAMPLE_RATE = 16000
 SPEECH_MARGIN_S = 0.25  # kept around the first and last word when long audio is trimmed
 AUDIO_ONLY_PARAMS = ("audio", "max_audio_s")
 
@@ -107,8 +107,8 @@ def wav_clip(waveform: np.ndarray, start_s: float, end_s: float) -> bytes:
     import soundfile as sf
 
     buf = io.BytesIO()
-    clip = waveform[int(round(start_s * SAMPLE_RATE)) : int(round(end_s * SAMPLE_RATE))]
-    sf.write(buf, clip, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    clip = waveform[int(round(start_s * TARGET_SR)) : int(round(end_s * TARGET_SR))]
+    sf.write(buf, clip, TARGET_SR, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 
@@ -232,7 +232,7 @@ class DescribeStage(Stage):
         """The WAV to send and what it covers: trimmed to `max_audio_s` around the words."""
         p: DescribeParams = self.params  # type: ignore[assignment]
         wave = item.waveform
-        duration = len(wave) / SAMPLE_RATE
+        duration = len(wave) / TARGET_SR
         a = item.inputs["align"]
         t0, t1 = speech_window(np.asarray(a["start"], float), np.asarray(a["end"], float), duration, p.max_audio_s)
         return {"wav": wav_clip(wave, t0, t1), "audio_offset_s": round(t0, 3), "audio_s": round(t1 - t0, 3),
