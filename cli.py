@@ -504,19 +504,30 @@ def evaluate(
 
 @app.command()
 def predict(
-    audio: list[Path] = typer.Argument(..., help="Audio files."),
+    inputs: list[Path] = typer.Argument(..., help="Audio files, folders of audio, or manifests (.csv/.jsonl: id, "
+                                        "audio, optional speaker, transcript, gender)."),
     run: Path = typer.Option(..., help="Run directory."),
-    transcript: str = typer.Option(None, help="The words spoken (else Whisper transcribes them)."),
+    transcript: str = typer.Option(None, help="The words spoken in the one file given (else Whisper transcribes)."),
     device: str = typer.Option("cpu"),
+    out: Optional[Path] = typer.Option(None, help="Write one row per file as it is predicted (.csv or .jsonl)."),
+    cache: Optional[Path] = typer.Option(None, help="Keep the extracted features here: a rerun (after a crash, or "
+                                         "with another run's model) recomputes nothing it holds."),
+    set_: List[str] = typer.Option([], "--set", help="STAGE.KEY=VALUE for settings that cannot change a result "
+                                   "(e.g. acoustic.device=cuda)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Valence, arousal and dominance for new audio, through the same stages as the run's features."""
-    from msf.trainer.predict import predict as run_predict
+    """Valence, arousal and dominance for new audio, through the same stages as the run's features. Each
+    file's prediction depends on that file alone (and the speaker and transcript given)."""
+    from msf.trainer.predict import parse_volatile, predict as run_predict
 
     with user_errors():
-        results = run_predict(audio, run, transcript, device, progress=not as_json)
+        results = run_predict(inputs, run, transcript, device, progress=not as_json, cache=cache, out=out,
+                              settings=parse_volatile(set_))
     if as_json:
         print(json.dumps(results))
+        return
+    if out is not None and len(results) > 20:
+        OUT.print(f"{len(results)} predictions in {out} ({sum('error' in r for r in results)} with an error)")
         return
     table = Table("audio", *TARGET_COLUMNS, title=f"predictions of {run}")
     for r in results:

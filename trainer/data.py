@@ -21,6 +21,8 @@ from msf.pipeline.corpus import Utterance, load_corpus
 from msf.pipeline.errors import UsageError
 from msf.pipeline.fingerprint import canonical_json, digest
 from msf.pipeline.shard_store import ShardReader
+from msf.pipeline.speaker_baseline import (ANY_GENDER, FrameStats, PopulationBaseline, RunBaseline, baseline_groups,
+                                           gender_of, measures, population_key, prosody_vector)
 
 SOURCES = ("audio", "gs", "les", "es", "prosody")
 STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended", "prosody": "emphasis"}
@@ -28,21 +30,14 @@ TARGETS = ("valence", "arousal", "dominance")
 TORCH_GRAIN = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops run on the calling thread
 
 
-def source_vector(source: str, record: dict) -> np.ndarray:
+def source_vector(source: str, record: dict, gender: str = ANY_GENDER,
+                  population: PopulationBaseline | None = None) -> np.ndarray:
     """The vector a source feeds the model: a text embedding, or for `prosody` the utterance's median
-    pitch (semitones), loudness (dB) and log speaking rate, each relative to its speaker."""
+    pitch (semitones), loudness (dB) and log speaking rate, relative to its speaker or, without a
+    speaker baseline, to the training population's (pipeline/speaker_baseline.py)."""
     if source == "prosody":
-        return np.array([record["pitch_st"], record["loudness_db"], np.log(max(record["rate_ratio"], 1e-3))],
-                        np.float32)
+        return prosody_vector(record, gender, population)
     return np.asarray(record["embedding"], np.float32)
-
-
-def mean_sd(n: int, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation (float32) from a frame count, sum and sum of squares;
-    the sd is floored so a constant dimension stays finite once divided by it."""
-    mean = total / max(n, 1)
-    sd = np.sqrt(np.maximum(total_sq / max(n, 1) - mean**2, 0.0))
-    return mean.astype(np.float32), np.maximum(sd, 1e-3).astype(np.float32)
 
 
 @dataclass
@@ -64,6 +59,7 @@ class Split:
     frames_at: list[tuple[Path, int]]  # acoustic shard and row of each utterance
     frames: list[np.ndarray] | None = None  # held in memory
     speakers: list[str] | None = None  # the speaker group of each utterance (speaker standardisation)
+    genders: list[str] | None = None  # the corpus's gender of each utterance, ANY_GENDER where unknown
     lengths: np.ndarray | None = None  # frames per utterance, read when first needed (`FeatureSet.lengths`)
 
 
@@ -184,6 +180,10 @@ class FeatureSet:
             self._identity = {u.id: (u.split, u.labels, {st: fresh[st][u.id].fingerprint for st in stages})
                               for u in keep}
             records = {st: _records(view, [fresh[st][u.id] for u in keep]) for st in stages if st != "acoustic"}
+            # The population an utterance without a speaker baseline is relative to: the training split's.
+            self.population = PopulationBaseline.fit(
+                (gender_of(u.extra), *measures(records["emphasis"][u.id])) for u in keep if u.split == "train"
+            ) if "prosody" in sources else None
             acoustic = fresh["acoustic"]
             self.splits: dict[str, Split] = {}
             # train and dev, then every other labelled split the corpus names (test, MSP-Podcast's test2, ...)
@@ -192,13 +192,15 @@ class FeatureSet:
                 self.splits[split] = Split(
                     ids=[u.id for u in us],
                     labels=np.array([u.labels for u in us], np.float32).reshape(-1, 3),
-                    vectors={s: np.stack([source_vector(s, records[STAGE_OF[s]][u.id]) for u in us])
+                    vectors={s: np.stack([source_vector(s, records[STAGE_OF[s]][u.id], gender_of(u.extra),
+                                                        self.population) for u in us])
                              if us else np.zeros((0, 1), np.float32) for s in sources if s != "audio"},
                     les_mask=np.array([bool(records["local"][u.id]["mask"]) for u in us] if "les" in sources
                                       else [True] * len(us), bool),
                     frames_at=[(view.store.shard_path("acoustic", acoustic[u.id].shard), acoustic[u.id].row)
                                for u in us],
                     speakers=[u.group_key("speaker") for u in us],
+                    genders=[gender_of(u.extra) for u in us],
                 )
         finally:
             view.close()
@@ -220,20 +222,34 @@ class FeatureSet:
         self.speaker_stats = self._speaker_stats() if speaker_norm else None
 
     def _speaker_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per speaker group, the mean and standard deviation of each acoustic dimension over all of the
-        speaker's frames (no labels used, so test speakers are standardised by their own audio, the
-        usual practice in SER). Streamed caches are read once more for this."""
-        acc: dict[str, list] = {}
-        for s in self.splits.values():
+        """Per speaker group with a baseline of its own (pipeline/speaker_baseline.py), the mean and sd of
+        each acoustic dimension over all of the speaker's frames (no labels used, so test speakers are
+        standardised by their own audio, the usual practice in SER); per gender, the training split's
+        (the population, for every other utterance). Streamed caches are read once more for this."""
+        own = baseline_groups(spk for s in self.splits.values() for spk in s.speakers)  # type: ignore[union-attr]
+        acc = FrameStats()
+        for name, s in self.splits.items():
             for k in range(0, len(s.ids), 64):
                 frames = s.frames[k : k + 64] if s.frames is not None else self._read_frames(s.frames_at[k : k + 64])
-                for spk, f in zip(s.speakers[k : k + 64], frames):  # type: ignore[index]
-                    a = acc.setdefault(spk, [0, 0.0, 0.0])
-                    f64 = f.astype(np.float64)
-                    a[0] += len(f)
-                    a[1] = a[1] + f64.sum(0)
-                    a[2] = a[2] + (f64**2).sum(0)
-        return {spk: mean_sd(*a) for spk, a in acc.items()}
+                for spk, g, f in zip(s.speakers[k : k + 64], s.genders[k : k + 64], frames):  # type: ignore[index]
+                    if own[spk]:
+                        acc.add(spk, f)
+                    if name == "train":
+                        acc.add(population_key(ANY_GENDER), f)
+                        if g != ANY_GENDER:
+                            acc.add(population_key(g), f)
+        stats = acc.finish()
+        for s in self.splits.values():  # every utterance's key: its own group's, or its gender's population
+            s.speakers = [spk if own[spk] else population_key(g if population_key(g) in stats else ANY_GENDER)
+                          for spk, g in zip(s.speakers, s.genders)]  # type: ignore[arg-type]
+        return stats
+
+    def baseline(self) -> RunBaseline:
+        """What a run keeps for new audio without a speaker baseline: the population's prosody reference
+        and frame statistics."""
+        frames = ({k: v for k, v in self.speaker_stats.items() if k.startswith(population_key(""))}
+                  if self.speaker_stats else None)
+        return RunBaseline(self.population, frames)
 
     def digest(self, sources: tuple[str, ...]) -> str:
         """What a run trains and is evaluated on: ids, splits, labels and the fingerprints of the

@@ -1,74 +1,218 @@
 """`msf predict`: new audio through the same stages, with the settings the run's features were made with,
-in this process (no cluster, no manifest), then the run's model."""
+in this process (no cluster), then the run's model.
+
+A prediction is a function of the file (and of the speaker and transcript the user gives): each file is
+its own utterance, with an id made from its path; one without a speaker group worth the name is put
+against the run's training population (pipeline/speaker_baseline.py), never against the other files of
+the call. Features go to a cache (`cache`, or a temporary one), committed shard by shard, so a rerun
+with the same cache after a crash, or with another run's model, recomputes nothing it already has and
+pays no language-model call twice. Rows are written as each batch is predicted.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from msf.pipeline.config import MsfConfig
-from msf.pipeline.corpus import Corpus, Utterance
+from msf.pipeline.corpus import Corpus, Utterance, load_corpus
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.executors import InProcessExecutor
 from msf.pipeline.extraction import Extraction
 from msf.pipeline.progress import STDERR
-from msf.trainer.data import STAGE_OF, TARGETS, make_batch, mean_sd, source_vector
-from msf.trainer.train import load_run, to_tensors
+from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
+from msf.trainer.data import STAGE_OF, TARGETS, batch_groups, make_batch, source_vector
+from msf.trainer.train import MAX_BATCH_FRAMES, load_run, to_tensors
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
+READ_AHEAD = 64  # files whose features are read together, then cut into batches bounded by frames
+COLUMNS = ("id", "audio", "speaker", *TARGETS, "error")
 
 
-def predict(audio: list[Path], run: Path, transcript: str | None = None, device: str = "cpu",
-            progress: bool = True) -> list[dict[str, Any]]:
-    if transcript and len(audio) > 1:  # one text for several files would fail all but (at most) one
-        raise UsageError(f"--transcript gives the words of one file; {len(audio)} were given (predict them one "
-                         "at a time, or leave --transcript out and Whisper transcribes each)")
+def file_id(path: Path) -> str:
+    """An utterance id that depends on the file's path alone, so a rerun finds its cached features."""
+    resolved = str(path.resolve())
+    return f"{path.stem}-{hashlib.blake2b(resolved.encode(), digest_size=4).hexdigest()}"
+
+
+def predict_corpus(inputs: list[Path], transcript: str | None = None) -> tuple[Corpus, dict[str, str]]:
+    """The utterances to predict: audio files, every audio file of a folder (sorted), or a manifest
+    (.csv/.jsonl with `id` and `audio`, optional `speaker`, `transcript`, `gender`); and each one's
+    audio path as the user gave it."""
+    utts: list[Utterance] = []
+    shown: dict[str, str] = {}
+    for p in inputs:
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+            if not files:
+                raise UsageError(f"{p}: a folder with no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            utts += [Utterance(file_id(f), str(f.resolve())) for f in files]
+            shown.update((file_id(f), str(f)) for f in files)
+        elif p.suffix.lower() in (".csv", ".jsonl"):
+            corpus = load_corpus(str(p), check_audio=False)
+            if corpus.problems:
+                STDERR.print(f"{p}: {len(corpus.problems)} row(s) refused: " + "; ".join(map(str, corpus.problems[:5])))
+            utts += corpus.utterances
+        elif p.is_file():
+            utts.append(Utterance(file_id(p), str(p.resolve())))
+            shown[utts[-1].id] = str(p)
+        else:
+            raise NotFound(f"audio not found: {p}")
+    if transcript:
+        if len(utts) > 1:  # one text for several files would fail all but (at most) one
+            raise UsageError(f"--transcript gives the words of one file; {len(utts)} were given (a manifest's "
+                             "`transcript` column gives each file its own, or Whisper transcribes them)")
+        utts = [Utterance(u.id, u.audio, u.speaker, transcript=transcript, extra=u.extra) for u in utts]
+    seen: set[str] = set()
+    dupes = [u.id for u in utts if u.id in seen or seen.add(u.id)]  # type: ignore[func-returns-value]
+    if dupes:
+        raise UsageError(f"the same file (or id) is given twice: {', '.join(dupes[:5])}")
+    return Corpus("predict", "predict", [Utterance(u.id, u.audio, u.speaker, "test", u.transcript, extra=u.extra)
+                                         for u in utts]), shown
+
+
+@dataclass
+class RowWriter:
+    """One row per file, appended as it is predicted (CSV or JSON lines by the suffix), flushed per batch."""
+
+    path: Path | None
+
+    def __post_init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self._f = None
+        if self.path is not None:
+            if self.path.suffix.lower() not in (".csv", ".jsonl"):
+                raise UsageError(f"--out {self.path}: write .csv or .jsonl")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "w", encoding="utf-8", newline="")
+            self._csv = csv.DictWriter(self._f, COLUMNS) if self.path.suffix.lower() == ".csv" else None
+            if self._csv:
+                self._csv.writeheader()
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.rows += rows
+        if self._f is None:
+            return
+        for r in rows:
+            if self._csv:
+                self._csv.writerow({c: r.get(c, "") for c in COLUMNS})
+            else:
+                self._f.write(json.dumps(r) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def predict(inputs: list[Path], run: Path, transcript: str | None = None, device: str = "cpu",
+            progress: bool = True, cache: Path | None = None, out: Path | None = None,
+            settings: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Rows (id, audio, speaker, V/A/D or error) in the inputs' order; also written to `out` as they come.
+    `settings`: stage settings that cannot change a result (devices, batch sizes) over the run's."""
     model, cfg = load_run(run, device)
     config = MsfConfig.model_validate_json((run / "extraction.json").read_text())
-    stages = dict(config.stages)
+    stages = {k: dict(v) for k, v in config.stages.items()}
+    for stage, values in (settings or {}).items():
+        stages.setdefault(stage, {}).update(values)
     if stages.get("align", {}).get("backend") == "provided":
         # A corpus's own alignment does not exist for new audio: the offline profile's aligner instead.
         stages["align"] = {**stages["align"], "backend": "sphinx"}
         STDERR.print("align: the features used the corpus's provided alignment; new audio is aligned with sphinx "
-                     "(after whisper ASR when there is no --transcript)")
-    missing = [str(a) for a in audio if not Path(a).is_file()]
-    if missing:
-        raise NotFound(f"audio not found: {', '.join(missing)}")
-    ids = [f"{i:04d}_{Path(a).stem}" for i, a in enumerate(audio)]
-    # One speaker group: the files' pitch, loudness and rate are relative to each other.
-    corpus = Corpus("predict", "predict", [Utterance(i, str(Path(a).resolve()), speaker="predict", split="test",
-                                                     transcript=transcript or None) for i, a in zip(ids, audio)])
+                     "(after whisper ASR when there is no transcript)")
+    corpus, shown = predict_corpus(inputs, transcript)
     sources = cfg.sources.split(",")
-    with tempfile.TemporaryDirectory(prefix="msf-predict-") as tmp:
-        ex = Extraction(config.model_copy(update={"cache": Path(tmp) / "cache", "stages": stages, "name": "predict"}),
+    baseline = RunBaseline.load(run)
+    writer = RowWriter(out)
+    with ExitStack() as stack:
+        root = cache if cache is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="msf-predict-")))
+        ex = Extraction(config.model_copy(update={"cache": root, "stages": stages, "name": "predict"}),
                         corpus=corpus, executor=InProcessExecutor())
-        try:
-            stages = [STAGE_OF[s] for s in sources]
-            ex.run(stages, progress=progress)
-            failures: dict[str, str] = {}
-            for stage in ex.plan(stages).order:  # the root cause, not the stages it blocked downstream
-                for f in ex.failures(stage).values():
-                    if not f.error.startswith("upstream stage") or f.utt not in failures:
-                        failures[f.utt] = f"{f.stage}: {f.error}"
-            ok = [i for i in ids if i not in failures]
-            results: dict[str, dict[str, Any]] = {i: {"error": failures[i]} for i in failures if i in ids}
-            if ok:
-                frames = [np.asarray(ex.read("acoustic", i)["frames"], np.float32) for i in ok]
-                if cfg.speaker_norm:  # the files are one speaker group: standardised by their own frames
-                    allf = np.concatenate(frames).astype(np.float64)
-                    mean, sd = mean_sd(len(allf), allf.sum(0), (allf**2).sum(0))
-                    frames = [(f - mean) / sd for f in frames]
-                vectors = {s: np.stack([source_vector(s, ex.read(STAGE_OF[s], i)) for i in ok])
-                           for s in sources if s != "audio"}
-                mask = np.array([bool(ex.read("local", i)["mask"]) if "les" in vectors else True for i in ok])
-                b = make_batch(frames, vectors, mask, np.zeros((len(ok), 3), np.float32), ok)
-                frames_t, lengths, vecs, les_mask, _ = to_tensors(b, device)
+        stack.callback(writer.close)
+        stack.callback(ex.close)
+        needed = [STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])
+        ex.run(needed, progress=progress)
+        failures: dict[str, str] = {}
+        for stage in ex.plan(needed).order:  # the root cause, not the stages it blocked downstream
+            for f in ex.failures(stage).values():
+                if not f.error.startswith("upstream stage") or f.utt not in failures:
+                    failures[f.utt] = f"{f.stage}: {f.error}"
+        rows = {u.id: {"id": u.id, "audio": shown.get(u.id, u.audio), "speaker": u.speaker} for u in corpus.utterances}
+        ok = [u for u in corpus.utterances if u.id not in failures]
+        writer.write([{**rows[u], "error": e} for u, e in failures.items() if u in rows])
+        frame_stats = _frame_stats(ex, ok, baseline) if cfg.speaker_norm else None
+        for chunk in _chunks(ok, READ_AHEAD):
+            frames = [np.asarray(ex.read("acoustic", u.id)["frames"]) for u in chunk]
+            if frame_stats is not None:
+                frames = [(f.astype(np.float32) - m) / sd for f, (m, sd) in zip(frames, (frame_stats(u) for u in chunk))]
+            vectors = {s: np.stack([source_vector(s, ex.read(STAGE_OF[s], u.id), gender_of(u.extra), _population(baseline, s))
+                                    for u in chunk]) for s in sources if s != "audio"}
+            mask = np.array([bool(ex.read("local", u.id)["mask"]) if "les" in vectors else True for u in chunk])
+            lengths = np.array([len(f) for f in frames])
+            for g in batch_groups(np.arange(len(chunk)), 64, training=False, lengths=lengths, max_frames=MAX_BATCH_FRAMES):
+                b = make_batch([frames[k] for k in g], {s: v[g] for s, v in vectors.items()}, mask[g],
+                               np.zeros((len(g), 3), np.float32), [chunk[k].id for k in g])
+                frames_t, lens, vecs, les_mask, _ = to_tensors(b, device)
                 with torch.inference_mode():
-                    pred, _ = model(frames_t, lengths, vecs, les_mask)
-                for i, p in zip(ok, pred.float().cpu().numpy()):
-                    results[i] = {t: round(float(v), 4) for t, v in zip(TARGETS, p)}
-        finally:
-            ex.close()
-    return [{"audio": str(a), **results[i]} for i, a in zip(ids, audio)]
+                    pred, _ = model(frames_t, lens, vecs, les_mask)
+                batch_rows = []
+                for k, p in zip(g, pred.float().cpu().numpy()):
+                    rows[chunk[k].id].update({t: round(float(v), 4) for t, v in zip(TARGETS, p)})
+                    batch_rows.append(rows[chunk[k].id])
+                writer.write(batch_rows)
+    return [{**rows[u.id], **({"error": failures[u.id]} if u.id in failures else {})} for u in corpus.utterances]
+
+
+def parse_volatile(sets: list[str]) -> dict[str, dict[str, Any]]:
+    """--set STAGE.KEY=VALUE for `predict`: only settings a stage declares cannot change its results
+    (devices, batch sizes); any other would make features unlike the ones the model was trained on."""
+    from msf.pipeline.config import parse_value
+    from msf.pipeline.stage import stage_class
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not (eq and dot and stage and name):
+            raise UsageError(f"--set expects STAGE.KEY=VALUE, got {item!r}")
+        cls = stage_class(stage)
+        if name not in cls.volatile:
+            allowed = ", ".join(sorted(cls.volatile)) or "none"
+            raise UsageError(f"--set {key}: predict takes only settings that cannot change a result, so the "
+                             f"features match the run's; for {stage!r}: {allowed}")
+        out.setdefault(stage, {})[name] = parse_value(raw)
+    return out
+
+
+def _chunks(items: list[Utterance], n: int) -> Iterator[list[Utterance]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _population(baseline: RunBaseline, source: str) -> Any:
+    if source == "prosody" and baseline.population is None:
+        raise UsageError("this run was trained before runs kept their training population (baseline.npz); "
+                         "train it again to predict with the prosody source")
+    return baseline.population
+
+
+def _frame_stats(ex: Extraction, utts: list[Utterance], baseline: RunBaseline):  # type: ignore[no-untyped-def]
+    """utterance -> (mean, sd) for --speaker-norm: a speaker the user named with enough files is
+    standardised by its own frames, every other file by the run's training population."""
+    keys = {u.id: u.group_key("speaker") for u in utts}
+    own = baseline_groups(keys.values())
+    acc = FrameStats()
+    for u in utts:
+        if own[keys[u.id]]:
+            acc.add(keys[u.id], np.asarray(ex.read("acoustic", u.id)["frames"]))
+    stats = acc.finish()
+    return lambda u: stats[keys[u.id]] if own[keys[u.id]] else baseline.frame_stats(gender_of(u.extra))

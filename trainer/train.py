@@ -199,6 +199,7 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     if data.skipped:
         STDERR.print("skipped utterances: " + ", ".join(f"{n} ({why})" for why, n in data.skipped.items()))
     (out / "extraction.json").write_text(data.extraction)
+    data.baseline().save(out)  # `msf predict` puts new audio against the same population
     mcfg = ModelConfig(tuple(data.frame_shape), {s: d for s, d in data.vector_dims.items()}, sources, cfg.fusion,
                        cfg.hidden, cfg.experts, cfg.dropout, modality_dropout=cfg.modality_dropout,
                        text_targets=tuple(filter(None, cfg.text_targets.split(","))))

@@ -76,7 +76,9 @@ def read(root: Path, spec: str, fold: int = 1, check_audio: bool = True) -> Corp
                     b.problem(where, f"expected [V, A, D], got [{m['vad']}]")
                     continue
                 wdseg = session_dir / "sentences" / "ForcedAlignment" / dialog / f"{utt}.wdseg"
-                extra = {"session": str(session), "category": m["cat"]}
+                sex = utt.rsplit("_", 1)[-1][0]  # Ses01F_impro01_M012: the male speaker of a dialog
+                extra = {"session": str(session), "category": m["cat"],
+                         "gender": {"F": "female", "M": "male"}.get(sex, "")}
                 if wdseg.is_file():
                     extra["wdseg"] = str(wdseg.resolve())
                 b.add(
@@ -84,7 +86,7 @@ def read(root: Path, spec: str, fold: int = 1, check_audio: bool = True) -> Corp
                     utt,
                     session_dir / "sentences" / "wav" / dialog / f"{utt}.wav",
                     (vad[0], vad[1], vad[2]),
-                    speaker=f"Ses{session:02d}{utt.rsplit('_', 1)[-1][0]}",
+                    speaker=f"Ses{session:02d}{sex}",
                     split=split_for_fold(session, fold),
                     transcript=transcripts.get(utt),
                     extra=extra,

@@ -1,4 +1,5 @@
-"""Generic CSV/JSONL manifests (`id, audio, transcript, speaker, split, valence, arousal, dominance`)."""
+"""Generic CSV/JSONL manifests (`id, audio, transcript, speaker, split, valence, arousal, dominance`, and the
+optional `alignment` and `gender`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ REQUIRED = ("id", "audio")
 DELIMITERS = (",", ";", "\t")  # spreadsheets in many locales save CSV with ";"
 
 
-COLUMNS = ("id", "audio", "transcript", "speaker", "split", "valence", "arousal", "dominance", "alignment")
+COLUMNS = ("id", "audio", "transcript", "speaker", "split", "valence", "arousal", "dominance", "alignment", "gender")
 
 
 def _rows(path: Path) -> Iterator[tuple[str, list[str] | None]]:
@@ -72,13 +73,15 @@ def read(
             if row is None:
                 b.problem(where, "not a JSON object")
                 continue
-            utt, audio, transcript, speaker, split, v, a, d, alignment = row
+            utt, audio, transcript, speaker, split, v, a, d, alignment, gender = row
             if not audio:
                 b.problem(where, "no audio path")
                 continue
             hints = dict(extra) if extra else {}
             if alignment:  # a TextGrid or .wdseg for align.backend=provided
                 hints["alignment"] = os.path.join(base, alignment)
+            if gender:  # the population baseline's group for speakers without one (pipeline/speaker_baseline.py)
+                hints["gender"] = gender
             # os.path.join keeps an absolute audio path as it is
             b.add(where, utt, os.path.join(base, audio), (v, a, d), speaker, split, transcript or None, hints)
     except UnicodeDecodeError as e:

@@ -54,5 +54,7 @@ def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
                 speaker=(row["SpkrID"] or "").strip(),
                 split=split,
                 transcript=_transcript(transcripts, stem),
+                # the population baseline's group for `Unknown` speakers (pipeline/speaker_baseline.py)
+                extra={"gender": g} if (g := (row.get("Gender") or "").strip()) else None,
             )
     return b.build("msp-podcast", spec)

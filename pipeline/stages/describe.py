@@ -25,6 +25,7 @@ from msf.pipeline.knowledge_describer import KnowledgeDescriber
 from msf.pipeline.llm_client import AnswerCache, ChatEndpoint
 from msf.pipeline.local_chat import LocalChatModel
 from msf.pipeline.model_loading import BUNDLED_SMOLLM2
+from msf.pipeline.speaker_baseline import MIN_SPEAKER_UTTERANCES
 from msf.pipeline.stage import Egress, Item, Record, Stage, StageParams, UtteranceError, register
 from msf.pipeline.stages.global_semantics import transcript_of
 
@@ -113,7 +114,14 @@ def wav_clip(waveform: np.ndarray, start_s: float, end_s: float) -> bytes:
 
 
 def prosody_summary(e: Record) -> str:
-    """The utterance's delivery relative to its speaker, in words a text-only reader can use."""
+    """The utterance's delivery in words a text-only reader can use: relative to its speaker where it has
+    a speaker baseline (pipeline/speaker_baseline.py), otherwise its own measures, saying there is no
+    baseline (never "usual" for a speaker whose usual was not measured)."""
+    if not e.get("speaker_baseline", True):
+        f0 = float(e["f0_median_hz"])
+        pitch = f"median pitch {f0:.0f} Hz" if np.isfinite(f0) and f0 > 0 else "no voiced pitch"
+        return (f"no baseline for this speaker (unknown, or fewer than {MIN_SPEAKER_UTTERANCES} utterances), "
+                f"so only absolute measures: {pitch}, {float(e['rate_syl_s']):.1f} syllables per second")
     rate, pitch, loud = float(e["rate_ratio"]), float(e["pitch_st"]), float(e["loudness_db"])
     pace = "faster than usual" if rate > 1.08 else "slower than usual" if rate < 0.92 else "at the usual pace"
     tone = "higher than usual" if pitch > 1 else "lower than usual" if pitch < -1 else "as high as usual"
@@ -126,7 +134,7 @@ def prosody_summary(e: Record) -> str:
 class DescribeStage(Stage):
     name = "describe"
     needs = ("audio", "align", "emphasis")
-    version = "1"
+    version = "2"  # 2: the delivery summary follows the speaker baseline rule
     Params = DescribeParams
     reads = ("transcript",)
     # How requests are made cannot change an accepted answer.

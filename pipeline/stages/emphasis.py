@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from msf.pipeline.speaker_baseline import Reference, has_speaker_baseline
 from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
 
 SR = 16_000
@@ -180,8 +181,10 @@ class EmphasisStage(Stage):
     name = "emphasis"
     needs = ("audio", "align")
     # 2: syllables from phones, vowel lengthening; 3: the pitch cue is the F0 peak; 4: with phones the
-    # loudness cue is the word's peak, and loudness and duration skip an absorbed pause
-    version = "4"
+    # loudness cue is the word's peak, and loudness and duration skip an absorbed pause; 5: the speaker
+    # baseline rule (pipeline/speaker_baseline.py): no speaker-relative fields without a speaker group
+    # worth the name, and the utterance's own measures (f0_median_hz, loudness_abs_db) always
+    version = "5"
     Params = EmphasisParams
     group_by = "speaker"  # F0, loudness and rate are relative to the speaker's medians over the corpus
 
@@ -195,12 +198,19 @@ class EmphasisStage(Stage):
                 prepared.append(e)
             except Exception as e:  # noqa: BLE001 - one unreadable file must not cost its speaker
                 prepared.append(UtteranceError(f"pitch/intensity analysis failed: {type(e).__name__}: {e}"))
-        speaker = SpeakerStats.of([u for u in prepared if isinstance(u, _Utterance)])
+        # The runner hands over one whole speaker group; a group too small (or unknown) to be a baseline
+        # leaves the speaker-relative fields to the population baseline the trainer fits.
+        ok = [u for u in prepared if isinstance(u, _Utterance)]
+        own = has_speaker_baseline(batch[0].utt.group_key("speaker"), len(batch)) if batch else False
+        speaker = SpeakerStats.of(ok) if own else None
         return [u if isinstance(u, Exception) else self._record(u, speaker) for u in prepared]
 
-    def _record(self, u: _Utterance, speaker: SpeakerStats) -> Record:
+    def _record(self, u: _Utterance, speaker: SpeakerStats | None) -> Record:
+        """Word pitch in semitones relative to the speaker's median F0 (the utterance's own without a
+        speaker baseline: the stress cues are contrasts between words, so the score is the same)."""
         p: EmphasisParams = self.params  # type: ignore[assignment]
-        ref = speaker.f0_hz if np.isfinite(speaker.f0_hz) else 100.0  # no voicing anywhere: any reference
+        ref_hz = speaker.f0_hz if speaker is not None else u.f0_median
+        ref = ref_hz if np.isfinite(ref_hz) else 100.0  # no voicing anywhere: any reference
         n = len(u.words)
         f = {k: np.full(n, np.nan) for k in FEATURES}
         voiced = np.zeros(n, bool)
@@ -252,12 +262,17 @@ class EmphasisStage(Stage):
             "voiced": voiced,
             "score": score.astype(np.float32),
             "emphasized": score >= p.threshold,
-            # The utterance relative to its speaker, for describers: median pitch (st), loudness (dB),
-            # speaking rate (ratio), and the speaker's own reference values.
-            "pitch_st": float(semitones(np.array([u.f0_median]), ref)[0]) if np.isfinite(u.f0_median) else 0.0,
-            "loudness_db": u.loudness_db - speaker.loudness_db,
-            "rate_ratio": u.rate / speaker.rate,
-            "speaker_f0_hz": float(ref),
+            # The utterance's own delivery (median F0, loudness, syllable rate), and, with a speaker
+            # baseline, the same relative to the speaker (NaN without: the population's is the trainer's).
+            "f0_median_hz": u.f0_median,
+            "loudness_abs_db": u.loudness_db,
             "rate_syl_s": u.rate,
+            "speaker_baseline": speaker is not None,
+            "speaker_f0_hz": float(ref),
         })
+        if speaker is None:
+            rec.update({"pitch_st": float("nan"), "loudness_db": float("nan"), "rate_ratio": float("nan")})
+        else:
+            rec.update(zip(("pitch_st", "loudness_db", "rate_ratio"), Reference(
+                ref, speaker.loudness_db, speaker.rate).relative(u.f0_median, u.loudness_db, u.rate)))
         return rec
