@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from msf.pipeline.errors import UsageError
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MSF-SER feature extraction, caching and training.")
 cache_app = typer.Typer(no_args_is_help=True, help="Check and tidy a cache.")
 corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora.")
@@ -110,7 +112,7 @@ def extract(
 ) -> None:
     """Bring the requested stages up to date in the cache, computing only what changed."""
     from msf.pipeline.config import load_config
-    from msf.pipeline.extraction import Extraction, preflight, reports_json
+    from msf.pipeline.run.extraction import Extraction, preflight, reports_json
     from msf.pipeline.stage import REGISTRY, stage_class
 
     with user_errors():
@@ -142,7 +144,7 @@ def extract(
 
 
 def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) -> None:
-    from msf.pipeline.extraction import free_bytes, human_bytes
+    from msf.pipeline.run.extraction import free_bytes, human_bytes
 
     estimates = ex.dry_run(stages, calibrate=calibrate)
     free = free_bytes(ex.root)
@@ -171,7 +173,7 @@ def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) ->
 def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str] = (), corpus: Optional[str] = None):  # type: ignore[assignment]
     """The named feature set of a cache, as recorded; or compared with the settings of --config FILE,
     --set overrides and a --corpus given now (each over the recorded settings)."""
-    from msf.pipeline.cache_view import CacheView, open_store, recorded_corpus
+    from msf.pipeline.cache.view import CacheView, open_store, recorded_corpus
     from msf.pipeline.config import MsfConfig, load_config
     from msf.pipeline.corpus import corpus_digest, load_corpus
 
@@ -204,7 +206,7 @@ def status(
 ) -> None:
     """How much of each stage of a feature set is fresh, stale, missing or failed, and the bytes it takes.
     Needs only the cache; --config/--set/--corpus compare it with other settings or a changed corpus."""
-    from msf.pipeline.extraction import human_bytes
+    from msf.pipeline.run.extraction import human_bytes
 
     with user_errors():
         view = _view(cache, name, config, set_, corpus)
@@ -319,7 +321,6 @@ def _check_figure_path(out: Path, utt: str) -> None:
     raise a bare ValueError for a suffix it cannot write."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    from msf.pipeline.errors import UsageError
 
     kinds = FigureCanvasBase.get_supported_filetypes()
     if out.is_dir():
@@ -332,8 +333,8 @@ def _check_figure_path(out: Path, utt: str) -> None:
 @contextmanager
 def _locked_store(cache: Path) -> Iterator[Any]:
     """The cache's ShardStore, under the writer lock, with user errors made clear."""
-    from msf.pipeline.cache_view import open_store
-    from msf.pipeline.lock import CacheLock
+    from msf.pipeline.cache.view import open_store
+    from msf.pipeline.cache.lock import CacheLock
 
     with user_errors():
         open_store(cache).close()
@@ -381,8 +382,8 @@ def cache_gc(cache: Path = typer.Option(...), yes: bool = typer.Option(False, "-
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Remove the entries no named feature set references (earlier variants, dropped utterances) and the
     shard files left empty. Shows what it would remove unless --yes."""
-    from msf.pipeline.cache_view import collect_garbage, gc_plan
-    from msf.pipeline.extraction import human_bytes
+    from msf.pipeline.cache.view import collect_garbage, gc_plan
+    from msf.pipeline.run.extraction import human_bytes
 
     with _locked_store(cache) as store:
         plan = gc_plan(store)
@@ -432,44 +433,111 @@ def corpus_demo(
     ERR.print(f"{n} utterances in {time.perf_counter() - t0:.1f} s -> {escape(str(out))}/manifest.csv")
 
 
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="Directory to write the .npy files and manifest.csv into."),
+    features: Path = typer.Option(..., help="Cache directory."),
+    name: str = typer.Option("default", help="The cache's feature set."),
+    fmt: str = typer.Option("npy", "--format", help="npy: one file per utterance and field."),
+    fields: Optional[str] = typer.Option(None, help="Comma-separated fields (default: acoustic.frames, "
+                                         "global.embedding, local.embedding, extended.embedding where extracted)."),
+    layers: Optional[str] = typer.Option(None, help="Hidden states of acoustic.frames to export, e.g. 6,12."),
+) -> None:
+    """One .npy per utterance and field plus manifest.csv (the layout EmoBox and s3prl consume);
+    streamed, and resumable: a rerun writes only the files that are missing."""
+    from msf.pipeline.cache.export import export_npy
+    from msf.pipeline.cache.view import CacheView
+
+    with user_errors():
+        if fmt != "npy":
+            raise UsageError(f"--format {fmt!r}: msf exports --format npy")
+        with CacheView.open(features, name) as cache:
+            done = export_npy(cache, out, fields.split(",") if fields else None, parse_layers(layers))
+    ERR.print(f"{done['written']} written, {done['kept']} kept ({done['utterances']} utterances x {done['fields']} "
+              f"fields) -> {escape(str(out))}/manifest.csv")
+
+
+@corpus_app.command("layout")
+def corpus_layout(
+    demo: Path = typer.Argument(..., help="A demo corpus (msf corpus demo DIR)."),
+    out: Path = typer.Argument(..., help="Directory to lay it out in."),
+    kind: str = typer.Option(..., "--as", help="msp-podcast or iemocap."),
+) -> None:
+    """The demo corpus laid out exactly as MSP-Podcast or IEMOCAP ship (splits, unknown speakers, a long
+    segment, IEMOCAP's markers), to try the paper's protocol: then `--corpus msp-podcast:OUT` or
+    `iemocap:OUT`."""
+    from msf.pipeline.corpora.layouts import lay_out
+
+    with user_errors():
+        lay_out(demo, out, kind)
+    ERR.print(f"{kind} layout -> {escape(str(out))} (use --corpus {kind}:{escape(str(out))})")
+
+
 AVERAGE_HELP = ("Evaluate and keep a moving average of the weights over about this many epochs (0: off; "
                 "default: the trainer's, docs/trainer.md).")
 
 
-def given(**options: Any) -> dict[str, Any]:
-    """The options the user set; the others keep TrainConfig's defaults (stated once, there)."""
-    return {k: v for k, v in options.items() if v is not None}
+def parse_layers(spec: str | None) -> list[int] | None:
+
+    if spec is None:
+        return None
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--layers takes hidden-state numbers separated by commas (e.g. 6,12), not {spec!r}") from None
+
+
+TRAIN_SET_HELP = ("train.KEY=VALUE for any training setting (hidden, lr, batch_size, experts, dropout, patience, "
+                  "text_targets, ...; repeatable); msf.toml's [train] section gives them too.")
 
 
 @app.command()
 def train(
     features: Path = typer.Option(..., help="Cache directory with the extracted features."),
     out: Path = typer.Option(..., help="Run directory (resumed when it holds the same run)."),
-    name: str = typer.Option("default", help="The cache's feature set to train on."),
-    sources: str = typer.Option("audio,gs,les,es", help="Comma-separated: audio, gs, les, es, prosody (pitch, "
-                                                        "loudness and rate relative to the speaker, from emphasis)."),
-    fusion: str = typer.Option("fm-moe", help="fm-moe or concat."),
+    name: Optional[str] = typer.Option(None, help="The cache's feature set to train on (default: default)."),
+    sources: Optional[str] = typer.Option(None, help="Comma-separated: audio, gs, les, es, prosody (pitch, loudness "
+                                          "and rate relative to the speaker, from emphasis). Default audio,gs,les,es."),
+    fusion: Optional[str] = typer.Option(None, help="fm-moe (default) or concat."),
     fold: int = typer.Option(None, help="IEMOCAP leave-one-session-out fold (1-5)."),
+    folds: Optional[str] = typer.Option(None, help="`all` (or e.g. 1,3): every IEMOCAP fold in OUT/fold-K, then "
+                                        "OUT/folds.json (mean, sd and pooled CCC over folds)."),
     corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
-    device: str = typer.Option("cpu"),
-    seed: int = typer.Option(0),
-    epochs: int = typer.Option(60),
-    speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
+    device: Optional[str] = typer.Option(None, help="cpu (default), cuda, cuda:N or mps."),
+    seed: Optional[int] = typer.Option(None),
+    epochs: Optional[int] = typer.Option(None, help="Default 60."),
+    speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm", help="Standardise the acoustic frames per "
+                                                "speaker (population statistics for speakers without enough audio)."),
     average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
     max_batch_frames: Optional[int] = typer.Option(None, help="At most this many padded frames (utterances x the "
                                                               "longest) per batch; 0: no bound (default 32000)."),
-    bucket: bool = typer.Option(False, "--bucket", help="Training batches of similar lengths (less padding; off by "
-                                                        "default: it cost CCC on the demo, docs/trainer.md)."),
+    bucket: Optional[bool] = typer.Option(None, "--bucket", help="Training batches of similar lengths (less padding; "
+                                          "off by default: it cost CCC on the demo, docs/trainer.md)."),
+    layers: Optional[str] = typer.Option(None, help="Hidden states of the cached frames to train on, e.g. 6,12 "
+                                         "(a cache extracted with acoustic.layers=\"all\"; nothing re-extracted)."),
+    require_full_coverage: Optional[bool] = typer.Option(None, "--require-full-coverage", help="Fail before "
+                                                         "training when a scored split lost a labelled utterance."),
+    set_: List[str] = typer.Option([], "--set", help=TRAIN_SET_HELP),
 ) -> None:
-    """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves and usage statistics."""
-    from msf.trainer.train import TrainConfig, train as run_training
+    """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves, usage statistics and
+    RUN/dropped.csv (what was not trained or scored on, and why)."""
+    from msf.trainer.folds import parse_folds, require_sessions, train_folds
+    from msf.trainer.train import TrainConfig, train as run_training, train_settings
 
     with user_errors():
-        cfg = TrainConfig(features=features, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold,
-                          device=device, seed=seed, epochs=epochs, speaker_norm=speaker_norm, bucket=bucket,
-                          **given(average_epochs=average_epochs, max_batch_frames=max_batch_frames))
-        metrics = run_training(cfg, out)
-    print(json.dumps(metrics))
+        cfg = TrainConfig(features=features, **train_settings(
+            set_, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold, device=device, seed=seed,
+            epochs=epochs, speaker_norm=speaker_norm, bucket=bucket, average_epochs=average_epochs,
+            max_batch_frames=max_batch_frames, layers=parse_layers(layers), require_full_coverage=require_full_coverage))
+        if folds is None:
+            print(json.dumps(run_training(cfg, out)))
+            return
+        if fold is not None:
+            raise UsageError("--fold trains one fold, --folds several: give one of them")
+        chosen = parse_folds(folds)
+        require_sessions(features, cfg.name)
+        summary = train_folds(chosen, out, lambda k, o: run_training(cfg.model_copy(update={"fold": k}), o))
+    print(json.dumps(summary))
 
 
 @app.command()
@@ -483,7 +551,7 @@ def evaluate(
     """CCC of a trained run on the dev and test utterances of a cache. Features made with other
     settings than the run's (another aligner, say) are allowed, and named on stderr."""
     from msf.pipeline.config import MsfConfig
-    from msf.pipeline.planning import settings_changes
+    from msf.pipeline.cache.planning import settings_changes
     from msf.trainer.data import STAGE_OF, FeatureSet, parse_sources, scored_splits
     from msf.trainer.train import evaluate as run_eval, load_run
 
@@ -491,7 +559,7 @@ def evaluate(
         model, cfg = load_run(run, device)
         sources = parse_sources(cfg.sources)
         data = FeatureSet(features, sources, cfg.fold, name or cfg.name, corpus or cfg.labels,
-                          speaker_norm=cfg.speaker_norm)
+                          speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev)
         changes = settings_changes(MsfConfig.model_validate_json((run / "extraction.json").read_text()),
                                    MsfConfig.model_validate_json(data.extraction), [STAGE_OF[s] for s in sources])
         if changes:
@@ -504,9 +572,12 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="Audio files, folders of audio, or manifests (.csv/.jsonl: id, "
-                                        "audio, optional speaker, transcript, gender)."),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Audio files, folders of audio, or manifests (.csv/"
+                                                  ".jsonl: id, audio, optional speaker, transcript, gender)."),
     run: Path = typer.Option(..., help="Run directory."),
+    features: Optional[Path] = typer.Option(None, help="Predict a split of this cache instead of audio files "
+                                            "(with --split and --out)."),
+    split: Optional[str] = typer.Option(None, help="With --features: the split (test, test2, test3, ...)."),
     transcript: str = typer.Option(None, help="The words spoken in the one file given (else Whisper transcribes)."),
     device: str = typer.Option("cpu"),
     out: Optional[Path] = typer.Option(None, help="Write one row per file as it is predicted (.csv or .jsonl)."),
@@ -518,9 +589,17 @@ def predict(
 ) -> None:
     """Valence, arousal and dominance for new audio, through the same stages as the run's features. Each
     file's prediction depends on that file alone (and the speaker and transcript given)."""
-    from msf.trainer.predict import parse_volatile, predict as run_predict
+    from msf.trainer.predict import parse_volatile, predict as run_predict, predict_cached
 
     with user_errors():
+        if features is not None:
+            if inputs or split is None or out is None:
+                raise UsageError("--features predicts a split of a cache: give --split and --out, and no audio")
+            n = predict_cached(run, features, split, out, device=device)
+            ERR.print(f"{n} predictions of {split} -> {escape(str(out))}")
+            return
+        if not inputs:
+            raise UsageError("give audio files, folders or manifests to predict (or --features CACHE --split S)")
         results = run_predict(inputs, run, transcript, device, progress=not as_json, cache=cache, out=out,
                               settings=parse_volatile(set_))
     if as_json:
@@ -543,25 +622,43 @@ TARGET_COLUMNS = ("valence", "arousal", "dominance")
 def ablate(
     features: Path = typer.Option(..., help="Cache directory with the extracted features."),
     out: Path = typer.Option(..., help="Directory for the variants' runs and ablation.json."),
-    name: str = typer.Option("default", help="The cache's feature set."),
+    name: Optional[str] = typer.Option(None, help="The cache's feature set (default: default)."),
     corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
     fold: int = typer.Option(None, help="IEMOCAP fold."),
-    device: str = typer.Option("cpu"),
+    folds: Optional[str] = typer.Option(None, help="`all` (or e.g. 1,3): the ablation of every IEMOCAP fold in "
+                                        "OUT/fold-K, then OUT/folds.json and a table (mean ± sd, pooled CCC)."),
+    device: Optional[str] = typer.Option(None, help="cpu (default), cuda, cuda:N or mps."),
     seed: int = typer.Option(0, help="First training seed."),
     seeds: int = typer.Option(3, help="Seeds per variant; the table gives their mean."),
     prosody: bool = typer.Option(True, help="Add the speaker-relative prosody source to every variant (on by "
                                  "default: it closed FM-MoE's gap to concat; docs/trainer.md)."),
-    speaker_norm: bool = typer.Option(False, help="Standardise the acoustic frames per speaker."),
+    speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm", help="Standardise the acoustic frames per "
+                                                "speaker."),
     average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
+    layers: Optional[str] = typer.Option(None, help="Hidden states of the cached frames to train on, e.g. 6,12."),
+    require_full_coverage: Optional[bool] = typer.Option(None, "--require-full-coverage", help="Fail before "
+                                                         "training when a scored split lost a labelled utterance."),
+    set_: List[str] = typer.Option([], "--set", help=TRAIN_SET_HELP),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
     from msf.trainer.ablate import ablate as run_ablation, tables
+    from msf.trainer.folds import ablate_folds, folds_table, parse_folds, require_sessions
+    from msf.trainer.train import train_settings
 
     with user_errors():
-        results = run_ablation(features, out, seeds=seeds, seed=seed, fold=fold, device=device, name=name,
-                               labels=corpus, prosody=prosody, speaker_norm=speaker_norm,
-                               **given(average_epochs=average_epochs))
-    OUT.print(tables(results))
+        options = train_settings(set_, fold=fold, device=device, name=name, labels=corpus, speaker_norm=speaker_norm,
+                                 average_epochs=average_epochs, layers=parse_layers(layers),
+                                 require_full_coverage=require_full_coverage)
+        if folds is None:
+            OUT.print(tables(run_ablation(features, out, seeds=seeds, seed=seed, prosody=prosody, **options)))
+            return
+        if fold is not None:
+            raise UsageError("--fold ablates one fold, --folds several: give one of them")
+        chosen = parse_folds(folds)
+        require_sessions(features, options.get("name", "default"))
+        summary = ablate_folds(chosen, out, lambda k, o: run_ablation(features, o, seeds=seeds, seed=seed,
+                                                                      prosody=prosody, **{**options, "fold": k}))
+    OUT.print(folds_table(summary))
 
 
 @app.command()
@@ -574,7 +671,6 @@ def demo(
                                                     "(the synthesiser's word times: the upper bound)."),
 ) -> None:
     """The whole product on a synthetic corpus: build it, extract with the offline profile, report."""
-    from msf.pipeline.errors import UsageError
     from msf.trainer.demo import run_demo
 
     with user_errors():

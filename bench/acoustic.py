@@ -44,7 +44,7 @@ import torch
 from msf.pipeline.audio_io import load_waveform
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stages.acoustic import AcousticParams, TransformersEncoder
 
 T = TypeVar("T")
@@ -130,7 +130,7 @@ def stand_in_rows(manifest: Path, root: Path, model: Path, ms: float, repeats: i
     GPU's does, with the real float16 conversion and shard writes around it. The pipeline also runs
     without reading the next batch's audio ahead, and with one task at a time per worker (no shard
     write while the next task computes): what each of those takes away."""
-    from msf.pipeline import executors, worker
+    from msf.pipeline.run import executors, worker
 
     real_forward, real_read_ahead = TransformersEncoder.forward, worker._read_ahead
     trailing = on_own_thread(lambda: real_forward(TransformersEncoder(AcousticParams(model=str(model))),
@@ -259,7 +259,7 @@ def peak_rss_mb(manifest: Path, cache: Path, model: Path) -> float:
     """Peak resident memory of `msf extract --stage acoustic` with one worker (threads in the process, so
     the one process is the whole footprint). VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
     parent that spawned the process, which would report this bench's own peak."""
-    code = ("import sys; from msf.pipeline.config import MsfConfig; from msf.pipeline.extraction import Extraction;"
+    code = ("import sys; from msf.pipeline.config import MsfConfig; from msf.pipeline.run.extraction import Extraction;"
             f"ex=Extraction(MsfConfig(corpus={str(manifest)!r}, cache={str(cache)!r}, workers=1,"
             f" stages={{'acoustic': {{'model': {str(model)!r}}}}})); ex.run(['acoustic'], progress=False); ex.close();"
             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")

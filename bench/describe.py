@@ -34,10 +34,10 @@ from chat_server import ChatServer  # noqa: E402  (the same scripted server the 
 
 from msf.pipeline.config import MsfConfig  # noqa: E402
 from msf.pipeline.corpora.demo import build_demo_corpus  # noqa: E402
-from msf.pipeline.llm_client import AnswerCache, ChatEndpoint  # noqa: E402
-from msf.pipeline.local_chat import LocalChatModel  # noqa: E402
-from msf.pipeline.model_loading import BUNDLED_SMOLLM2  # noqa: E402
-from msf.pipeline.extraction import Extraction  # noqa: E402
+from msf.pipeline.backends.llm_client import AnswerCache, ChatEndpoint  # noqa: E402
+from msf.pipeline.backends.local_chat import LocalChatModel  # noqa: E402
+from msf.pipeline.backends.model_loading import BUNDLED_SMOLLM2  # noqa: E402
+from msf.pipeline.run.extraction import Extraction  # noqa: E402
 
 ANSWER = ("answer", "The speaker sounds relaxed and friendly, sharing an opinion without pressing it.")
 

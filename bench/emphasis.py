@@ -22,7 +22,7 @@ from pathlib import Path
 
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus, read_truth, score_against_truth
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 
 
 def evaluate(ex: Extraction, truth: dict[str, list[dict]]) -> dict[str, float]:

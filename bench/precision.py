@@ -26,9 +26,9 @@ from acoustic import SMALL, save_model
 
 from msf.pipeline.audio_io import load_waveform
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.model_loading import BUNDLED_MINILM
+from msf.pipeline.backends.model_loading import BUNDLED_MINILM
 from msf.pipeline.stages.acoustic import AcousticParams, TransformersEncoder
-from msf.pipeline.text_encoder import TextEncoder, TextEncoderParams
+from msf.pipeline.backends.text_encoder import TextEncoder, TextEncoderParams
 
 
 def ccc(p: np.ndarray, g: np.ndarray) -> float:

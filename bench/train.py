@@ -36,8 +36,9 @@ import torch
 
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.extraction import Extraction
-from msf.pipeline.shard_store import write_shard
+from msf.pipeline.run.extraction import Extraction
+from msf.pipeline.cache.columns import ArrayColumn
+from msf.pipeline.cache.shard_store import write_shard
 from msf.trainer.data import FeatureSet, Split, make_batch, parse_sources
 from msf.trainer.model import ModelConfig, MsfSer, ccc, load_balance
 from msf.trainer.train import to_tensors
@@ -45,35 +46,36 @@ from msf.trainer.train import to_tensors
 SOURCES = parse_sources("audio,gs,les,es")
 
 
-class NpyFeatureSet(FeatureSet):
-    """The same utterances, frames read from one .npy file per utterance."""
+class NpyColumn:
+    """Frames from one .npy file per utterance (float16, as the shards store them): the layout EmoBox
+    and s3prl users keep. It reads like the cache's ArrayColumn (`read`, `lengths`)."""
 
-    @classmethod
-    def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
-        if at and at[0][0].suffix == ".npy":
-            return [np.load(p) for p, _ in at]  # as stored (float16), like the shard reader
-        return super()._read_frames(at)
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
 
-    @classmethod
-    def _frame_counts(cls, at: list[tuple[Path, int]]) -> np.ndarray:
-        if at and at[0][0].suffix == ".npy":
-            return np.array([np.load(p, mmap_mode="r").shape[0] for p, _ in at], np.int64)
-        return super()._frame_counts(at)
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, positions, max_frames=None) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+        return [np.load(self.paths[k]) for k in positions]
+
+    def lengths(self, positions=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+        positions = range(len(self.paths)) if positions is None else positions
+        return np.array([np.load(self.paths[k], mmap_mode="r").shape[0] for k in positions], np.int64)
 
 
-def as_npy(data: FeatureSet, out: Path) -> NpyFeatureSet:
+def as_npy(data: FeatureSet, out: Path) -> FeatureSet:
     """A copy of `data` whose frames come from one .npy file per utterance (float16, as stored)."""
-    npy = NpyFeatureSet.__new__(NpyFeatureSet)
-    npy.__dict__.update(data.__dict__)
+    npy = copy.copy(data)
     npy.splits = {}
     out.mkdir(parents=True, exist_ok=True)
     for name, split in data.splits.items():
         paths = []
-        for uid, at in zip(split.ids, split.frames_at):
+        for k, uid in enumerate(split.ids):
             p = out / f"{uid}.npy"
-            np.save(p, FeatureSet._read(*at).astype(np.float16))
-            paths.append((p, -1))
-        npy.splits[name] = Split(split.ids, split.labels, split.vectors, split.les_mask, paths)
+            np.save(p, split.column.read([k])[0].astype(np.float16))
+            paths.append(p)
+        npy.splits[name] = replace(split, column=NpyColumn(paths), frames=None, lengths=None)
     return npy
 
 
@@ -96,14 +98,14 @@ class SyntheticFeatureSet(FeatureSet):
         self.frame_shape, self.vector_dims = (dim,), vector_dims
         split = Split(ids, rng.uniform(1, 7, (n, 3)).astype(np.float32),
                       {s: rng.standard_normal((n, d), np.float32) for s, d in vector_dims.items()},
-                      np.ones(n, bool), frames_at)
+                      {s: np.ones(n, bool) for s in vector_dims}, ArrayColumn(frames_at, "frames"))
         self.splits = {"train": split}
 
 
 def loaded(data: FeatureSet) -> FeatureSet:
     """A copy of `data` with its frames held in memory."""
     out = copy.copy(data)
-    out.splits = {k: replace(s, frames=[f.astype(np.float32) for f in data._read_frames(s.frames_at)])
+    out.splits = {k: replace(s, frames=[f.astype(np.float32) for f in s.column.read(range(len(s.ids)))])
                   for k, s in data.splits.items()}
     return out
 
@@ -121,8 +123,8 @@ def epoch(data: FeatureSet, model: MsfSer | None, opt: torch.optim.Optimizer | N
     t0, steps = time.perf_counter(), 0
     for b in data.batches("train", 32, shuffle=True, seed=0, epoch=seed):
         if model is not None:
-            frames, lengths, vectors, les_mask, labels = to_tensors(b, device)
-            pred, aux = model(frames, lengths, vectors, les_mask)
+            frames, lengths, vectors, masks, labels = to_tensors(b, device)
+            pred, aux = model(frames, lengths, vectors, masks)
             loss = 1 - ccc(pred, labels).mean() + 0.01 * load_balance(aux["router"])
             opt.zero_grad()  # type: ignore[union-attr]
             loss.backward()
@@ -183,11 +185,11 @@ def wide_batch_rows(device: str, repeats: int, n: int = 32, seconds: float = 10.
 
     rng = np.random.default_rng(0)
     frames = [rng.standard_normal((int(seconds * 50) - k, 25, 1024), np.float32).astype(np.float16) for k in range(n)]
-    labels, mask = np.zeros((n, 3), np.float32), np.ones(n, bool)
+    labels = np.zeros((n, 3), np.float32)
 
     def timed(cast: bool) -> float:
         t0 = time.perf_counter()
-        x = to_tensors(make_batch(frames, {}, mask, labels, [], cast=cast), device)[0]
+        x = to_tensors(make_batch(frames, {}, {}, labels, [], cast=cast), device)[0]
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         assert x.dtype == torch.float32

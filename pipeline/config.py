@@ -102,6 +102,7 @@ def load_config(
             if key not in MsfConfig.model_fields and isinstance(value, dict):
                 raise ConfigError(f"{file}: [{key}] is not a section msf reads; a stage's settings go "
                                   f"under [stages.{key}]")
+        toml.pop("train", None)  # the trainer's settings (msf.trainer.train.train_settings reads them)
         for stage, values in toml.pop("stages", {}).items():
             data.setdefault("stages", {}).setdefault(stage, {}).update(values)
         data.update(toml)

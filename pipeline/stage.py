@@ -49,6 +49,27 @@ class Egress:
             return False
 
 
+# A dimension named by one of these varies per utterance (frames, words, phones): a collate pads it.
+VARYING_DIMS = frozenset({"T", "W", "P"})
+
+
+@dataclass(frozen=True)
+class OutputField:
+    """One field of a stage's records, as the stage declares it: dtype (a numpy name, or "str", "bool",
+    "int", "float" for scalars and strings) and shape, whose named dimensions are T (frames), W (words),
+    P (phones), L (hidden-state layers), D (a width the model decides). `optional`: present in some
+    settings only (e.g. describe's audio fields)."""
+
+    dtype: str
+    shape: tuple[str | int, ...] = ()
+    doc: str = ""
+    optional: bool = False
+
+    @property
+    def varying(self) -> bool:
+        return bool(self.shape) and self.shape[0] in VARYING_DIMS
+
+
 class StageParams(BaseModel):
     """Typed, validated stage parameters; unknown keys are an error, not a silent no-op."""
 
@@ -107,6 +128,9 @@ class Stage(ABC):
     # A stage registered under a name that is already taken is an error, unless it says it replaces
     # the one registered there (a plugin's own `describe`); whichever is imported first.
     replaces: ClassVar[bool] = False
+    # The fields of this stage's records (the public read API checks names against them, and the
+    # trainer maps its sources to them). Empty: undeclared (a plugin's), then the shards' names serve.
+    fields: ClassVar[dict[str, OutputField]] = {}
 
     def __init__(self, params: StageParams, workdir: Path | None = None):
         self.params = params

@@ -25,7 +25,7 @@ def _close_extractions(monkeypatch: pytest.MonkeyPatch):
     """Every Extraction a test builds is closed when the test ends. One left open keeps its Dask
     cluster until interpreter exit, whose shutdown then logs to pytest's closed capture stream
     ("--- Logging error ---", seen on a loaded machine)."""
-    from msf.pipeline.extraction import Extraction
+    from msf.pipeline.run.extraction import Extraction
 
     made: list[Extraction] = []
     init = Extraction.__init__
@@ -121,7 +121,7 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_features(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo corpus extracted with the offline profile (its provided alignment): a real cache."""
     from msf.pipeline.config import MsfConfig
-    from msf.pipeline.extraction import Extraction
+    from msf.pipeline.run.extraction import Extraction
 
     cache = tmp_path_factory.mktemp("demo-features") / "cache"
     ex = Extraction(MsfConfig(corpus=f"demo:{demo_corpus}", cache=cache, profile="offline", workers=2,

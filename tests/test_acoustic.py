@@ -14,8 +14,8 @@ from conftest import direct_hidden_states, save_tiny_encoder, write_manifest, wr
 from msf.pipeline.audio_io import load_waveform
 from msf.pipeline.config import load_config
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.model_loading import BUNDLED_TINY_EN, ModelUnavailable
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN, ModelUnavailable
+from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.acoustic import AcousticParams, AcousticStage, chunk_bounds
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_tone
 
 from msf.pipeline.corpus import Utterance, load_corpus
-from msf.pipeline.model_loading import BUNDLED_TINY_EN, ModelUnavailable
+from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN, ModelUnavailable
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.align import AlignParams, AlignStage
 

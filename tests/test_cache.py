@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from msf.cli import app
 from msf.pipeline.audio_io import load_waveform
-from msf.pipeline.cache_index import Failure
+from msf.pipeline.cache.index import Failure
 from msf.pipeline.config import load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 
 FAST = dict(epochs=3, patience=100, hidden=32, batch_size=16)
 
@@ -82,7 +82,7 @@ def test_a_failure_belongs_to_the_variant_that_failed(tmp_path: Path) -> None:
 def test_a_schema_2_index_keeps_its_failures_keyed_by_fingerprint(tmp_path: Path) -> None:
     import sqlite3
 
-    from msf.pipeline.cache_index import CacheIndex
+    from msf.pipeline.cache.index import CacheIndex
 
     (tmp_path / "cache").mkdir()
     db = sqlite3.connect(tmp_path / "cache" / "index.sqlite")
@@ -115,7 +115,7 @@ def test_two_named_feature_sets_train_from_one_cache(demo_corpus: Path, tmp_path
         utt = next(u for u in Extraction(load_config(None, [], corpus=f"demo:{demo_corpus}", cache=cache)).corpus.utterances
                    if u.id == uid)
         expected = direct_hidden_states(model, load_waveform(utt.audio), layer)
-        np.testing.assert_allclose(data._read(*data.splits["train"].frames_at[0]), expected, atol=2e-2, rtol=1e-2)
+        np.testing.assert_allclose(data.splits["train"].column.read([0])[0], expected, atol=2e-2, rtol=1e-2)
         runs[name] = train(TrainConfig(features=cache, name=name, sources="audio", **FAST), tmp_path / name,
                            progress=False, data=data)
     assert runs["layer1"]["data"]["feature_set"] == "layer1" and runs["layer2"]["data"]["feature_set"] == "layer2"

@@ -11,7 +11,7 @@ from conftest import write_manifest
 from typer.testing import CliRunner
 
 from msf.cli import _path_problem, app
-from msf.pipeline.lock import CacheLock
+from msf.pipeline.cache.lock import CacheLock
 
 runner = CliRunner()
 
@@ -201,7 +201,7 @@ def test_msf_toml_in_working_directory_and_overrides(tmp_path: Path, monkeypatch
 
 
 def test_a_bug_is_reported_as_an_internal_error_not_a_user_mistake(tmp_path: Path, monkeypatch) -> None:
-    from msf.pipeline import cache_view
+    from msf.pipeline.cache import view as cache_view
 
     corpus = write_manifest(tmp_path / "c", 2)
     cache = str(tmp_path / "cache")

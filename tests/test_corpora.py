@@ -133,8 +133,17 @@ def test_iemocap_layout_and_folds(tmp_path: Path) -> None:
     assert u.speaker == "Ses01M" and u.transcript == "Excuse me number 1."
     assert u.extra["session"] == "1" and u.extra["wdseg"].endswith("Ses01F_impro01_M001.wdseg")
     assert u.split == "test"  # fold 1 by default
+    assert u.extra["gender"] == "male" and c.by_id()["Ses01F_impro01_F000"].extra["gender"] == "female"
     for fold in range(1, 6):
-        splits = {x.extra["session"]: x.split for x in refold(c.utterances, fold)}
+        # four sessions train; dev is one speaker of session fold+1 (F in odd folds, M in even ones)
+        got = refold(c.utterances, fold)
+        by_split = {s: sorted(x.speaker for x in got if x.split == s) for s in ("train", "dev", "test")}
+        nxt = fold % 5 + 1
+        assert by_split["test"] == [f"Ses0{fold}F", f"Ses0{fold}M"]
+        assert by_split["dev"] == [f"Ses0{nxt}{'F' if fold % 2 else 'M'}"]
+        assert len(by_split["train"]) == 7 and not set(by_split["train"]) & set(by_split["dev"] + by_split["test"])
+        # the earlier rule, kept as an option: session fold+1 is dev, three sessions train
+        splits = {x.extra["session"]: x.split for x in refold(c.utterances, fold, dev="session")}
         assert sorted(splits.values()) == ["dev", "test", "train", "train", "train"]
         assert splits[str(fold)] == "test"
     with pytest.raises(ValueError):
@@ -165,7 +174,7 @@ def test_an_unchanged_corpus_is_not_parsed_again(kind: str, tmp_path: Path, monk
     from msf.cli import app
     from msf.pipeline.config import load_config
     from msf.pipeline.corpora import iemocap, msp_podcast
-    from msf.pipeline.extraction import Extraction
+    from msf.pipeline.run.extraction import Extraction
 
     root = tmp_path / "corpus"
     (_msp if kind == "msp-podcast" else _iemocap)(root)
@@ -192,7 +201,7 @@ def test_an_unchanged_corpus_is_not_parsed_again(kind: str, tmp_path: Path, monk
     edited.write_text(edited.read_text().replace("great", "terrific").replace("Excuse me number 0", "Pardon me"))
     extract("audio.min_contrast_db=3")
     assert parsed == ["read", "read"]
-    from msf.pipeline.shard_store import ShardStore
+    from msf.pipeline.cache.shard_store import ShardStore
 
     store = ShardStore(cache, readonly=True)
     transcript = store.index.utterances([uid])[uid].row["transcript"]

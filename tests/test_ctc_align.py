@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import write_tone
 
-from msf.pipeline.ctc_viterbi import forced_align, token_spans
+from msf.pipeline.backends.ctc_viterbi import forced_align, token_spans
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.model_loading import BUNDLED_TINY_EN, ModelUnavailable
+from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN, ModelUnavailable
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.align import AlignParams, AlignStage
 

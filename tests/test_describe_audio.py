@@ -16,7 +16,7 @@ from chat_server import ChatServer
 from msf.pipeline.config import load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stage import Item, UtteranceError
 from msf.pipeline.stages.describe import DescribeParams, DescribeStage, speech_window
 

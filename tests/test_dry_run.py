@@ -68,7 +68,7 @@ def test_the_dry_run_predicts_the_real_run_and_writes_nothing(tmp_path: Path) ->
 
 
 def test_a_run_that_would_not_fit_stops_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from msf.pipeline import extraction
+    from msf.pipeline.run import extraction
 
     corpus = write_manifest(tmp_path / "c", 6)
     cache = tmp_path / "cache"

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from msf.pipeline.config import load_config
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.emphasis import EmphasisParams, EmphasisStage
 

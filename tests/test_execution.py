@@ -22,7 +22,7 @@ from conftest import write_manifest
 from typer.testing import CliRunner
 
 from msf.cli import app
-from msf.pipeline.cache_view import CacheView
+from msf.pipeline.cache.view import CacheView
 
 
 def _msf(*args: str) -> list[str]:
@@ -152,7 +152,7 @@ def test_extract_on_an_existing_dask_cluster(tmp_path: Path) -> None:
                                      cluster.scheduler_address])
         assert r.exit_code == 0, r.stderr
         with Client(cluster) as client:
-            loaded = client.run(lambda: sorted({k[0] for k in __import__("msf.pipeline.worker").pipeline.worker._STAGES}))
+            loaded = client.run(lambda: sorted({k[0] for k in __import__("msf.pipeline.run.worker").pipeline.run.worker._STAGES}))
     assert json.loads(r.stdout.splitlines()[-1])["stages"]["toy_summary"]["computed"] == 8
     # the stages were instantiated on the cluster's worker processes (once each), not here
     assert any("toy_summary" in v for v in loaded.values())
@@ -167,7 +167,7 @@ def test_two_local_clusters_side_by_side_listen_on_loopback_without_a_port_warni
 
     import psutil
 
-    from msf.pipeline.executors import DaskExecutor
+    from msf.pipeline.run.executors import DaskExecutor
 
     def listening() -> set[tuple[str, int]]:
         out = set()
@@ -202,7 +202,7 @@ def test_an_unreachable_scheduler_leaves_no_event_loop_thread_behind() -> None:
     import socket
     import threading
 
-    from msf.pipeline.executors import DaskExecutor, SchedulerUnreachable
+    from msf.pipeline.run.executors import DaskExecutor, SchedulerUnreachable
 
     with socket.socket() as s:  # a loopback port with nothing listening on it: refused at once
         s.bind(("127.0.0.1", 0))
@@ -218,7 +218,7 @@ def test_an_unreachable_scheduler_leaves_no_event_loop_thread_behind() -> None:
 
 DEADLOCK_PROBE = """
 import gc, threading
-from msf.pipeline.executors import DaskExecutor, SchedulerUnreachable
+from msf.pipeline.run.executors import DaskExecutor, SchedulerUnreachable
 try:
     DaskExecutor(scheduler="no-port-here").client
 except SchedulerUnreachable:
@@ -249,7 +249,7 @@ def test_the_runner_decodes_the_next_batch_ahead_and_lets_go_of_each_batch_audio
     the waveform gets nothing decoded for it."""
     import soundfile as sf
 
-    from msf.pipeline import worker
+    from msf.pipeline.run import worker
     from msf.pipeline.corpus import Utterance
     from msf.pipeline.stage import REGISTRY, Item, Record, Stage, UtteranceError, register
 
@@ -300,7 +300,7 @@ def test_a_local_cluster_keeps_dask_worker_errors_off_the_console(capfd: pytest.
     """A worker process whose heartbeat meets the scheduler closing logs a traceback at ERROR; seen at
     the end of a successful `make demo` on a busy machine. The worker processes log only what is
     critical, so that message, raised here in each worker, never reaches the user's terminal."""
-    from msf.pipeline.executors import DaskExecutor
+    from msf.pipeline.run.executors import DaskExecutor
 
     ex = DaskExecutor(workers=2)
     try:
@@ -326,9 +326,9 @@ def test_a_worker_writes_one_shard_while_the_next_task_computes(tmp_path: Path, 
     task is waiting at the worker's compute lock. Each task's entries land in a shard of their own."""
     import threading
 
-    from msf.pipeline import worker
+    from msf.pipeline.run import worker
     from msf.pipeline.corpus import Utterance
-    from msf.pipeline.executors import DaskExecutor
+    from msf.pipeline.run.executors import DaskExecutor
     from msf.pipeline.stage import REGISTRY, Item, Record, Stage, register
 
     lock = threading.Lock()

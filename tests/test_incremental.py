@@ -8,7 +8,7 @@ import toy_stages  # noqa: F401  (registers toy_energy, toy_summary)
 from conftest import write_manifest, write_tone
 
 from msf.pipeline.config import load_config
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 
 STAGES = ["toy_summary"]  # pulls in toy_energy and audio upstream, like make
 

@@ -15,7 +15,7 @@ from msf.cli import app
 from msf.pipeline.config import ConfigError, load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.errors import UsageError
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stage import REGISTRY, Egress, Item, Record, Stage, register, stage_class
 
 

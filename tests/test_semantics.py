@@ -16,11 +16,11 @@ from chat_server import ChatServer
 from msf.pipeline.config import load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
 from msf.pipeline.corpus import Utterance
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.global_semantics import GlobalStage
 from msf.pipeline.stages.local_semantics import LocalParams, LocalStage
-from msf.pipeline.text_encoder import TextEncoderParams
+from msf.pipeline.backends.text_encoder import TextEncoderParams
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "music", "was", "terrible", "but", "garden",
          "love", "##ly", ",", "."]
@@ -249,8 +249,8 @@ def tiny_chat_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_describe_with_a_local_model_batches_and_caches(tmp_path: Path, tiny_chat_lm: Path) -> None:
-    from msf.pipeline.llm_client import AnswerCache
-    from msf.pipeline.local_chat import LocalChatModel
+    from msf.pipeline.backends.llm_client import AnswerCache
+    from msf.pipeline.backends.local_chat import LocalChatModel
 
     corpus = build_demo_corpus(tmp_path / "corpus", n=5, seed=3, progress=False)
     sets = ["align.backend=provided", "describe.backend=local", f"describe.model={tiny_chat_lm}",
@@ -296,9 +296,9 @@ def test_describe_with_a_local_model_that_is_not_there_fails_with_one_message(tm
 def test_the_text_encoder_in_half_precision_is_within_the_documented_tolerance() -> None:
     """The bundled MiniLM (real weights) in bfloat16 against float32: every sentence embedding at cosine
     >= 0.999 (docs/scaling.md, "Precision")."""
-    from msf.pipeline.model_loading import BUNDLED_MINILM
+    from msf.pipeline.backends.model_loading import BUNDLED_MINILM
     from msf.pipeline.stages.global_semantics import GlobalStage
-    from msf.pipeline.text_encoder import TextEncoder, TextEncoderParams
+    from msf.pipeline.backends.text_encoder import TextEncoder, TextEncoderParams
 
     texts = ["I can't believe you did that again.", "Thank you so much, this is wonderful news!",
              "Fine. Whatever you say.", "The meeting is moved to Tuesday at noon."]

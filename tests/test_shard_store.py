@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msf.pipeline.cache_index import Entry
+from msf.pipeline.cache.index import Entry
 from msf.pipeline.errors import CacheDamaged
-from msf.pipeline.shard_store import ContiguousArray, ShardFormatError, ShardReader, ShardStore, record_checksum, write_shard
+from msf.pipeline.cache.shard_store import ContiguousArray, ShardFormatError, ShardReader, ShardStore, record_checksum, write_shard
 
 
 def _records(n: int, seed: int = 0) -> list[dict]:

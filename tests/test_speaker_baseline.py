@@ -60,7 +60,7 @@ def test_an_unknown_speaker_is_relative_to_the_training_population(demo_corpus: 
     no speaker-relative fields, their prosody vector is the population's, non-zero, and their ES says
     there is no baseline."""
     from msf.pipeline.config import MsfConfig
-    from msf.pipeline.extraction import Extraction
+    from msf.pipeline.run.extraction import Extraction
     from msf.trainer.data import FeatureSet
 
     rows = list(csv.DictReader(open(demo_corpus / "manifest.csv")))[:40]

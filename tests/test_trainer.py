@@ -46,7 +46,7 @@ def test_a_run_does_not_resume_on_features_extracted_since(demo_corpus: Path, de
 
     from msf.pipeline.config import MsfConfig
     from msf.pipeline.errors import UsageError
-    from msf.pipeline.extraction import Extraction
+    from msf.pipeline.run.extraction import Extraction
 
     cache, run = tmp_path / "cache", tmp_path / "run"
     shutil.copytree(demo_features, cache)
@@ -86,7 +86,7 @@ def test_prosody_source_and_speaker_standardisation(demo_features: Path, tmp_pat
     dimension. Both train, and a run remembers them for evaluation."""
     import numpy as np
 
-    from msf.pipeline.cache_view import CacheView
+    from msf.pipeline.cache.view import CacheView
     from msf.trainer.data import FeatureSet, parse_sources
 
     data = FeatureSet(demo_features, parse_sources("audio,prosody"), in_memory=True, speaker_norm=True)
@@ -143,7 +143,7 @@ def test_kill9_inside_training_batches_then_resume_equals_an_uninterrupted_run(d
 
 
 def test_a_run_being_trained_is_not_trained_into_twice(demo_features: Path, tmp_path: Path) -> None:
-    from msf.pipeline.lock import CacheBusy, CacheLock
+    from msf.pipeline.cache.lock import CacheBusy, CacheLock
 
     with CacheLock(tmp_path / "run"):  # what a first `msf train --out run` holds while it trains
         with pytest.raises(CacheBusy, match=r"the run .*run is in use by msf process \d+ .*; wait for it to "
@@ -173,7 +173,8 @@ def test_predict_new_audio(demo_features: Path, demo_corpus: Path, tmp_path: Pat
     res = CliRunner().invoke(app, ["predict", wavs[0], "--run", str(tmp_path / "run"), "--json",
                                    "--transcript", "the quarterly revenue report shows strong growth"])
     wrong = json.loads(res.stdout.strip().splitlines()[-1])[0]
-    assert wrong["error"].startswith("align: the transcript does not match the audio")
+    # the words cannot be aligned, but GS embeds the transcript given, needing no alignment: predicted
+    assert "error" not in wrong and "masked" not in wrong and 1 <= wrong["valence"] <= 7, wrong
     res = CliRunner().invoke(app, ["predict", *wavs, "--run", str(tmp_path / "run"), "--transcript", "the words"])
     assert res.exit_code == 2 and "--transcript gives the words of one file; 2 were given" in res.output
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.wav"), "--run", str(tmp_path / "run")])
@@ -241,7 +242,9 @@ def test_modality_dropout_hides_the_text_in_training_only(fusion: str) -> None:
     with torch.no_grad():  # FiLM starts as the identity; make it depend on the text for this check
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    frames, lengths, mask = torch.randn(4, 10, 8), torch.tensor([10, 7, 5, 10]), torch.tensor([True, False, True, True])
+    frames, lengths = torch.randn(4, 10, 8), torch.tensor([10, 7, 5, 10])
+    mask = {"gs": torch.ones(4, dtype=torch.bool), "les": torch.tensor([True, False, True, True]),
+            "es": torch.ones(4, dtype=torch.bool)}
     text = [{s: torch.randn(4, 6) for s in ("gs", "les", "es")} for _ in range(2)]
     model.train()  # every utterance's text hidden: the predictions cannot depend on it
     assert torch.equal(model(frames, lengths, text[0], mask)[0], model(frames, lengths, text[1], mask)[0])
@@ -254,7 +257,9 @@ def test_the_text_informs_only_its_targets() -> None:
     with every target named, the text moves arousal too. A misspelt target is refused by name."""
     from msf.trainer.model import ModelConfig, MsfSer
 
-    frames, lengths, mask = torch.randn(4, 10, 8), torch.tensor([10, 7, 5, 10]), torch.tensor([True, False, True, True])
+    frames, lengths = torch.randn(4, 10, 8), torch.tensor([10, 7, 5, 10])
+    mask = {"gs": torch.ones(4, dtype=torch.bool), "les": torch.tensor([True, False, True, True]),
+            "es": torch.ones(4, dtype=torch.bool)}
     text = [{s: torch.randn(4, 6) for s in ("gs", "les", "es")} for _ in range(2)]
     moved = {}
     for targets in [("valence", "dominance"), ("valence", "arousal", "dominance")]:
@@ -331,7 +336,7 @@ def test_make_batch_casts_or_pads_as_stored_and_the_device_gets_float32_exactly(
     for shape in ((384,), (3, 200)):  # 85 and 54 frames per piece
         frames = [rng.standard_normal((n, *shape)).astype(np.float16) for n in (1, 54, 55, 130)]
         for cast, dtype in ((True, np.float32), (False, np.float16)):
-            b = make_batch(frames, {}, np.ones(4, bool), np.zeros((4, 3), np.float32), ["a", "b", "c", "d"], cast)
+            b = make_batch(frames, {}, {}, np.zeros((4, 3), np.float32), ["a", "b", "c", "d"], cast)
             assert b.frames.dtype == dtype and b.frames.shape == (4, 130, *shape)
             on_device = to_tensors(b, "cpu")[0]
             assert on_device.dtype == torch.float32

@@ -30,12 +30,17 @@ def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: b
     every variant (audio included), and `speaker_norm` (a training option) standardises the frames."""
     if seeds < 1:
         raise UsageError(f"--seeds is the number of training seeds per variant: at least 1, not {seeds}")
+    fixed = sorted({"sources", "fusion", "seed"} & set(train_options))
+    if fixed:
+        raise UsageError(f"ablate sets {', '.join(fixed)} per variant and seed; leave {', '.join(fixed)} out of "
+                         "--set and [train]")
     out.mkdir(parents=True, exist_ok=True)
     extra = ",prosody" if prosody else ""
     # One read of the cache for every variant: the full source set covers them all.
     data = FeatureSet(features, parse_sources("audio,gs,les,es" + extra), train_options.get("fold"),
                       train_options.get("name", "default"), train_options.get("labels"), train_options.get("in_memory"),
-                      speaker_norm=train_options.get("speaker_norm", False))
+                      speaker_norm=train_options.get("speaker_norm", False), layers=train_options.get("layers"),
+                      fold_dev=train_options.get("fold_dev", "speaker"))
     # test (dev when there is none) heads the table; other labelled test sets (MSP-Podcast's test2) get
     # their own under "splits", so a corpus with one test set keeps the table and JSON it always had
     main = "test" if data.splits["test"].ids else "dev"
@@ -49,9 +54,31 @@ def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: b
         results[name] = summary([r[main] for r in runs])
         if others:
             results[name]["splits"] = {x: summary([r[x] for r in runs]) for x in others}
+    add_uncertainty(results, out, main, range(seed, seed + seeds))
     (out / "ablation.json").write_text(json.dumps(results, indent=2))
     (out / "ablation.md").write_text(tables(results))
     return results
+
+
+COMPARED = {"vs_audio": "audio", "vs_concat": "concat"}  # each variant against audio; full against concat
+
+
+def add_uncertainty(results: dict[str, dict[str, Any]], out: Path, split: str, seeds: range) -> None:
+    """Each variant's bootstrap 95 % interval of its `split` CCC (`ci95`), its paired bootstrap test
+    against audio (`vs_audio`), and full's against concat (`vs_concat`): trainer/bootstrap.py."""
+    from msf.trainer.bootstrap import interval, paired, read_predictions, resample_index, resampled
+
+    stats = {}
+    index = None
+    for name in results:
+        preds, gold = read_predictions([out / name / f"seed-{k}" for k in seeds], split)
+        index = resample_index(len(gold)) if index is None else index
+        stats[name] = resampled(preds, gold, index)
+        results[name]["ci95"] = interval(stats[name])
+    for name in results:
+        if name != "audio":
+            results[name]["vs_audio"] = paired(stats[name], stats["audio"], results[name], results["audio"])
+    results["full"]["vs_concat"] = paired(stats["full"], stats["concat"], results["full"], results["concat"])
 
 
 def tables(results: dict[str, dict[str, Any]]) -> str:
@@ -69,12 +96,25 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """Mean CCC per variant and, with several training seeds, the seeds' sd of the mean CCC: on a few
-    hundred utterances two variants closer than that are not told apart by this ablation."""
+    """Mean CCC per variant; with several training seeds, the seeds' sd of the mean CCC; with the
+    bootstrap (the main test set), the 95 % interval of the mean CCC and the paired p-value against
+    audio (full: and against concat)."""
     spread = all(len(v.get("runs", [])) > 1 for v in results.values())
+    boot = all("ci95" in v for v in results.values())
     head, rule = "| variant | CCC valence | CCC arousal | CCC dominance | CCC mean |", "|---|---|---|---|---|"
-    lines = [head + " CCC mean, sd over seeds |", rule + "---|"] if spread else [head, rule]
+    head += " CCC mean, sd over seeds |" if spread else ""
+    head += " CCC mean, 95% CI | p vs audio |" if boot else ""
+    lines = [head, rule + "---|" * (spread + 2 * boot)]
     for k, v in results.items():
-        sd = f" {statistics.stdev(r['ccc_mean'] for r in v['runs']):.3f} |" if spread else ""
-        lines.append(f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in COLUMNS) + " |" + sd)
+        row = f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in COLUMNS) + " |"
+        if spread:
+            row += f" {statistics.stdev(r['ccc_mean'] for r in v['runs']):.3f} |"
+        if boot:
+            lo, hi = v["ci95"]["ccc_mean"]
+            vs = v.get("vs_audio", {}).get("ccc_mean")
+            p = "" if vs is None else f"{vs['p']:.3f}"
+            if "vs_concat" in v:
+                p += f" (vs concat {v['vs_concat']['ccc_mean']['p']:.3f})"
+            row += f" [{lo:.3f}, {hi:.3f}] | {p} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"

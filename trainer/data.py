@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -15,17 +14,27 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from msf.pipeline.cache_index import Entry
-from msf.pipeline.cache_view import CacheView
+from msf.pipeline.cache.columns import ArrayColumn
+from msf.pipeline.cache.fingerprint import canonical_json, digest
+from msf.pipeline.cache.view import CacheView
 from msf.pipeline.corpus import Utterance, load_corpus
 from msf.pipeline.errors import UsageError
-from msf.pipeline.fingerprint import canonical_json, digest
-from msf.pipeline.shard_store import ShardReader
 from msf.pipeline.speaker_baseline import (ANY_GENDER, FrameStats, PopulationBaseline, RunBaseline, baseline_groups,
                                            gender_of, measures, population_key, prosody_vector)
 
-SOURCES = ("audio", "gs", "les", "es", "prosody")
-STAGE_OF = {"audio": "acoustic", "gs": "global", "les": "local", "es": "extended", "prosody": "emphasis"}
+# The one table from the model's sources to the cache's declared fields (`stage.field`); the first
+# field's stage is the source's stage. Opening a feature set checks every name here against the fields
+# its stages declare, so a renamed field is an error at open, not a KeyError in an epoch.
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "audio": ("acoustic.frames",),
+    "gs": ("global.embedding",),
+    "les": ("local.embedding", "local.mask"),
+    "es": ("extended.embedding",),
+    "prosody": ("emphasis.pitch_st", "emphasis.loudness_db", "emphasis.rate_ratio", "emphasis.speaker_baseline",
+                "emphasis.f0_median_hz", "emphasis.loudness_abs_db", "emphasis.rate_syl_s"),
+}
+SOURCES = tuple(SOURCE_FIELDS)
+STAGE_OF = {s: fields[0].split(".", 1)[0] for s, fields in SOURCE_FIELDS.items()}
 TARGETS = ("valence", "arousal", "dominance")
 TORCH_GRAIN = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops run on the calling thread
 
@@ -37,7 +46,21 @@ def source_vector(source: str, record: dict, gender: str = ANY_GENDER,
     speaker baseline, to the training population's (pipeline/speaker_baseline.py)."""
     if source == "prosody":
         return prosody_vector(record, gender, population)
-    return np.asarray(record["embedding"], np.float32)
+    return np.asarray(record[SOURCE_FIELDS[source][0].split(".", 1)[1]], np.float32)
+
+
+def source_present(source: str, record: dict | None) -> bool:
+    """Whether a source takes part for an utterance: its stage has a record (a text-side stage that
+    failed is masked, never the utterance dropped) and, for LES, a word was stressed."""
+    return record is not None and (source != "les" or bool(record["mask"]))
+
+
+def source_matrix(source: str, utts: list[Utterance], records: dict[str, dict],
+                  population: PopulationBaseline | None) -> np.ndarray:
+    """B x D vectors of one source, zeros where its stage has no record for an utterance (masked)."""
+    width = next((len(source_vector(source, r, ANY_GENDER, population)) for r in records.values()), 1)
+    return np.stack([source_vector(source, records[u.id], gender_of(u.extra), population) if u.id in records
+                     else np.zeros(width, np.float32) for u in utts]) if utts else np.zeros((0, width), np.float32)
 
 
 @dataclass
@@ -45,7 +68,7 @@ class Batch:
     frames: np.ndarray  # B x T x D (or B x T x L x D), zero-padded; float32, or float16 as stored for a GPU
     lengths: np.ndarray  # B
     vectors: dict[str, np.ndarray]  # source -> B x D
-    les_mask: np.ndarray  # B bool
+    masks: dict[str, np.ndarray]  # source -> B bool: whether it takes part (False: zeros, left out)
     labels: np.ndarray  # B x 3
     ids: list[str]
 
@@ -55,11 +78,14 @@ class Split:
     ids: list[str]  # sorted: every array below follows this order
     labels: np.ndarray
     vectors: dict[str, np.ndarray]
-    les_mask: np.ndarray
-    frames_at: list[tuple[Path, int]]  # acoustic shard and row of each utterance
+    masks: dict[str, np.ndarray]  # source -> whether it takes part, per utterance
+    column: ArrayColumn  # the utterances' acoustic frames in the cache (any object with read/lengths)
     frames: list[np.ndarray] | None = None  # held in memory
-    speakers: list[str] | None = None  # the speaker group of each utterance (speaker standardisation)
+    # the speaker group of each utterance; after speaker standardisation's statistics, the key of the
+    # statistics it is standardised by (its group's, or its gender's population)
+    speakers: list[str] | None = None
     genders: list[str] | None = None  # the corpus's gender of each utterance, ANY_GENDER where unknown
+    speaker_ids: list[str] | None = None  # the speaker as the corpus names it ("" or "Unknown" included)
     lengths: np.ndarray | None = None  # frames per utterance, read when first needed (`FeatureSet.lengths`)
 
 
@@ -142,14 +168,23 @@ def _skip_reason(why: str) -> str:
 
 
 class FeatureSet:
-    """The utterances of a named feature set that have labels, a split and fresh entries for every
-    needed stage. `splits` holds train, dev, test and every other split the labelled utterances name."""
+    """The utterances of a named feature set that have labels, a split and acoustic features, read
+    through the public read API (`CacheView`). A text-side source whose stage failed for an utterance is
+    masked for it (as LES is without a stressed word), so every variant is scored on the same
+    utterances; what is dropped (no labels, no split, no acoustic features, features not extracted
+    yet) is listed in `dropped` with its reason. `splits` holds train, dev, test and every other split
+    the labelled utterances name. `layers`: the hidden states of the cached frames to train on."""
 
     def __init__(self, cache: Path, sources: tuple[str, ...], fold: int | None = None, name: str = "default",
                  labels: str | None = None, in_memory: bool | None = None, memory_limit_gb: float = 4.0,
-                 speaker_norm: bool = False):
-        view = CacheView(Path(cache), name)
-        try:
+                 speaker_norm: bool = False, layers: list[int] | None = None, fold_dev: str = "speaker",
+                 run_baseline: RunBaseline | None = None):
+        """`run_baseline` (prediction with a trained run, `msf predict --features`): utterances without
+        labels are kept (labels NaN), no split is required, and utterances without a speaker baseline
+        are put against the run's training population rather than this cache's train split."""
+        predicting = run_baseline is not None
+        with CacheView.open(Path(cache), name) as view:
+            view.require_fields(f for s in sources for f in SOURCE_FIELDS[s])
             utts = view.utterances
             unlabelled: set[str] = set()
             self.unmatched_label_rows = 0  # rows of the label manifest that match no cached utterance
@@ -160,68 +195,91 @@ class FeatureSet:
 
                 if not all("session" in u.extra for u in utts):
                     raise UsageError("--fold applies to IEMOCAP caches (leave-one-session-out)")
-                utts = refold(utts, fold)
-            stages = list(dict.fromkeys([STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])))
+                utts = refold(utts, fold, fold_dev)
+            stages = list(dict.fromkeys(STAGE_OF[s] for s in sources))
             fresh = view.fresh(stages)
             why = {st: view.why_not_fresh(st) for st in stages}
-            self.skipped: dict[str, int] = {}
+            self.dropped: list[tuple[str, str, str]] = []  # (id, split, reason)
             keep: list[Utterance] = []
             for u in sorted(utts, key=lambda u: u.id):
-                reason = ("not in the label manifest" if u.id in unlabelled else "no labels" if u.labels is None
+                reason = ("not in the label manifest" if u.id in unlabelled
+                          else "no labels" if u.labels is None and not predicting
                           else "no split" if not u.split
-                          else next((_skip_reason(why[st][u.id]) for st in stages if u.id not in fresh[st]), None))
+                          else next((_skip_reason(why[st][u.id]) for st in stages if u.id not in fresh[st]
+                                     and (st == "acoustic" or not why[st][u.id].startswith("failed"))), None))
                 if reason:
-                    self.skipped[reason] = self.skipped.get(reason, 0) + 1
+                    self.dropped.append((u.id, u.split, reason))
                 else:
                     keep.append(u)
-            self.root, self.sources, self.name = view.root, sources, name
+            self.root, self.sources, self.name, self.layers = view.root, sources, name, layers
             # the settings the features were extracted with: `msf predict` runs new audio through them
-            self.extraction = view.config.model_dump_json(exclude={"cache"})
-            self._identity = {u.id: (u.split, u.labels, {st: fresh[st][u.id].fingerprint for st in stages})
-                              for u in keep}
-            records = {st: _records(view, [fresh[st][u.id] for u in keep]) for st in stages if st != "acoustic"}
+            self.extraction = view.settings.model_dump_json(exclude={"cache"})
+            self._identity = {u.id: (u.split, u.labels, {st: fresh[st][u.id].fingerprint for st in stages
+                                                         if u.id in fresh[st]}) for u in keep}
+            ids = [u.id for u in keep]
+            records = {st: view.records(st, ids) for st in stages if st != "acoustic"}
             # The population an utterance without a speaker baseline is relative to: the training split's.
-            self.population = PopulationBaseline.fit(
-                (gender_of(u.extra), *measures(records["emphasis"][u.id])) for u in keep if u.split == "train"
+            self.population = run_baseline.population if predicting else PopulationBaseline.fit(
+                (gender_of(u.extra), *measures(records["emphasis"][u.id]))
+                for u in keep if u.split == "train" and u.id in records["emphasis"]
             ) if "prosody" in sources else None
-            acoustic = fresh["acoustic"]
+            frames = view.column(SOURCE_FIELDS["audio"][0], ids, layers)
+            position = {u: k for k, u in enumerate(ids)}
+            self.masked = {s: sum(u not in records[STAGE_OF[s]] for u in ids) for s in sources if s != "audio"}
             self.splits: dict[str, Split] = {}
             # train and dev, then every other labelled split the corpus names (test, MSP-Podcast's test2, ...)
             for split in ["train", "dev", "test", *sorted({u.split for u in keep} - {"train", "dev", "test"})]:
                 us = [u for u in keep if u.split == split]
                 self.splits[split] = Split(
                     ids=[u.id for u in us],
-                    labels=np.array([u.labels for u in us], np.float32).reshape(-1, 3),
-                    vectors={s: np.stack([source_vector(s, records[STAGE_OF[s]][u.id], gender_of(u.extra),
-                                                        self.population) for u in us])
-                             if us else np.zeros((0, 1), np.float32) for s in sources if s != "audio"},
-                    les_mask=np.array([bool(records["local"][u.id]["mask"]) for u in us] if "les" in sources
-                                      else [True] * len(us), bool),
-                    frames_at=[(view.store.shard_path("acoustic", acoustic[u.id].shard), acoustic[u.id].row)
-                               for u in us],
+                    labels=np.array([u.labels or (np.nan,) * 3 for u in us], np.float32).reshape(-1, 3),
+                    vectors={s: source_matrix(s, us, records[STAGE_OF[s]], self.population)
+                             for s in sources if s != "audio"},
+                    masks={s: np.array([source_present(s, records[STAGE_OF[s]].get(u.id)) for u in us], bool)
+                           for s in sources if s != "audio"},
+                    column=frames.subset([position[u.id] for u in us]),
                     speakers=[u.group_key("speaker") for u in us],
                     genders=[gender_of(u.extra) for u in us],
+                    speaker_ids=[u.speaker for u in us],
                 )
-        finally:
-            view.close()
-        for split in ("train", "dev"):
+        for split in () if predicting else ("train", "dev"):
             if not self.splits[split].ids:
                 raise UsageError(f"no usable {split} utterances in feature set {name!r} of {cache} "
-                                 f"(skipped: {self.skipped or 'none'})")
-        if len(self.splits["train"].ids) == 1:  # the CCC loss and BatchNorm are statistics over a batch
+                                 f"(dropped: {self.skipped or 'none'})")
+        if not predicting and len(self.splits["train"].ids) == 1:  # the CCC loss and BatchNorm: batch statistics
             raise UsageError(f"one usable train utterance in feature set {name!r} of {cache}: training needs "
-                             f"at least two (skipped: {self.skipped or 'none'})")
-        first = self._read(*self.splits["train"].frames_at[0])
+                             f"at least two (dropped: {self.skipped or 'none'})")
+        some = next((s for s in self.splits.values() if s.ids), None)
+        if some is None:
+            raise UsageError(f"no usable utterances in feature set {name!r} of {cache} (dropped: {self.skipped})")
+        first = some.column.read([0])[0]
         self.frame_shape = first.shape[1:]
-        self.vector_dims = {s: v.shape[1] for s, v in self.splits["train"].vectors.items()}
+        self.vector_dims = {s: v.shape[1] for s, v in some.vectors.items()}
         total = sum(len(s.ids) for s in self.splits.values())
         est_gb = total * first.nbytes * 8 / 1e9  # float16 -> float32, plus length variation
         if in_memory if in_memory is not None else est_gb < memory_limit_gb:
             for s in self.splits.values():
-                s.frames = [f.astype(np.float32) for f in self._read_frames(s.frames_at)]  # cast once
-        self.speaker_stats = self._speaker_stats() if speaker_norm else None
+                s.frames = [f.astype(np.float32) for f in s.column.read(range(len(s.ids)))]  # cast once
+        self.speaker_stats = self._speaker_stats(run_baseline) if speaker_norm else None
 
-    def _speaker_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Dropped utterances counted by reason."""
+        out: dict[str, int] = {}
+        for _, _, reason in self.dropped:
+            out[reason] = out.get(reason, 0) + 1
+        return out
+
+    def coverage(self) -> dict[str, dict[str, int]]:
+        """Per split the corpus names: utterances kept and in the split, among those with labels."""
+        out: dict[str, dict[str, int]] = {name: {"kept": len(s.ids), "total": len(s.ids)}
+                                          for name, s in self.splits.items()}
+        for _, split, reason in self.dropped:
+            if split and reason not in ("no labels", "not in the label manifest"):
+                out.setdefault(split, {"kept": 0, "total": 0})["total"] += 1
+        return out
+
+    def _speaker_stats(self, run_baseline: RunBaseline | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per speaker group with a baseline of its own (pipeline/speaker_baseline.py), the mean and sd of
         each acoustic dimension over all of the speaker's frames (no labels used, so test speakers are
         standardised by their own audio, the usual practice in SER); per gender, the training split's
@@ -230,15 +288,20 @@ class FeatureSet:
         acc = FrameStats()
         for name, s in self.splits.items():
             for k in range(0, len(s.ids), 64):
-                frames = s.frames[k : k + 64] if s.frames is not None else self._read_frames(s.frames_at[k : k + 64])
+                frames = s.frames[k : k + 64] if s.frames is not None else s.column.read(range(k, min(k + 64, len(s.ids))))
                 for spk, g, f in zip(s.speakers[k : k + 64], s.genders[k : k + 64], frames):  # type: ignore[index]
                     if own[spk]:
                         acc.add(spk, f)
-                    if name == "train":
+                    if name == "train" and run_baseline is None:
                         acc.add(population_key(ANY_GENDER), f)
                         if g != ANY_GENDER:
                             acc.add(population_key(g), f)
         stats = acc.finish()
+        if run_baseline is not None:  # predicting: the run's training population
+            if not run_baseline.frames:
+                raise UsageError("this run was trained before runs kept their population's frame statistics "
+                                 "(baseline.npz); train it again to predict with --speaker-norm")
+            stats.update(run_baseline.frames)
         for s in self.splits.values():  # every utterance's key: its own group's, or its gender's population
             s.speakers = [spk if own[spk] else population_key(g if population_key(g) in stats else ANY_GENDER)
                           for spk, g in zip(s.speakers, s.genders)]  # type: ignore[arg-type]
@@ -258,25 +321,7 @@ class FeatureSet:
         return digest(canonical_json([(u, split, labels, {st: fp for st, fp in fps.items() if st in stages})
                                       for u, (split, labels, fps) in sorted(self._identity.items())]))
 
-    _reader = ShardReader()
     speaker_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # speaker -> (mean, sd) of the frames
-
-    @classmethod
-    def _read(cls, path: Path, row: int) -> np.ndarray:
-        return cls._read_frames([(path, row)])[0]
-
-    @classmethod
-    def _read_frames(cls, at: list[tuple[Path, int]]) -> list[np.ndarray]:
-        """Frames of several utterances in the order given, as stored (float16), one read per shard;
-        `make_batch` casts them as it pads (or, for a GPU, the device does)."""
-        by_shard: dict[Path, list[int]] = defaultdict(list)
-        for k, (path, _) in enumerate(at):
-            by_shard[path].append(k)
-        out: list[np.ndarray | None] = [None] * len(at)
-        for path, ks in by_shard.items():
-            for k, f in zip(ks, cls._reader.array_rows(path, "frames", [at[k][1] for k in ks])):
-                out[k] = f
-        return out  # type: ignore[return-value]
 
     def batches(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
                 prefetch: int = 4, max_frames: int = 0, bucket: bool = False, cast: bool = True) -> Iterator[Batch]:
@@ -309,44 +354,19 @@ class FeatureSet:
         s = self.splits[split]
         if s.lengths is None:
             s.lengths = (np.array([len(f) for f in s.frames], np.int64) if s.frames is not None
-                         else self._frame_counts(s.frames_at))
+                         else s.column.lengths())
         return s.lengths
 
-    @classmethod
-    def _frame_counts(cls, at: list[tuple[Path, int]]) -> np.ndarray:
-        by_shard: dict[Path, list[int]] = defaultdict(list)
-        for k, (path, _) in enumerate(at):
-            by_shard[path].append(k)
-        out = np.zeros(len(at), np.int64)
-        for path, ks in by_shard.items():
-            out[ks] = cls._reader.array_lengths(path, "frames", [at[k][1] for k in ks])
-        return out
-
     def _batch(self, s: Split, idx: list[int], cast: bool = True) -> Batch:
-        if s.frames is not None:
-            frames = [s.frames[i] for i in idx]
-        else:
-            frames = self._read_frames([s.frames_at[i] for i in idx])
+        frames = [s.frames[i] for i in idx] if s.frames is not None else s.column.read(idx)
         if self.speaker_stats is not None:
             stats = [self.speaker_stats[s.speakers[i]] for i in idx]  # type: ignore[index]
             frames = [(f - mean) / sd for f, (mean, sd) in zip(frames, stats)]
-        return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, s.les_mask[idx], s.labels[idx],
-                          [s.ids[i] for i in idx], cast)
+        return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, {k: m[idx] for k, m in s.masks.items()},
+                          s.labels[idx], [s.ids[i] for i in idx], cast)
 
 
-def _records(view: CacheView, entries: list[Entry]) -> dict[str, dict]:
-    """utterance -> record, reading each shard once."""
-    by_shard: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
-        by_shard[e.shard].append(e)
-    out: dict[str, dict] = {}
-    for shard, es in by_shard.items():
-        rows = view.store.reader.rows(view.store.shard_path(es[0].stage, shard), [e.row for e in es])
-        out.update({e.utt: r for e, r in zip(es, rows)})
-    return out
-
-
-def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mask: np.ndarray,
+def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], masks: dict[str, np.ndarray],
                labels: np.ndarray, ids: list[str], cast: bool = True) -> Batch:
     """The frames padded into one array. `cast` (training on the CPU): float32, cast by torch as it pads,
     in pieces under torch's parallel grain so the copy stays on the calling (read-ahead) thread and
@@ -360,7 +380,7 @@ def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mas
     if not cast:
         for b, f in enumerate(frames):
             out[b, : len(f)] = f
-        return Batch(out, lengths, vectors, les_mask, labels, ids)
+        return Batch(out, lengths, vectors, masks, labels, ids)
     dst = torch.from_numpy(out)
     step = max(1, TORCH_GRAIN // max(1, int(np.prod(out.shape[2:]))))  # frames per piece
     for b, f in enumerate(frames):
@@ -368,4 +388,4 @@ def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], les_mas
         for i in range(0, len(f), step):
             j = min(i + step, len(f))
             dst[b, i:j] = src[i:j]
-    return Batch(out, lengths, vectors, les_mask, labels, ids)
+    return Batch(out, lengths, vectors, masks, labels, ids)

@@ -10,8 +10,8 @@ from typing import Literal
 
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus, read_truth, score_against_truth
-from msf.pipeline.extraction import Extraction
-from msf.pipeline.progress import STDERR
+from msf.pipeline.run.extraction import Extraction
+from msf.pipeline.run.progress import STDERR
 from msf.trainer.ablate import COLUMNS, ablate, table
 
 STAGES = ["acoustic", "global", "local", "extended"]  # and everything upstream of them
@@ -84,8 +84,11 @@ def run_demo(out: Path, n: int = 300, seed: int = 0, workers: int = 2,
         f"{results['audio+gs+les']['ccc_valence'] - results['audio+gs']['ccc_valence']:+.3f}; "
         f"dominance, ES (full vs audio+gs+les): "
         f"{results['full']['ccc_dominance'] - results['audio+gs+les']['ccc_dominance']:+.3f}; "
-        f"mean, FM-MoE vs concat: {results['full']['ccc_mean'] - results['concat']['ccc_mean']:+.3f}. "
-        "A gap smaller than the variants' sd over seeds (last column) is within training-seed noise.", "",
+        f"mean, FM-MoE vs concat: {results['full']['ccc_mean'] - results['concat']['ccc_mean']:+.3f} "
+        f"(paired bootstrap p = {results['full']['vs_concat']['ccc_mean']['p']:.3f}). "
+        "A gap smaller than the variants' sd over seeds is within training-seed noise; the 95 % interval "
+        "resamples the test utterances, the p-values compare two variants on the same resamples "
+        "(trainer/bootstrap.py).", "",
         "Training curves: " + ", ".join(f"[{k}](runs/{k}/seed-{seed}/curves.png)" for k in results) + ".", "",
         "## Extraction", "",
         "| stage | computed | reused | failed | seconds |", "|---|---|---|---|---|",
@@ -110,7 +113,11 @@ def plot_ablation(results: dict[str, dict], path: Path) -> None:
     x = np.arange(len(COLUMNS))
     w = 0.8 / len(results)
     for i, (name, r) in enumerate(results.items()):
-        ax.bar(x + i * w, [r[c] for c in COLUMNS], w, label=name)
+        heights = [r[c] for c in COLUMNS]
+        ci = r.get("ci95")  # the bootstrap 95 % interval (trainer/bootstrap.py) as an error bar
+        err = np.array([[h - ci[c][0] for h, c in zip(heights, COLUMNS)],
+                        [ci[c][1] - h for h, c in zip(heights, COLUMNS)]]).clip(0) if ci else None
+        ax.bar(x + i * w, heights, w, label=name, yerr=err, capsize=2, error_kw={"lw": 0.8})
     ax.set_xticks(x + 0.4 - w / 2, [c.replace("ccc_", "") for c in COLUMNS])
     ax.set_ylabel("test CCC")
     ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0))

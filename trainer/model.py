@@ -109,16 +109,19 @@ class MsfSer(nn.Module):
         x = self.temporal(self.acoustic_in(frames), src_key_padding_mask=pad)
         return self.pool(x, pad)
 
-    def text_parts(self, p: dict[str, torch.Tensor], les_mask: torch.Tensor) -> list[torch.Tensor]:
-        """The text projections in source order, LES zeroed where no word is emphasised."""
-        return [p[s] * les_mask[:, None] if s == "les" else p[s] for s in self.text]
+    def text_parts(self, p: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The text projections in source order, zeroed where a source takes no part (no stressed word
+        for LES; a text stage that failed for the utterance)."""
+        return [p[s] * masks[s][:, None] for s in self.text]
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor, vectors: dict[str, torch.Tensor],
-                les_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Predictions B x 3 (V, A, D) and auxiliaries: gate weights, router probabilities."""
+                masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Predictions B x 3 (V, A, D) and auxiliaries: gate weights, router probabilities. `masks`:
+        per source, B bools (or 0/1 floats) saying whether it takes part for each utterance."""
+        masks = {s: m.to(frames.dtype) for s, m in masks.items()}
         a = a_raw = self.acoustic(frames, lengths)
         if "prosody" in vectors and hasattr(self, "prosody"):
-            a = a_raw = a + self.prosody(vectors["prosody"])
+            a = a_raw = a + self.prosody(vectors["prosody"]) * masks["prosody"][:, None]
         p = {s: self.proj[s](vectors[s]) for s in self.text}
         if self.training and self.cfg.modality_dropout > 0 and p:
             # some utterances train with the text hidden, so the audio path must stand on its own
@@ -126,13 +129,12 @@ class MsfSer(nn.Module):
             p = {s: v * keep for s, v in p.items()}
         aux: dict[str, torch.Tensor] = {}
         if self.cfg.fusion == "concat":
-            return self.head(torch.cat([a, *self.text_parts(p, les_mask)], -1)) + self.label_mean, aux
+            return self.head(torch.cat([a, *self.text_parts(p, masks)], -1)) + self.label_mean, aux
         if self.text:
             logits = self.gate(torch.cat([p[s] for s in self.text], -1))
-            if "les" in p:  # no emphasised word: LES takes no part
-                logits = logits.masked_fill((~les_mask)[:, None] & (torch.tensor(
-                    [s == "les" for s in self.text], device=a.device))[None], float("-inf"))
-            gates = logits.softmax(-1)
+            absent = torch.stack([masks[s] == 0 for s in self.text], 1)  # B x sources
+            none = absent.all(1, keepdim=True)  # no text source at all: t = 0, the identity modulation
+            gates = logits.masked_fill(absent & ~none, float("-inf")).softmax(-1) * (~none)
             t = (gates.unsqueeze(-1) * torch.stack([p[s] for s in self.text], 1)).sum(1)
             gamma, beta = self.film(t).chunk(2, -1)
             a = (1 + gamma) * a + beta
@@ -153,7 +155,7 @@ class MsfSer(nn.Module):
         aux["router"] = torch.stack(probs, 1)  # B x 3 x K
         y = torch.cat(preds, -1)
         if any(self.reads_text):
-            y = y + self.text_head(torch.cat(self.text_parts(p, les_mask), -1)) * self.text_mask
+            y = y + self.text_head(torch.cat(self.text_parts(p, masks), -1)) * self.text_mask
         return y + self.label_mean, aux
 
 

@@ -18,24 +18,27 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from msf.pipeline.cache.columns import ArrayColumn
+from msf.pipeline.cache.view import CacheView
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpus import Corpus, Utterance, load_corpus
 from msf.pipeline.errors import NotFound, UsageError
-from msf.pipeline.executors import InProcessExecutor
-from msf.pipeline.extraction import Extraction
-from msf.pipeline.progress import STDERR
+from msf.pipeline.run.executors import InProcessExecutor
+from msf.pipeline.run.extraction import Extraction
+from msf.pipeline.run.progress import STDERR
 from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
-from msf.trainer.data import STAGE_OF, TARGETS, batch_groups, make_batch, source_vector
+from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, TARGETS, batch_groups, make_batch, source_matrix,
+                              source_present)
 from msf.trainer.train import MAX_BATCH_FRAMES, load_run, to_tensors
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
 READ_AHEAD = 64  # files whose features are read together, then cut into batches bounded by frames
-COLUMNS = ("id", "audio", "speaker", *TARGETS, "error")
+COLUMNS = ("id", "audio", "speaker", *TARGETS, "masked", "error")
 
 
 def file_id(path: Path) -> str:
@@ -117,7 +120,8 @@ class RowWriter:
 def predict(inputs: list[Path], run: Path, transcript: str | None = None, device: str = "cpu",
             progress: bool = True, cache: Path | None = None, out: Path | None = None,
             settings: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Rows (id, audio, speaker, V/A/D or error) in the inputs' order; also written to `out` as they come.
+    """Rows (id, audio, speaker, V/A/D or error, and `masked`: the sources left out because a text-side
+    stage failed, with the cause) in the inputs' order; also written to `out` as they come.
     `settings`: stage settings that cannot change a result (devices, batch sizes) over the run's."""
     model, cfg = load_run(run, device)
     config = MsfConfig.model_validate_json((run / "extraction.json").read_text())
@@ -139,37 +143,48 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
                         corpus=corpus, executor=InProcessExecutor())
         stack.callback(writer.close)
         stack.callback(ex.close)
-        needed = [STAGE_OF[s] for s in sources] + (["local"] if "les" in sources else [])
+        needed = list(dict.fromkeys(STAGE_OF[s] for s in sources))
         ex.run(needed, progress=progress)
-        failures: dict[str, str] = {}
-        for stage in ex.plan(needed).order:  # the root cause, not the stages it blocked downstream
+        failed: dict[str, dict[str, str]] = {}  # utterance -> stage -> the root cause's message
+        for stage in ex.plan(needed).order:
             for f in ex.failures(stage).values():
-                if not f.error.startswith("upstream stage") or f.utt not in failures:
-                    failures[f.utt] = f"{f.stage}: {f.error}"
+                causes = failed.setdefault(f.utt, {})
+                causes[stage] = next(iter(causes.values())) if f.error.startswith("upstream stage") and causes \
+                    else f"{f.stage}: {f.error}"
         rows = {u.id: {"id": u.id, "audio": shown.get(u.id, u.audio), "speaker": u.speaker} for u in corpus.utterances}
-        ok = [u for u in corpus.utterances if u.id not in failures]
-        writer.write([{**rows[u], "error": e} for u, e in failures.items() if u in rows])
-        frame_stats = _frame_stats(ex, ok, baseline) if cfg.speaker_norm else None
-        for chunk in _chunks(ok, READ_AHEAD):
-            frames = [np.asarray(ex.read("acoustic", u.id)["frames"]) for u in chunk]
-            if frame_stats is not None:
-                frames = [(f.astype(np.float32) - m) / sd for f, (m, sd) in zip(frames, (frame_stats(u) for u in chunk))]
-            vectors = {s: np.stack([source_vector(s, ex.read(STAGE_OF[s], u.id), gender_of(u.extra), _population(baseline, s))
-                                    for u in chunk]) for s in sources if s != "audio"}
-            mask = np.array([bool(ex.read("local", u.id)["mask"]) if "les" in vectors else True for u in chunk])
-            lengths = np.array([len(f) for f in frames])
-            for g in batch_groups(np.arange(len(chunk)), 64, training=False, lengths=lengths, max_frames=MAX_BATCH_FRAMES):
-                b = make_batch([frames[k] for k in g], {s: v[g] for s, v in vectors.items()}, mask[g],
-                               np.zeros((len(g), 3), np.float32), [chunk[k].id for k in g])
-                frames_t, lens, vecs, les_mask, _ = to_tensors(b, device)
-                with torch.inference_mode():
-                    pred, _ = model(frames_t, lens, vecs, les_mask)
-                batch_rows = []
-                for k, p in zip(g, pred.float().cpu().numpy()):
-                    rows[chunk[k].id].update({t: round(float(v), 4) for t, v in zip(TARGETS, p)})
-                    batch_rows.append(rows[chunk[k].id])
-                writer.write(batch_rows)
-    return [{**rows[u.id], **({"error": failures[u.id]} if u.id in failures else {})} for u in corpus.utterances]
+        for u in corpus.utterances:  # no acoustic features: no prediction; a text-side failure: masked
+            causes = failed.get(u.id, {})
+            if "acoustic" in causes:
+                rows[u.id]["error"] = causes["acoustic"]
+            elif lost := [s for s in sources if STAGE_OF[s] in causes]:
+                rows[u.id]["masked"] = f"{','.join(lost)} ({causes[STAGE_OF[lost[0]]]})"
+        writer.write([r for r in rows.values() if "error" in r])
+        ok = [u for u in corpus.utterances if "error" not in rows[u.id]]
+        with CacheView.open(root, "predict") as view:
+            column = view.column(SOURCE_FIELDS["audio"][0], [u.id for u in ok], cfg.layers)
+            frame_stats = _frame_stats(column, ok, baseline) if cfg.speaker_norm else None
+            for start in range(0, len(ok), READ_AHEAD):
+                chunk = ok[start : start + READ_AHEAD]
+                frames = column.read(range(start, start + len(chunk)))
+                if frame_stats is not None:
+                    frames = [(f.astype(np.float32) - m) / sd for f, (m, sd) in zip(frames, map(frame_stats, chunk))]
+                records = {st: view.records(st, [u.id for u in chunk]) for st in needed if st != "acoustic"}
+                text = [s for s in sources if s != "audio"]
+                vectors = {s: source_matrix(s, chunk, records[STAGE_OF[s]], _population(baseline, s)) for s in text}
+                masks = {s: np.array([source_present(s, records[STAGE_OF[s]].get(u.id)) for u in chunk]) for s in text}
+                lengths = np.array([len(f) for f in frames])
+                for g in batch_groups(np.arange(len(chunk)), 64, training=False, lengths=lengths,
+                                      max_frames=MAX_BATCH_FRAMES):
+                    b = make_batch([frames[k] for k in g], {s: v[g] for s, v in vectors.items()},
+                                   {s: m[g] for s, m in masks.items()}, np.zeros((len(g), 3), np.float32),
+                                   [chunk[k].id for k in g])
+                    frames_t, lens, vecs, mask_t, _ = to_tensors(b, device)
+                    with torch.inference_mode():
+                        pred, _ = model(frames_t, lens, vecs, mask_t)
+                    for k, p in zip(g, pred.float().cpu().numpy()):
+                        rows[chunk[k].id].update({t: round(float(v), 4) for t, v in zip(TARGETS, p)})
+                    writer.write([rows[chunk[k].id] for k in g])
+    return [rows[u.id] for u in corpus.utterances]
 
 
 def parse_volatile(sets: list[str]) -> dict[str, dict[str, Any]]:
@@ -193,11 +208,6 @@ def parse_volatile(sets: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _chunks(items: list[Utterance], n: int) -> Iterator[list[Utterance]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
 def _population(baseline: RunBaseline, source: str) -> Any:
     if source == "prosody" and baseline.population is None:
         raise UsageError("this run was trained before runs kept their training population (baseline.npz); "
@@ -205,14 +215,42 @@ def _population(baseline: RunBaseline, source: str) -> Any:
     return baseline.population
 
 
-def _frame_stats(ex: Extraction, utts: list[Utterance], baseline: RunBaseline):  # type: ignore[no-untyped-def]
+def _frame_stats(column: ArrayColumn, utts: list[Utterance], baseline: RunBaseline) -> Callable[[Utterance], Any]:
     """utterance -> (mean, sd) for --speaker-norm: a speaker the user named with enough files is
     standardised by its own frames, every other file by the run's training population."""
     keys = {u.id: u.group_key("speaker") for u in utts}
     own = baseline_groups(keys.values())
     acc = FrameStats()
-    for u in utts:
+    for k, u in enumerate(utts):
         if own[keys[u.id]]:
-            acc.add(keys[u.id], np.asarray(ex.read("acoustic", u.id)["frames"]))
+            acc.add(keys[u.id], column.read([k])[0])
     stats = acc.finish()
     return lambda u: stats[keys[u.id]] if own[keys[u.id]] else baseline.frame_stats(gender_of(u.extra))
+
+
+def predict_cached(run: Path, features: Path, split: str, out: Path, name: str | None = None,
+                   device: str = "cpu") -> int:
+    """`msf predict --features CACHE --split S --out FILE`: the run's predictions for every utterance of
+    split S of a cache (labelled or not, e.g. MSP-Podcast's Test3), with gold labels where known, in the
+    run's prediction table; utterances without a speaker baseline against the run's training
+    population. Returns the number of rows written."""
+    from msf.trainer.data import FeatureSet, parse_sources
+    from msf.trainer.train import predict_split, split_predictions, write_predictions
+
+    if out.suffix.lower() != ".csv":
+        raise UsageError(f"--out {out}: predictions are written as .csv")
+    model, cfg = load_run(run, device)
+    data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, cfg.labels,
+                      speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
+                      run_baseline=RunBaseline.load(run))
+    if split not in data.splits or not data.splits[split].ids:
+        known = ", ".join(k for k, s in data.splits.items() if s.ids)
+        raise UsageError(f"no split {split!r} with usable utterances in {features}; its splits: {known}")
+    pred, gold, _ = predict_split(model, data, split, device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(out, split_predictions(data, split, pred, gold))
+    lost = [d for d in data.dropped if d[1] == split]
+    if lost:
+        STDERR.print(f"{len(lost)} utterance(s) of {split} not predicted: " + ", ".join(
+            f"{uid} ({why})" for uid, _, why in lost[:5]) + (" ..." if len(lost) > 5 else ""))
+    return len(pred)

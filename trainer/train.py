@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from msf.pipeline.device import Device, place
+from msf.pipeline.backends.device import Device, place
 from msf.pipeline.errors import NotFound, UsageError
-from msf.pipeline.faults import fault_point
-from msf.pipeline.lock import CacheLock
-from msf.pipeline.progress import STDERR
+from msf.pipeline.run.faults import fault_point
+from msf.pipeline.cache.lock import CacheLock
+from msf.pipeline.run.progress import STDERR
 from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
 from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
 
@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     sources: str = "audio,gs,les,es"
     fusion: str = "fm-moe"
     fold: int | None = None
+    # IEMOCAP's dev in a fold: "speaker" (one speaker of the next session; four sessions train) or
+    # "session" (the next session; three train). See pipeline/corpora/iemocap.py:split_for_fold.
+    fold_dev: Literal["speaker", "session"] = "speaker"
     device: Device = "cpu"
     seed: int = 0
     epochs: int = Field(60, ge=1)
@@ -65,6 +68,10 @@ class TrainConfig(BaseModel):
     # 100,000 utterances. 3: every ablation variant's mean test CCC rose on the demo at corpus seeds
     # 0-2, arousal most (docs/trainer.md, "Weight averaging").
     average_epochs: float = 3.0
+    # The hidden states of the cached frames to train on (None: every one cached); no re-extraction.
+    layers: list[int] | None = None
+    # Fail (before training) when a scored split lost an utterance that has labels (see FeatureSet).
+    require_full_coverage: bool = False
 
     @field_validator("average_epochs")
     @classmethod
@@ -83,11 +90,36 @@ class TrainConfig(BaseModel):
         return ",".join(names)
 
 
+def train_settings(sets: list[str] = (), toml: Path | None = None, **given: Any) -> dict[str, Any]:  # type: ignore[assignment]
+    """TrainConfig values: msf.toml's `[train]` section (`toml`, else ./msf.toml) < `--set train.KEY=VALUE`
+    < the options given on the command line (None: not given). Unknown keys are refused by TrainConfig."""
+    import tomllib
+
+    from msf.pipeline.config import CONFIG_FILE, parse_value
+
+    out: dict[str, Any] = {}
+    path = toml if toml is not None else Path(CONFIG_FILE)
+    if path.is_file():
+        try:
+            out.update(tomllib.loads(path.read_text(encoding="utf-8")).get("train", {}))
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"{path}: {e}") from None
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.startswith("train.") or len(key) <= 6:
+            raise UsageError(f"--set expects train.KEY=VALUE here, got {item!r}")
+        out[key[6:]] = parse_value(raw)
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
 @dataclass
 class Evaluation:
     ccc: dict[str, float]
     gates: dict[str, float]
     router: list[list[float]]  # per target, mean probability of each expert
+    pred: np.ndarray  # N x 3, in the split's (sorted id) order
+    gold: np.ndarray
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
@@ -108,11 +140,12 @@ def host_casts(device: str) -> bool:
 
 
 def to_tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
-    """frames (float32; a float16 batch is cast on the device), lengths, vectors (a dict), LES mask,
+    """frames (float32; a float16 batch is cast on the device), lengths, vectors (a dict), masks (a dict),
     labels on the device."""
     return (torch.from_numpy(b.frames).to(device, non_blocking=True).float(), torch.from_numpy(b.lengths).to(device),
             {k: torch.from_numpy(v).to(device) for k, v in b.vectors.items()},  # type: ignore[return-value]
-            torch.from_numpy(b.les_mask).to(device), torch.from_numpy(b.labels).to(device))
+            {k: torch.from_numpy(m).to(device) for k, m in b.masks.items()},  # type: ignore[return-value]
+            torch.from_numpy(b.labels).to(device))
 
 
 def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64,
@@ -121,9 +154,9 @@ def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batc
     preds, golds, aux_all = [], [], {}
     with torch.inference_mode():
         for b in data.batches(split, batch_size, shuffle=False, max_frames=max_frames, cast=host_casts(device)):
-            frames, lengths, vectors, mask, labels = to_tensors(b, device)
+            frames, lengths, vectors, masks, labels = to_tensors(b, device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                p, aux = model(frames, lengths, vectors, mask)
+                p, aux = model(frames, lengths, vectors, masks)
             preds.append(p.float().cpu().numpy())
             golds.append(labels.cpu().numpy())
             for k, v in aux.items():
@@ -138,7 +171,28 @@ def evaluate(model: MsfSer, data: FeatureSet, split: str, device: str) -> Evalua
     out["ccc_mean"] = round(float(c.mean()), 4)
     gates = {s: round(float(g), 4) for s, g in zip(model.text, aux["gates"].mean(0))} if "gates" in aux else {}
     router = aux["router"].mean(0).round(4).tolist() if "router" in aux else []
-    return Evaluation(out, gates, router)
+    return Evaluation(out, gates, router, pred, gold)
+
+
+PREDICTION_COLUMNS = ("id", "speaker", "split", *(f"pred_{t}" for t in TARGETS), *TARGETS)
+
+
+def split_predictions(data: FeatureSet, split: str, pred: np.ndarray, gold: np.ndarray) -> list[tuple]:
+    s = data.splits[split]
+    return list(zip(s.ids, s.speaker_ids, [split] * len(s.ids), pred, gold))
+
+
+def write_predictions(path: Path, rows: list[tuple]) -> None:
+    """The one prediction table (id, speaker, split, predicted V/A/D, gold V/A/D or empty) of a run
+    (RUN/predictions.csv) and of `msf predict --features`."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PREDICTION_COLUMNS)
+        for uid, speaker, split, pred, gold in rows:
+            w.writerow([uid, speaker, split, *(f"{v:.4f}" for v in pred),
+                        *(("",) * 3 if gold is None or np.isnan(gold).any() else (f"{v:g}" for v in gold))])
 
 
 def weight_average(model: MsfSer, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
@@ -192,12 +246,11 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
     seed_everything(cfg.seed, cfg.threads)
     data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.name, cfg.labels, cfg.in_memory,
-                              speaker_norm=cfg.speaker_norm)
+                              speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev)
     if bool(data.speaker_stats) != cfg.speaker_norm:
         raise UsageError("the feature set given was loaded with speaker_norm="
                          f"{bool(data.speaker_stats)}, the run asks for {cfg.speaker_norm}")
-    if data.skipped:
-        STDERR.print("skipped utterances: " + ", ".join(f"{n} ({why})" for why, n in data.skipped.items()))
+    report_coverage(data, out, cfg.require_full_coverage)
     (out / "extraction.json").write_text(data.extraction)
     data.baseline().save(out)  # `msf predict` puts new audio against the same population
     mcfg = ModelConfig(tuple(data.frame_shape), {s: d for s, d in data.vector_dims.items()}, sources, cfg.fusion,
@@ -233,9 +286,9 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
             t0, losses = time.perf_counter(), []
             for b in data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=state["epoch"],
                                   max_frames=cfg.max_batch_frames, bucket=cfg.bucket, cast=host_casts(cfg.device)):
-                frames, lengths, vectors, mask, labels = to_tensors(b, cfg.device)
+                frames, lengths, vectors, masks, labels = to_tensors(b, cfg.device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
-                    pred, aux = model(frames, lengths, vectors, mask)
+                    pred, aux = model(frames, lengths, vectors, masks)
                 loss = 1 - ccc(pred.float(), labels).mean()
                 if "router" in aux:
                     loss = loss + cfg.balance_weight * load_balance(aux["router"].float())
@@ -274,17 +327,49 @@ def check_same_data(out: Path, state: dict[str, Any], digest: str) -> None:
                          f"now {digest}: the features, labels or splits changed); choose another --out or delete it")
 
 
+def report_coverage(data: FeatureSet, out: Path, require_full: bool = False) -> None:
+    """OUT/dropped.csv (id, split, reason of every utterance not trained or scored on), one line per
+    scored split's coverage, the text sources masked; with `require_full`, a UsageError (before any
+    training) when a scored split lost a labelled utterance."""
+    import csv
+
+    with open(out / "dropped.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "split", "reason"])
+        w.writerows(data.dropped)
+    coverage = {k: v for k, v in data.coverage().items() if k != "train"}
+    short = {k: v for k, v in coverage.items() if v["kept"] < v["total"]}
+    parts = ["coverage: " + ", ".join(f"{k} {v['kept']}/{v['total']}" for k, v in coverage.items())]
+    if data.dropped:
+        why = ", ".join(f"{n} {reason}" for reason, n in data.skipped.items())
+        parts.append(f"dropped {len(data.dropped)} ({why}): see {out / 'dropped.csv'}")
+    masked = ", ".join(f"{s} for {n}" for s, n in data.masked.items() if n)
+    if masked:
+        parts.append(f"masked where a text-side stage failed: {masked}")
+    STDERR.print("; ".join(parts))
+    if require_full and short:
+        raise UsageError("--require-full-coverage: " + ", ".join(f"{k} kept {v['kept']} of {v['total']}"
+                                                                 for k, v in short.items())
+                         + f" labelled utterances (reasons in {out / 'dropped.csv'})")
+
+
 def finish(model: MsfSer, data: FeatureSet, digest: str, device: str, out: Path,
            history: list[dict]) -> dict[str, Any]:
-    """metrics.json (CCC on dev, test and every other labelled split, each with its n), usage.json
-    (gate and router statistics), curves.png."""
+    """metrics.json (CCC on dev, test and every other labelled split, each with its n), predictions.csv
+    (every scored utterance), usage.json (gate and router statistics), curves.png."""
     metrics: dict[str, Any] = {}
     usage: dict[str, Any] = {}
+    predictions = []
     for split in scored_splits(data.splits):
         ev = evaluate(model, data, split, device)
         metrics[split] = {**ev.ccc, "n": len(data.splits[split].ids)}
         usage[split] = {"gates": ev.gates, "router": dict(zip(TARGETS, ev.router))}
+        predictions += split_predictions(data, split, ev.pred, ev.gold)
+    write_predictions(out / "predictions.csv", predictions)
     metrics["skipped"] = data.skipped
+    metrics["coverage"] = {k: v for k, v in data.coverage().items() if k != "train"}
+    if any(data.masked.values()):
+        metrics["masked"] = {s: n for s, n in data.masked.items() if n}
     metrics["data"] = {"digest": digest, "feature_set": data.name, **{s: len(v.ids) for s, v in data.splits.items()}}
     if data.unmatched_label_rows:
         metrics["data"]["label_rows_without_cached_utterance"] = data.unmatched_label_rows

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from msf.pipeline.corpora.alignment_files import WordTimes
-from msf.pipeline.device import place
-from msf.pipeline.model_loading import load_transformers
+from msf.pipeline.backends.device import place
+from msf.pipeline.backends.model_loading import load_transformers
 from msf.pipeline.stage import UtteranceError
 
 
@@ -37,7 +37,7 @@ class CtcAligner:
         return torch.log_softmax(logits, dim=-1).cpu().numpy()
 
     def align(self, audio: np.ndarray, words: list[str]) -> WordTimes:
-        from msf.pipeline.ctc_viterbi import token_spans
+        from msf.pipeline.backends.ctc_viterbi import token_spans
 
         # Characters the model has no token for are skipped (digits, accents); a word left with no
         # characters at all takes the gap between its neighbours, with score 0.

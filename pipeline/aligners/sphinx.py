@@ -33,7 +33,7 @@ import numpy as np
 
 from msf.pipeline.aligners import Aligner
 from msf.pipeline.corpora.alignment_files import WordTimes
-from msf.pipeline.model_loading import ModelUnavailable
+from msf.pipeline.backends.model_loading import ModelUnavailable
 from msf.pipeline.stage import UtteranceError
 
 # IPA (as eSpeak NG writes it for English voices) -> ARPABET; longest match first.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from msf.pipeline.corpora.alignment_files import WordTimes, clean_word
-from msf.pipeline.model_loading import load_whisper
+from msf.pipeline.backends.model_loading import load_whisper
 from msf.pipeline.stage import UtteranceError
 
 WHISPER_WINDOW_S = 30.0

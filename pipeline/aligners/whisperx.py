@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from msf.pipeline.corpora.alignment_files import WordTimes, clean_word
-from msf.pipeline.device import require_device
-from msf.pipeline.model_loading import ModelUnavailable
+from msf.pipeline.backends.device import require_device
+from msf.pipeline.backends.model_loading import ModelUnavailable
 from msf.pipeline.stage import UtteranceError
 
 

@@ -12,6 +12,16 @@ from functools import lru_cache
 from pathlib import Path
 
 PUNCT = ".,;:!?\"'()[]{}«»…-"
+# Non-speech markers in corpus transcripts and alignments: IEMOCAP's [LAUGHTER], [BREATHING],
+# [GARBAGE], [LIPSMACK] in its transcriptions and ++LAUGHTER++, ++BREATHING++, ++GARBAGE++ in its
+# .wdseg files; <s>, </s>, <sil> of Sphinx-style alignments. They are not words: aligning "[LAUGHTER]"
+# made it the word "laughter" (phones L AE F T ER), embedded in GS and LES.
+MARKER = re.compile(r"\[[^\]]*\]|\+\+[^+\s]*\+\+|<[^>\s]*>")
+
+
+def strip_markers(text: str) -> str:
+    """The text without non-speech markers (MARKER), its spacing collapsed."""
+    return " ".join(MARKER.sub(" ", text).split())
 
 
 def clean_word(token: str) -> str:
@@ -20,7 +30,7 @@ def clean_word(token: str) -> str:
 
 
 def transcript_words(text: str | None) -> list[str]:
-    return [clean_word(t) for t in (text or "").split() if clean_word(t)]
+    return [clean_word(t) for t in strip_markers(text or "").split() if clean_word(t)]
 
 
 @dataclass
@@ -51,7 +61,7 @@ def read_wdseg(path: Path) -> WordTimes:
         if len(parts) < 4 or not parts[0].isdigit():
             continue
         w = re.sub(r"\(\d+\)$", "", parts[3])
-        if w.startswith("<") or not clean_word(w):
+        if MARKER.fullmatch(w) or not clean_word(w):
             continue
         words.append(clean_word(w))
         start.append(int(parts[0]) / 100)
@@ -70,7 +80,7 @@ def read_textgrid(path: Path) -> WordTimes:
     tier = next((i + 1 for i, n in enumerate(tiers) if n.lower() in ("words", "word")), 1)
     words, start, end = [], [], []
     for k in range(1, call(tg, "Get number of intervals...", tier) + 1):
-        label = clean_word(call(tg, "Get label of interval...", tier, k))
+        label = clean_word(strip_markers(call(tg, "Get label of interval...", tier, k)))
         if label and label not in ("sil", "sp"):
             words.append(label)
             start.append(call(tg, "Get start time of interval...", tier, k))

@@ -1,7 +1,12 @@
 """IEMOCAP: EmoEvaluation V/A/D (1-5 scale), transcriptions, ForcedAlignment `.wdseg`, five sessions.
 
-Folds are leave-one-session-out: for fold K, session K is test, session K+1 (cyclic) is dev and the
-other three are train. The cache never depends on the fold; `split_for_fold` re-splits at train time.
+Transcripts lose their non-speech markers (`[LAUGHTER]`, `[BREATHING]`, ...; alignment_files.MARKER)
+before any stage sees them; a turn that is markers only keeps them in `extra["nonverbal"]`, has no
+transcript, and is not sent to ASR (align fails it, the text sources are masked, its audio is scored).
+
+Folds are leave-one-session-out: for fold K, session K is test and the other four train, but for one
+speaker of session K+1 held out as dev (`split_for_fold`). The cache never depends on the fold;
+`refold` re-splits at train time.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from msf.pipeline.corpora.alignment_files import strip_markers
 from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Utterance, listing
 from msf.pipeline.errors import UsageError
 
@@ -20,16 +26,32 @@ TRANSCRIPT_LINE = re.compile(r"^(?P<utt>Ses\S+)\s+\[[^\]]*\]:\s*(?P<text>.*)$")
 SESSIONS = 5
 
 
-def split_for_fold(session: int, fold: int) -> str:
+FOLD_DEV_RULES = ("speaker", "session")
+
+
+def split_for_fold(session: int, fold: int, speaker: str = "", dev: str = "speaker") -> str:
+    """The split of an utterance of `session` (spoken by `speaker`, e.g. "Ses02F") in fold `fold`.
+
+    dev="speaker" (the default, as the literature trains): session `fold` is test, the other four
+    sessions train, except one speaker of the next session (cyclic) held out as dev: its female speaker
+    in odd folds, its male speaker in even ones, so dev is speaker-disjoint from train and test and
+    both genders serve as dev across the five folds. dev="session": session fold+1 (cyclic) is dev and
+    the other three train (msf's rule before, kept for comparison)."""
     if not 1 <= fold <= SESSIONS:
         raise UsageError(f"IEMOCAP fold must be 1..{SESSIONS}, got {fold}")
+    if dev not in FOLD_DEV_RULES:
+        raise UsageError(f"fold_dev must be one of {', '.join(FOLD_DEV_RULES)}, not {dev!r}")
     if session == fold:
         return "test"
-    return "dev" if session == fold % SESSIONS + 1 else "train"
+    if session != fold % SESSIONS + 1:
+        return "train"
+    if dev == "session":
+        return "dev"
+    return "dev" if speaker.endswith("F" if fold % 2 else "M") else "train"
 
 
-def refold(utterances: list[Utterance], fold: int) -> list[Utterance]:
-    return [replace(u, split=split_for_fold(int(u.extra["session"]), fold)) for u in utterances]
+def refold(utterances: list[Utterance], fold: int, dev: str = "speaker") -> list[Utterance]:
+    return [replace(u, split=split_for_fold(int(u.extra["session"]), fold, u.speaker, dev)) for u in utterances]
 
 
 def _transcripts(session_dir: Path) -> dict[str, str]:
@@ -81,14 +103,18 @@ def read(root: Path, spec: str, fold: int = 1, check_audio: bool = True) -> Corp
                          "gender": {"F": "female", "M": "male"}.get(sex, "")}
                 if wdseg.is_file():
                     extra["wdseg"] = str(wdseg.resolve())
+                said = transcripts.get(utt)
+                words = strip_markers(said) if said else None  # [LAUGHTER] etc. are not words (MARKER)
+                if said and not words:  # a turn of laughter or breathing only: scored on its audio
+                    extra["nonverbal"] = said
                 b.add(
                     where,
                     utt,
                     session_dir / "sentences" / "wav" / dialog / f"{utt}.wav",
                     (vad[0], vad[1], vad[2]),
                     speaker=f"Ses{session:02d}{sex}",
-                    split=split_for_fold(session, fold),
-                    transcript=transcripts.get(utt),
+                    split=split_for_fold(session, fold, f"Ses{session:02d}{sex}"),
+                    transcript=words or None,
                     extra=extra,
                 )
     return b.build("iemocap", spec)

@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from msf.pipeline.device import (ComputeType, Device, Precision, place, precision_fingerprint,
+from msf.pipeline.backends.device import (ComputeType, Device, Precision, place, precision_fingerprint,
                                   resolve_compute_type, torch_dtype)
-from msf.pipeline.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
+from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
                                         whisper_dims)
 from msf.pipeline.errors import UsageError
-from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 SR = 16_000
 
@@ -161,6 +161,9 @@ class AcousticStage(Stage):
     name = "acoustic"
     needs = ("audio",)
     version = "1"
+    fields = {"frames": OutputField("float16", ("T", "L", "D"), "hidden states; T x D when one layer is kept; "
+                                                               "float32 with acoustic.dtype=float32"),
+              "frame_rate": OutputField("float", doc="frames per second")}
     Params = AcousticParams
     volatile = frozenset({"device", "batch_size"})
     profiles = {"offline": {"backend": "whisper", "model": BUNDLED_TINY_EN}}

@@ -12,11 +12,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from msf.pipeline.device import ComputeType, Device, resolve_compute_type
+from msf.pipeline.backends.device import ComputeType, Device, resolve_compute_type
 from msf.pipeline.aligners import Aligner
 from msf.pipeline.corpora.alignment_files import AlignmentFileError, WordTimes, read_provided, transcript_words
-from msf.pipeline.model_loading import BUNDLED_TINY_EN
-from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN
+from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 
 class AlignParams(StageParams):
@@ -73,8 +73,15 @@ class AlignStage(Stage):
     name = "align"
     needs = ("audio",)
     version = "2"  # phones in the record
+    fields = {"words": OutputField("str", ("W",)), "start": OutputField("float32", ("W",), "seconds"),
+              "end": OutputField("float32", ("W",), "seconds"), "score": OutputField("float32", ("W",)),
+              "transcript": OutputField("str"), "source": OutputField("str"),
+              "phones": OutputField("str", ("P",), "ARPABET; empty without phones"),
+              "phone_start": OutputField("float32", ("P",)), "phone_end": OutputField("float32", ("P",)),
+              "phone_word": OutputField("int32", ("P",), "the word each phone belongs to")}
     Params = AlignParams
-    reads = ("transcript", "extra.truth", "extra.wdseg", "extra.alignment")  # the alignment files by content
+    # the alignment files by content; `nonverbal`: a turn of non-speech markers only (IEMOCAP)
+    reads = ("transcript", "extra.truth", "extra.wdseg", "extra.alignment", "extra.nonverbal")
     volatile = frozenset({"device"})
     profiles = {"offline": {"model": BUNDLED_TINY_EN, "backend": "sphinx"}}
     batch_size = 8
@@ -142,6 +149,8 @@ class AlignStage(Stage):
         words = transcript_words(item.utt.transcript)
         if words:
             return self._aligner.align(item.waveform, words)
+        if item.utt.extra.get("nonverbal"):  # not for ASR: Whisper makes up words for laughter
+            raise UtteranceError(f"no words to align: the transcript is non-speech only ({item.utt.extra['nonverbal']})")
         heard = self._asr_model().transcribe(item.waveform)
         if self._aligner is self._asr:
             return heard

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from msf.pipeline.audio_io import AudioError, decode
-from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 FRAME_S, HOP_S = 0.025, 0.010
 LEVEL_FLOOR_DB = -140.0  # the level given to an all-zero frame
@@ -59,6 +59,10 @@ class AudioStage(Stage):
     name = "audio"
     needs = ()
     version = "2"  # 2: silence by contrast against the noise floor, not by whole-file RMS
+    fields = {"duration": OutputField("float", doc="seconds"), "sample_rate": OutputField("int"),
+              "channels": OutputField("int"), "num_samples": OutputField("int"), "rms_dbfs": OutputField("float"),
+              "peak": OutputField("float"), "loud_dbfs": OutputField("float"),
+              "noise_floor_dbfs": OutputField("float"), "content_hash": OutputField("str")}
     Params = AudioParams
     batch_size = 64
 

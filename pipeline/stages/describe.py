@@ -19,14 +19,14 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from msf.pipeline.audio_io import TARGET_SR
-from msf.pipeline.device import Device
+from msf.pipeline.backends.device import Device
 from msf.pipeline.errors import UsageError
-from msf.pipeline.knowledge_describer import KnowledgeDescriber
-from msf.pipeline.llm_client import AnswerCache, ChatEndpoint
-from msf.pipeline.local_chat import LocalChatModel
-from msf.pipeline.model_loading import BUNDLED_SMOLLM2
+from msf.pipeline.backends.knowledge_describer import KnowledgeDescriber
+from msf.pipeline.backends.llm_client import AnswerCache, ChatEndpoint
+from msf.pipeline.backends.local_chat import LocalChatModel
+from msf.pipeline.backends.model_loading import BUNDLED_SMOLLM2
 from msf.pipeline.speaker_baseline import MIN_SPEAKER_UTTERANCES
-from msf.pipeline.stage import Egress, Item, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.stage import Egress, Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 from msf.pipeline.stages.global_semantics import transcript_of
 
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
@@ -135,6 +135,9 @@ class DescribeStage(Stage):
     name = "describe"
     needs = ("audio", "align", "emphasis")
     version = "2"  # 2: the delivery summary follows the speaker baseline rule
+    fields = {"text": OutputField("str"), "source": OutputField("str", doc="backend:model"),
+              "audio_offset_s": OutputField("float", optional=True), "audio_s": OutputField("float", optional=True),
+              "audio_trimmed": OutputField("bool", optional=True)}
     Params = DescribeParams
     reads = ("transcript",)
     # How requests are made cannot change an accepted answer.

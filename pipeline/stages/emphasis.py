@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from msf.pipeline.speaker_baseline import Reference, has_speaker_baseline
-from msf.pipeline.stage import Item, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 SR = 16_000
 FRAME_S = 0.01
@@ -185,6 +185,19 @@ class EmphasisStage(Stage):
     # baseline rule (pipeline/speaker_baseline.py): no speaker-relative fields without a speaker group
     # worth the name, and the utterance's own measures (f0_median_hz, loudness_abs_db) always
     version = "5"
+    fields = {
+        **{k: OutputField("float32", ("W",)) for k in FEATURES},
+        **{f"z_{k}": OutputField("float32", ("W",), "z-score within the utterance") for k in FEATURES},
+        "words": OutputField("str", ("W",)), "voiced": OutputField("bool", ("W",)),
+        "score": OutputField("float32", ("W",), "soft emphasis score"), "emphasized": OutputField("bool", ("W",)),
+        "f0_median_hz": OutputField("float", doc="the utterance's median F0 (NaN when unvoiced)"),
+        "loudness_abs_db": OutputField("float"), "rate_syl_s": OutputField("float"),
+        "speaker_baseline": OutputField("bool", doc="whether the speaker group is its own baseline"),
+        "speaker_f0_hz": OutputField("float", doc="the reference of the word pitch fields"),
+        "pitch_st": OutputField("float", doc="relative to the speaker; NaN without a speaker baseline"),
+        "loudness_db": OutputField("float", doc="relative to the speaker; NaN without a speaker baseline"),
+        "rate_ratio": OutputField("float", doc="relative to the speaker; NaN without a speaker baseline"),
+    }
     Params = EmphasisParams
     group_by = "speaker"  # F0, loudness and rate are relative to the speaker's medians over the corpus
 

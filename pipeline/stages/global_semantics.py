@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from msf.pipeline.stage import Item, Record, UtteranceError, register
-from msf.pipeline.text_encoder import TextStage
+from msf.pipeline.stage import Item, OutputField, Record, UtteranceError, register
+from msf.pipeline.backends.text_encoder import TextStage
 
 
 def transcript_of(item: Item) -> str:
@@ -20,6 +20,7 @@ class GlobalStage(TextStage):
     needs = ("audio", "align")
     needed_unless = {"align": "transcript"}  # the manifest's transcript needs no alignment
     version = "1"
+    fields = {"embedding": OutputField("float32", ("D",), "the transcript's sentence embedding")}
     reads = ("transcript",)
 
     def compute(self, batch: list[Item]) -> list[Record | Exception]:

@@ -7,8 +7,8 @@ from typing import Literal
 
 import numpy as np
 
-from msf.pipeline.stage import Item, Record, register
-from msf.pipeline.text_encoder import TextEncoderParams, TextStage
+from msf.pipeline.stage import Item, OutputField, Record, register
+from msf.pipeline.backends.text_encoder import TextEncoderParams, TextStage
 
 
 class LocalParams(TextEncoderParams):
@@ -22,6 +22,9 @@ class LocalStage(TextStage):
     name = "local"
     needs = ("audio", "align", "emphasis")
     version = "1"
+    fields = {"embedding": OutputField("float32", ("D",), "pooled embedding of the stressed words"),
+              "mask": OutputField("bool", doc="False when no word is stressed (the model masks LES)"),
+              "n_emphasized": OutputField("int")}
     Params = LocalParams
 
     def compute(self, batch: list[Item]) -> list[Record | Exception]:

@@ -10,7 +10,7 @@ from chat_server import ChatServer
 
 from msf.pipeline.config import load_config
 from msf.pipeline.corpora.demo import build_demo_corpus
-from msf.pipeline.extraction import Extraction
+from msf.pipeline.run.extraction import Extraction
 
 ANSWER = ("answer", "The speaker sounds calm and friendly about it.")
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from msf.pipeline.device import Device, Precision, place, precision_fingerprint, torch_dtype
-from msf.pipeline.model_loading import BUNDLED_MINILM, load_transformers
+from msf.pipeline.backends.device import Device, Precision, place, precision_fingerprint, torch_dtype
+from msf.pipeline.backends.model_loading import BUNDLED_MINILM, load_transformers
 from msf.pipeline.stage import Stage, StageParams
 
 OFFLINE_TEXT = {"model": BUNDLED_MINILM}
@@ -72,7 +72,7 @@ class TextStage(Stage):
 
     def declared_bytes(self, seconds: float) -> float | None:
         """One float32 vector of the encoder's width (plus LES's mask and count): any length of audio."""
-        from msf.pipeline.model_loading import transformers_config
+        from msf.pipeline.backends.model_loading import transformers_config
 
         return 4.0 * transformers_config(self.params.model, f"{self.name}.model").hidden_size + 16  # type: ignore[attr-defined]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from msf.pipeline.errors import MsfError
-from msf.pipeline.fingerprint import canonical_json
-from msf.pipeline.shard_store import ShardFormatError, ShardReader, normalise, write_shard
+from msf.pipeline.cache.fingerprint import canonical_json
+from msf.pipeline.cache.shard_store import ShardFormatError, ShardReader, normalise, write_shard
 from msf.pipeline.stage import Item, Record, Stage, UtteranceError, load_plugins, stage_class
 from msf.pipeline.corpus import Utterance
 

@@ -66,7 +66,7 @@ class Entry:
     row: int
     checksum: str
     bytes: int = 0
-    # the fingerprint's parts (see pipeline/fingerprint.py)
+    # the fingerprint's parts (see pipeline/cache/fingerprint.py)
     params: str = ""
     audio: str = ""
     fields: str = ""

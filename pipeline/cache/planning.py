@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from msf.pipeline.cache_index import CacheIndex, Entry, Failure, RecordedUtterance
+from msf.pipeline.cache.fingerprint import (Parts, canonical_json, digest, fingerprint_for, join_parts, params_digest,
+                                            split_parts)
+from msf.pipeline.cache.index import CacheIndex, Entry, Failure, RecordedUtterance
+from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpus import FILE_EXTRAS, Corpus, Utterance
-from msf.pipeline.fingerprint import Parts, canonical_json, digest, join_parts, params_digest, split_parts
-from msf.pipeline.shard_store import ShardStore
 from msf.pipeline.stage import Stage, StageParams, needs_for, stage_class, stage_order
 
 
@@ -102,10 +103,11 @@ class Plan:
         pd = params_digest(cls, params)
         ups = [(up, self.stages[up].fingerprints, cls.needed_unless.get(up)) for up in cls.needs]
         fps: dict[str, str] = {}
+        upstream_of: dict[str, str] = {}
         for uid, src in self.sources.items():  # the hot loop at 100k utterances: plain strings only
-            upstream = ";".join(f"{up}={fp[uid]}" for up, fp, unless in ups
-                                if not (unless and getattr(src.utt, unless)))
-            fps[uid] = digest(f"{pd}|{src.audio_hash}|{self.fields(cls, src)}|{upstream}")
+            upstream = upstream_of[uid] = ";".join(f"{up}={fp[uid]}" for up, fp, unless in ups
+                                                   if not (unless and getattr(src.utt, unless)))
+            fps[uid] = fingerprint_for(pd, src.audio_hash, self.fields(cls, src), upstream)
         plan = StagePlan(cls, params, pd, fps)
         if cls.group_by:  # every member's fingerprint also covers its group's members
             members: dict[str, list[str]] = {}
@@ -113,8 +115,10 @@ class Plan:
                 members.setdefault(src.utt.group_key(cls.group_by), []).append(uid)
             for key, ms in members.items():
                 plan.group_digests[key] = digest(canonical_json(sorted((m, fps[m]) for m in ms)))
-            plan.fingerprints = {uid: digest(f"{fps[uid]}|{plan.group_digests[self.group_of(cls, uid)]}")
-                                 for uid in fps}
+            # the group's digest joins the member's own: fingerprint_for's second step, on the base
+            plan.fingerprints = {uid: fingerprint_for(pd, src.audio_hash, self.fields(cls, src), upstream_of[uid],
+                                                      plan.group_digests[self.group_of(cls, uid)])
+                                 for uid, src in self.sources.items()}
         return plan
 
     def fields(self, cls: type[Stage], src: Source) -> str:

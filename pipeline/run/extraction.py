@@ -16,23 +16,23 @@ from typing import Any
 
 from rich.progress import Progress
 
-from msf.pipeline.cache_index import FeatureSetRecord, Failure
+from msf.pipeline.cache.index import FeatureSetRecord, Failure
 from msf.pipeline.config import ConfigError, MsfConfig
-from msf.pipeline.cache_view import recorded_corpus
+from msf.pipeline.cache.view import recorded_corpus
 from msf.pipeline.corpus import Corpus, corpus_digest, corpus_source, load_corpus
 from msf.pipeline.errors import MsfError, NotFound, UsageError
-from msf.pipeline.estimate import (Estimate, Sends, StageCost, audio_durations, calibrate as calibrate_stages,
+from msf.pipeline.run.estimate import (Estimate, Sends, StageCost, audio_durations, calibrate as calibrate_stages,
                                    estimate_stage, pick_for_calibration)
-from msf.pipeline.executors import DaskExecutor, Executor
-from msf.pipeline.faults import fault_point
-from msf.pipeline.fingerprint import params_digest
-from msf.pipeline.lock import CacheLock
-from msf.pipeline.planning import (Plan, Source, StageState, completion_keys, reasons, rows_digest,
+from msf.pipeline.run.executors import DaskExecutor, Executor
+from msf.pipeline.run.faults import fault_point
+from msf.pipeline.cache.fingerprint import params_digest
+from msf.pipeline.cache.lock import CacheLock
+from msf.pipeline.cache.planning import (Plan, Source, StageState, completion_keys, reasons, rows_digest,
                                    sources_from_corpus, stage_state, status_of)
-from msf.pipeline.progress import progress_bar
-from msf.pipeline.shard_store import ShardStore
+from msf.pipeline.run.progress import progress_bar
+from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.stage import Record, load_plugins, needs_for, stage_class, stage_order
-from msf.pipeline.worker import TaskItem, TaskResult, describe_error, run_task
+from msf.pipeline.run.worker import TaskItem, TaskResult, describe_error, run_task
 
 
 @dataclass

@@ -33,6 +33,12 @@ def params_digest(stage: type[Stage], params: StageParams) -> str:
                                   "params": stage.fingerprint_params(params)}))
 
 
+def fingerprint_for(params: str, audio: str, fields: str, upstream: str, group: str = "") -> str:
+    """The one fingerprint formula (see the module docstring); planning and `Parts` both call it."""
+    base = digest(f"{params}|{audio}|{fields}|{upstream}")
+    return digest(f"{base}|{group}") if group else base
+
+
 @dataclass(frozen=True)
 class Parts:
     """An entry's fingerprint, taken apart: `fields` is `name=digest;...`, `upstream` is `stage=fp;...`."""
@@ -45,11 +51,7 @@ class Parts:
 
     @property
     def fingerprint(self) -> str:
-        base = digest(f"{self.params}|{self.audio}|{self.fields}|{self.upstream}")
-        return digest(f"{base}|{self.group}") if self.group else base
-
-    def base(self) -> "Parts":
-        return Parts(self.params, self.audio, self.fields, self.upstream)
+        return fingerprint_for(self.params, self.audio, self.fields, self.upstream, self.group)
 
 
 def join_parts(pairs: dict[str, str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from msf.pipeline.device import require_device
+from msf.pipeline.backends.device import require_device
 from msf.pipeline.errors import MsfError
 
 BUNDLED_TINY_EN = "bundled:tiny.en"

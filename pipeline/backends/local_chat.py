@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from msf.pipeline.llm_client import AnswerCache, check_answer, split_cached
-from msf.pipeline.device import place
-from msf.pipeline.model_loading import load_transformers
+from msf.pipeline.backends.llm_client import AnswerCache, check_answer, split_cached
+from msf.pipeline.backends.device import place
+from msf.pipeline.backends.model_loading import load_transformers
 from msf.pipeline.stage import UtteranceError
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from msf.pipeline.corpus import Corpus, Utterance
-from msf.pipeline.executors import InProcessExecutor
+from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.stage import Stage, stage_class
 
 
@@ -129,7 +129,7 @@ def calibrate(extraction_factory: Callable[..., Any], utterances: list[Utterance
               params_of: Callable[[type[Stage]], Any]) -> dict[str, StageCost]:
     """Extract `utterances` one per task, in this process, into a temporary directory; per stage the
     model setup time and each entry's (audio seconds, wall seconds, bytes on disk)."""
-    from msf.pipeline.worker import stage_instance
+    from msf.pipeline.run.worker import stage_instance
 
     costs: dict[str, StageCost] = {}
     durations = audio_durations(u.audio for u in utterances)
@@ -172,7 +172,7 @@ def _data_and_overhead(ex: Any, stage: str, fill: int = 256) -> tuple[dict[str, 
     shard. Small records grow a shard in steps (heap blocks) that a handful never reaches, so a
     shard of `fill` records, the calibration's repeated, bounds the data from below; repeats let
     lzf compress large arrays away, so that bound only ever raises the first figure."""
-    from msf.pipeline.shard_store import record_nbytes, write_shard
+    from msf.pipeline.cache.shard_store import record_nbytes, write_shard
 
     entries = [e for (_, e) in sorted(ex.store.index.entries(stage).items())]
     if len(entries) < 2:

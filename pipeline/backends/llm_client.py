@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from msf.pipeline.model_loading import ModelUnavailable
+from msf.pipeline.backends.model_loading import ModelUnavailable
 from msf.pipeline.stage import UtteranceError
 
 MIN_WORDS = 3
