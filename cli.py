@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from msf.pipeline.corpus import TARGETS
 from msf.pipeline.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MSF-SER feature extraction, caching and training.")
@@ -608,14 +609,13 @@ def predict(
     if out is not None and len(results) > 20:
         OUT.print(f"{len(results)} predictions in {out} ({sum('error' in r for r in results)} with an error)")
         return
-    table = Table("audio", *TARGET_COLUMNS, title=f"predictions of {run}")
+    table = Table("audio", *TARGETS, title=f"predictions of {run}")
     for r in results:
-        table.add_row(r["audio"], *([f"{r[t]:.2f}" for t in TARGET_COLUMNS] if "error" not in r
+        table.add_row(r["audio"], *([f"{r[t]:.2f}" for t in TARGETS] if "error" not in r
                                     else [r["error"], "", ""]))
     OUT.print(table)
 
 
-TARGET_COLUMNS = ("valence", "arousal", "dominance")
 
 
 @app.command()

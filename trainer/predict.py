@@ -133,6 +133,8 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
         stages["align"] = {**stages["align"], "backend": "sphinx"}
         STDERR.print("align: the features used the corpus's provided alignment; new audio is aligned with sphinx "
                      "(after whisper ASR when there is no transcript)")
+    if out is not None and any(Path(i).resolve() == out.resolve() for i in inputs):
+        raise UsageError(f"--out {out} is one of the inputs: it would be overwritten; write the predictions elsewhere")
     corpus, shown = predict_corpus(inputs, transcript)
     sources = cfg.sources.split(",")
     baseline = RunBaseline.load(run)

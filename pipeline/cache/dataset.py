@@ -10,9 +10,7 @@ import numpy as np
 import torch
 
 from msf.pipeline.cache.columns import ArrayColumn
-from msf.pipeline.corpus import Utterance
-
-TARGETS = ("valence", "arousal", "dominance")
+from msf.pipeline.corpus import TARGETS, Utterance
 
 
 @dataclass
