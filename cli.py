@@ -498,7 +498,8 @@ def train(
     out: Path = typer.Option(..., help="Run directory (resumed when it holds the same run)."),
     name: Optional[str] = typer.Option(None, help="The cache's feature set to train on (default: default)."),
     sources: Optional[str] = typer.Option(None, help="Comma-separated: audio, gs, les, es, prosody (pitch, loudness "
-                                          "and rate relative to the speaker, from emphasis). Default audio,gs,les,es."),
+                                          "and rate relative to the speaker, from emphasis). Default "
+                                          "audio,gs,les,es,prosody."),
     fusion: Optional[str] = typer.Option(None, help="fm-moe (default) or concat."),
     fold: int = typer.Option(None, help="IEMOCAP leave-one-session-out fold (1-5)."),
     folds: Optional[str] = typer.Option(None, help="`all` (or e.g. 1,3): every IEMOCAP fold in OUT/fold-K, then "
@@ -507,8 +508,11 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu (default), cuda, cuda:N or mps."),
     seed: Optional[int] = typer.Option(None),
     epochs: Optional[int] = typer.Option(None, help="Default 60."),
-    speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm", help="Standardise the acoustic frames per "
-                                                "speaker (population statistics for speakers without enough audio)."),
+    speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm/--no-speaker-norm", help="Standardise the "
+                                                "acoustic frames per speaker (on by default; population statistics for "
+                                                "speakers without enough audio)."),
+    preset: Optional[str] = typer.Option(None, help="msf (the default settings) or paper (the model as the paper "
+                                         "describes it; docs/trainer.md)."),
     average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
     max_batch_frames: Optional[int] = typer.Option(None, help="At most this many padded frames (utterances x the "
                                                               "longest) per batch; 0: no bound (default 32000)."),
@@ -527,7 +531,7 @@ def train(
 
     with user_errors():
         cfg = TrainConfig(features=features, **train_settings(
-            set_, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold, device=device, seed=seed,
+            set_, preset=preset, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold, device=device, seed=seed,
             epochs=epochs, speaker_norm=speaker_norm, bucket=bucket, average_epochs=average_epochs,
             max_batch_frames=max_batch_frames, layers=parse_layers(layers), require_full_coverage=require_full_coverage))
         if folds is None:
@@ -630,10 +634,12 @@ def ablate(
     device: Optional[str] = typer.Option(None, help="cpu (default), cuda, cuda:N or mps."),
     seed: int = typer.Option(0, help="First training seed."),
     seeds: int = typer.Option(3, help="Seeds per variant; the table gives their mean."),
-    prosody: bool = typer.Option(True, help="Add the speaker-relative prosody source to every variant (on by "
-                                 "default: it closed FM-MoE's gap to concat; docs/trainer.md)."),
-    speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm", help="Standardise the acoustic frames per "
-                                                "speaker."),
+    prosody: Optional[bool] = typer.Option(None, "--prosody/--no-prosody", help="Add the speaker-relative prosody "
+                                           "source to every variant (on with msf's settings, off with the paper's)."),
+    speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm/--no-speaker-norm", help="Standardise the "
+                                                "acoustic frames per speaker (on by default; docs/trainer.md)."),
+    preset: Optional[str] = typer.Option(None, help="msf (the default settings) or paper (the model as the paper "
+                                         "describes it; docs/trainer.md)."),
     average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
     layers: Optional[str] = typer.Option(None, help="Hidden states of the cached frames to train on, e.g. 6,12."),
     require_full_coverage: Optional[bool] = typer.Option(None, "--require-full-coverage", help="Fail before "
@@ -646,9 +652,9 @@ def ablate(
     from msf.trainer.train import train_settings
 
     with user_errors():
-        options = train_settings(set_, fold=fold, device=device, name=name, labels=corpus, speaker_norm=speaker_norm,
-                                 average_epochs=average_epochs, layers=parse_layers(layers),
-                                 require_full_coverage=require_full_coverage)
+        options = train_settings(set_, preset=preset, fold=fold, device=device, name=name, labels=corpus,
+                                 speaker_norm=speaker_norm, average_epochs=average_epochs,
+                                 layers=parse_layers(layers), require_full_coverage=require_full_coverage)
         if folds is None:
             OUT.print(tables(run_ablation(features, out, seeds=seeds, seed=seed, prosody=prosody, **options)))
             return

@@ -98,11 +98,11 @@ def load_config(
             toml = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file}: {e}") from None
+        toml.pop("train", None)  # the trainer's settings (msf.trainer.train.train_settings reads them)
         for key, value in toml.items():  # `[acoustic]` for `[stages.acoustic]`: the common slip
             if key not in MsfConfig.model_fields and isinstance(value, dict):
                 raise ConfigError(f"{file}: [{key}] is not a section msf reads; a stage's settings go "
                                   f"under [stages.{key}]")
-        toml.pop("train", None)  # the trainer's settings (msf.trainer.train.train_settings reads them)
         for stage, values in toml.pop("stages", {}).items():
             data.setdefault("stages", {}).setdefault(stage, {}).update(values)
         data.update(toml)

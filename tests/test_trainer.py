@@ -33,7 +33,8 @@ def test_train_writes_a_complete_run(demo_features: Path, tmp_path: Path) -> Non
     assert all(abs(sum(p) - 1) < 1e-3 and len(p) == 4 for p in usage["router"].values())
     for ck in ("best.pt", "last.pt"):  # tensors and plain data only: loads with weights_only=True
         torch.load(run / ck, weights_only=True)
-    assert json.loads((run / "config.json").read_text())["sources"] == "audio,gs,les,es"
+    cfg = json.loads((run / "config.json").read_text())  # msf's defaults: prosody and speaker standardisation
+    assert cfg["sources"] == "audio,gs,les,es,prosody" and cfg["speaker_norm"] is True
     concat = train(TrainConfig(features=demo_features, fusion="concat", sources="audio,gs", **FAST),
                    tmp_path / "concat", progress=False)
     assert json.loads((tmp_path / "concat" / "usage.json").read_text())["test"] == {"gates": {}, "router": {}}
@@ -111,8 +112,8 @@ def test_prosody_source_and_speaker_standardisation(demo_features: Path, tmp_pat
               tmp_path / "run", progress=False)
     assert all(-1 <= m["test"][k] <= 1 for k in ("ccc_valence", "ccc_arousal", "ccc_dominance"))
     with pytest.raises(Exception, match="speaker_norm"):  # a feature set loaded otherwise is refused
-        train(TrainConfig(features=demo_features, sources="audio,prosody", **FAST), tmp_path / "other",
-              progress=False, data=data)
+        train(TrainConfig(features=demo_features, sources="audio,prosody", speaker_norm=False, **FAST),
+              tmp_path / "other", progress=False, data=data)
 
 
 @pytest.mark.slow
@@ -468,3 +469,30 @@ def test_every_labelled_split_is_scored_on_its_own(tmp_path: Path) -> None:
     assert all(set(r["splits"]) == {"test2", "test_b"} for r in results.values())  # a table per other test set
     report = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "\ntest2\n" in report and "\ntest_b\n" in report and report.count("| full |") == 3
+
+
+def test_settings_come_from_presets_msf_toml_set_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preset < msf.toml's [train] < --set train.KEY=VALUE < a command-line option; msf.toml's [train]
+    is no error for extraction's settings; the paper preset is the paper's model."""
+    from msf.pipeline.config import load_config
+    from msf.pipeline.errors import UsageError
+    from msf.trainer.model import ModelConfig, MsfSer
+    from msf.trainer.train import train_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "msf.toml").write_text('corpus = "x.csv"\n[train]\nhidden = 64\nlr = 0.002\npreset = "paper"\n')
+    s = train_settings(["train.lr=0.005", "train.experts=2"], epochs=7, seed=None)
+    cfg = TrainConfig(features=Path("c"), **s)
+    assert (cfg.hidden, cfg.lr, cfg.experts, cfg.epochs, cfg.seed) == (64, 0.005, 2, 7, 0)
+    assert (cfg.sources, cfg.text_targets, cfg.text_head, cfg.speaker_norm, cfg.average_epochs) == (
+        "audio,gs,les,es", "valence,arousal,dominance", False, False, 0.0)  # the toml named the paper preset
+    assert load_config(None).corpus == "x.csv"  # [train] is the trainer's, not a stage section
+    msf_cfg = TrainConfig(features=Path("c"), **train_settings([], preset="msf"))
+    assert msf_cfg.sources == "audio,gs,les,es,prosody" and msf_cfg.speaker_norm and msf_cfg.text_head
+    with pytest.raises(UsageError, match="no preset 'papers'; presets: msf, paper"):
+        train_settings([], preset="papers")
+    with pytest.raises(UsageError, match="--set expects train.KEY=VALUE here"):
+        train_settings(["hidden=3"])
+    model = MsfSer(ModelConfig((8,), {"gs": 4}, ("audio", "gs"), text_targets=("valence", "arousal", "dominance"),
+                               text_head=False))
+    assert not hasattr(model, "text_head") and model.reads_text == [True, True, True]

@@ -24,23 +24,27 @@ VARIANTS: dict[str, tuple[str, str]] = {
 COLUMNS = ("ccc_valence", "ccc_arousal", "ccc_dominance", "ccc_mean")
 
 
-def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True, prosody: bool = True,
-           **train_options: Any) -> dict[str, dict[str, Any]]:
-    """Every variant with `seeds` training seeds; `prosody` adds the speaker-relative prosody vector to
-    every variant (audio included), and `speaker_norm` (a training option) standardises the frames."""
+def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True,
+           prosody: bool | None = None, **train_options: Any) -> dict[str, dict[str, Any]]:
+    """Every variant with `seeds` training seeds, each with the training settings `train_options` (msf's
+    defaults, `train` and `ablate` alike, unless given: a preset's, `--set`'s). `prosody` adds the
+    speaker-relative prosody vector to every variant (audio included); by default when the settings'
+    sources include it (msf's do; the paper preset's do not)."""
     if seeds < 1:
         raise UsageError(f"--seeds is the number of training seeds per variant: at least 1, not {seeds}")
-    fixed = sorted({"sources", "fusion", "seed"} & set(train_options))
+    fixed = sorted({"fusion", "seed"} & set(train_options))
     if fixed:
         raise UsageError(f"ablate sets {', '.join(fixed)} per variant and seed; leave {', '.join(fixed)} out of "
                          "--set and [train]")
+    sources = train_options.pop("sources", TrainConfig.model_fields["sources"].default)
+    if prosody is None:
+        prosody = "prosody" in sources.split(",")
     out.mkdir(parents=True, exist_ok=True)
     extra = ",prosody" if prosody else ""
+    base = TrainConfig(features=features, **train_options)  # the settings every variant shares
     # One read of the cache for every variant: the full source set covers them all.
-    data = FeatureSet(features, parse_sources("audio,gs,les,es" + extra), train_options.get("fold"),
-                      train_options.get("name", "default"), train_options.get("labels"), train_options.get("in_memory"),
-                      speaker_norm=train_options.get("speaker_norm", False), layers=train_options.get("layers"),
-                      fold_dev=train_options.get("fold_dev", "speaker"))
+    data = FeatureSet(features, parse_sources("audio,gs,les,es" + extra), base.fold, base.name, base.labels,
+                      base.in_memory, speaker_norm=base.speaker_norm, layers=base.layers, fold_dev=base.fold_dev)
     # test (dev when there is none) heads the table; other labelled test sets (MSP-Podcast's test2) get
     # their own under "splits", so a corpus with one test set keeps the table and JSON it always had
     main = "test" if data.splits["test"].ids else "dev"

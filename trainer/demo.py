@@ -76,8 +76,9 @@ def run_demo(out: Path, n: int = 300, seed: int = 0, workers: int = 2,
           f"{q['boundary_p90_ms']:.0f} | {q['align_failed_fraction']:.1%} | {q['precision']:.2f} | "
           f"{q['recall']:.2f} | {q['f1']:.3f} |" for k, q in quality.items()], "",
         "## Ablation (test split, CCC, mean of 3 training seeds)", "",
-        "Every variant, audio included, has the speaker-relative prosody vector (`msf ablate --no-prosody` "
-        "for without; docs/trainer.md).", "", table(results),
+        "Every variant, audio included, has the speaker-relative prosody vector and speaker-standardised frames "
+        "(msf's defaults, chosen on real speech; `msf ablate --no-prosody --no-speaker-norm` for without, "
+        "`--preset paper` for the model as the paper describes it; docs/trainer.md).", "", table(results),
         "![ablation](ablation.png)", "",
         f"Valence, full vs audio: {results['full']['ccc_valence'] - results['audio']['ccc_valence']:+.3f}; "
         f"LES (audio+gs+les vs audio+gs): "

@@ -36,6 +36,7 @@ class ModelConfig:
     frame_pool: int = 4  # average frames in groups of this many before the temporal encoder (50 -> 12.5/s)
     modality_dropout: float = 0.0  # in training, the share of utterances that see no text at all
     text_targets: tuple[str, ...] = ("valence", "dominance")  # FM-MoE: the targets the text may inform
+    text_head: bool = True  # FM-MoE: a linear read of the text projections added to the predictions
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -90,7 +91,7 @@ class MsfSer(nn.Module):
         self.reads_text = [bool(self.text) and d in cfg.text_targets for d in TARGETS]
         self.routers = nn.ModuleList(nn.Linear(h * (2 if r else 1), cfg.experts) for r in self.reads_text)
         self.heads = nn.ModuleList(nn.Linear(h, 1) for _ in range(3))
-        if any(self.reads_text):
+        if any(self.reads_text) and cfg.text_head:
             # Evidence that is the text's alone (lexical sentiment, the emphasised word, the phrasing's
             # mood) reaches the predictions directly, read from each source's projection: through FiLM
             # alone it had to be re-encoded into the acoustic vector, and the gated mix scales each
@@ -154,7 +155,7 @@ class MsfSer(nn.Module):
             preds.append(head(a_raw + mixed))  # residual over the unmodulated a
         aux["router"] = torch.stack(probs, 1)  # B x 3 x K
         y = torch.cat(preds, -1)
-        if any(self.reads_text):
+        if any(self.reads_text) and self.cfg.text_head:
             y = y + self.text_head(torch.cat(self.text_parts(p, masks), -1)) * self.text_mask
         return y + self.label_mean, aux
 
