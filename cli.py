@@ -564,7 +564,8 @@ def evaluate(
         model, cfg = load_run(run, device)
         sources = parse_sources(cfg.sources)
         data = FeatureSet(features, sources, cfg.fold, name or cfg.name, corpus or cfg.labels,
-                          speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev)
+                          speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
+                          max_seconds=cfg.max_seconds)
         changes = settings_changes(MsfConfig.model_validate_json((run / "extraction.json").read_text()),
                                    MsfConfig.model_validate_json(data.extraction), [STAGE_OF[s] for s in sources])
         if changes:

@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import signal
 import sqlite3
 import subprocess
@@ -38,6 +37,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MSF = [sys.executable, "-m", "msf.cli"]
+# msf run so that it writes its own peak resident memory (VmHWM, its address space alone: getrusage's
+# ru_maxrss would also carry the high-water mark of the process it was forked from) to PEAK_FILE.
+PEAKED = [sys.executable, "-c", "import atexit, os, runpy, sys; atexit.register(lambda: open(os.environ['PEAK_FILE'], 'w')"
+          ".write(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))); "
+          "sys.argv = ['msf', *sys.argv[1:]]; runpy.run_module('msf.cli', run_name='__main__')"]
 TARGETS = ("valence", "arousal", "dominance")
 
 
@@ -76,13 +80,14 @@ def manifest(out: Path, corpus: Path, rows: list[dict], name: str) -> Path:
 
 def run_predict(args: list[str]) -> tuple[float, float, int]:
     """Wall seconds, peak RSS (MB) and return code of one `msf predict` process."""
+    peak_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"msf-bench-peak-{os.getpid()}"
     t0 = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    p = subprocess.run([*MSF, "predict", *args], capture_output=True, text=True)
+    p = subprocess.run([*PEAKED, "predict", *args], capture_output=True, text=True,
+                       env={**os.environ, "PEAK_FILE": str(peak_file)})
     if p.returncode != 0:
         print(p.stdout[-2000:], p.stderr[-3000:], file=sys.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return time.perf_counter() - t0, max(peak, before) / 1024, p.returncode
+    peak = int(peak_file.read_text()) / 1024 if peak_file.exists() else float("nan")
+    return time.perf_counter() - t0, peak, p.returncode
 
 
 def entries(cache: Path, stage: str) -> int:

@@ -56,7 +56,7 @@ class NpyColumn:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def read(self, positions, max_frames=None) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    def read(self, positions, spans=None) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
         return [np.load(self.paths[k]) for k in positions]
 
     def lengths(self, positions=None) -> np.ndarray:  # type: ignore[no-untyped-def]

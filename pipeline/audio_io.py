@@ -67,3 +67,19 @@ def content_hash(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
+
+
+def chunk_bounds(n: int, chunk: int, overlap: int, hop: int = 1) -> list[tuple[int, int, int, int]]:
+    """(start, end, keep_from, keep_to) in samples: chunks of `chunk` samples overlapping by
+    `overlap`, starting on multiples of `hop` (so their frames fall on the whole file's frame
+    grid); each keeps the span where it is the most central chunk, and the kept spans tile [0, n)."""
+    if n <= chunk:
+        return [(0, n, 0, n)]
+    step = max(hop, (chunk - overlap) // hop * hop)
+    starts = list(range(0, n - overlap, step))
+    out = []
+    for k, s in enumerate(starts):
+        keep_from = 0 if k == 0 else out[-1][3]
+        keep_to = n if k == len(starts) - 1 else s + step + (overlap // 2) // hop * hop
+        out.append((s, min(s + chunk, n), keep_from, keep_to))
+    return out

@@ -17,7 +17,8 @@ from msf.pipeline.corpus import Utterance
 from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN, ModelUnavailable
 from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stage import Item
-from msf.pipeline.stages.acoustic import AcousticParams, AcousticStage, chunk_bounds
+from msf.pipeline.audio_io import chunk_bounds
+from msf.pipeline.stages.acoustic import AcousticParams, AcousticStage
 
 @pytest.mark.parametrize("kind", ["wavlm", "wav2vec2", "hubert"])
 def test_stored_features_equal_a_direct_forward(kind: str, tmp_path: Path) -> None:

@@ -92,3 +92,22 @@ def test_missing_ctc_model_names_the_way_out(tmp_path: Path) -> None:
     stage = AlignStage(AlignParams(backend="ctc", ctc_model=str(tmp_path / "nowhere")))
     with pytest.raises(ModelUnavailable, match=r"--set align.ctc_model=PATH\) or choose another backend"):
         stage.setup()
+
+
+def test_ctc_emissions_of_a_long_file_come_window_by_window(tiny_ctc_model: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file longer than a window is encoded in overlapping windows joined on the frame grid: the
+    frame count is the single pass's (within a frame per window), and the file aligns in one piece."""
+    from msf.pipeline.aligners import ctc
+    from msf.pipeline.aligners.ctc import CtcAligner
+
+    aligner = CtcAligner(str(tiny_ctc_model), "cpu")
+    audio = np.random.default_rng(0).normal(0, 0.1, 16000 * 7).astype(np.float32)
+    whole = aligner.emissions(audio)
+    monkeypatch.setattr(ctc, "CHUNK_S", 2.0)
+    monkeypatch.setattr(ctc, "OVERLAP_S", 0.5)
+    windowed = aligner.emissions(audio)
+    assert abs(len(windowed) - len(whole)) <= 4 and windowed.shape[1] == whole.shape[1]
+    assert np.allclose(np.exp(windowed).sum(1), 1, atol=1e-4)
+    timed = aligner.align(audio, ["hello", "big", "world", "again"])
+    assert np.all(np.diff(timed.start) >= 0) and timed.end[-1] <= 7.0 + 1e-6 and timed.start[-1] > 2.0

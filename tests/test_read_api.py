@@ -141,7 +141,7 @@ def test_train_on_two_of_the_cached_layers_without_extracting_again(all_layer_ca
                                    "--sources", "audio", "--set", "train.hiden=16"])
     assert res.exit_code == 2 and "hiden" in res.output
     res = CliRunner().invoke(app, ["train", "--features", str(all_layer_cache), "--out", str(tmp_path / "z")])
-    assert res.exit_code == 2 and "no stage 'extended', 'local' (extract it: msf extract --cache" in res.output
+    assert res.exit_code == 2 and "no stage 'emphasis', 'extended', 'local' (extract it: msf extract --cache" in res.output
 
 
 def test_the_docs_example_runs(demo_features: Path, tmp_path: Path) -> None:

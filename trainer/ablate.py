@@ -44,7 +44,8 @@ def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: b
     base = TrainConfig(features=features, **train_options)  # the settings every variant shares
     # One read of the cache for every variant: the full source set covers them all.
     data = FeatureSet(features, parse_sources("audio,gs,les,es" + extra), base.fold, base.name, base.labels,
-                      base.in_memory, speaker_norm=base.speaker_norm, layers=base.layers, fold_dev=base.fold_dev)
+                      base.in_memory, speaker_norm=base.speaker_norm, layers=base.layers, fold_dev=base.fold_dev,
+                      max_seconds=base.max_seconds)
     # test (dev when there is none) heads the table; other labelled test sets (MSP-Podcast's test2) get
     # their own under "splits", so a corpus with one test set keeps the table and JSON it always had
     main = "test" if data.splits["test"].ids else "dev"

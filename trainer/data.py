@@ -177,8 +177,10 @@ class FeatureSet:
     def __init__(self, cache: Path, sources: tuple[str, ...], fold: int | None = None, name: str = "default",
                  labels: str | None = None, in_memory: bool | None = None, memory_limit_gb: float = 4.0,
                  speaker_norm: bool = False, layers: list[int] | None = None, fold_dev: str = "speaker",
-                 run_baseline: RunBaseline | None = None):
-        """`run_baseline` (prediction with a trained run, `msf predict --features`): utterances without
+                 run_baseline: RunBaseline | None = None, max_seconds: float | None = None):
+        """`max_seconds`: utterances longer than this train on a random window of it, drawn per epoch, and
+        are evaluated window by window, their predictions averaged (`batches`).
+        `run_baseline` (prediction with a trained run, `msf predict --features`): utterances without
         labels are kept (labels NaN), no split is required, and utterances without a speaker baseline
         are put against the run's training population rather than this cache's train split."""
         predicting = run_baseline is not None
@@ -223,6 +225,8 @@ class FeatureSet:
                 for u in keep if u.split == "train" and u.id in records["emphasis"]
             ) if "prosody" in sources else None
             frames = view.column(SOURCE_FIELDS["audio"][0], ids, layers)
+            rate = float(view.records("acoustic", ids[:1])[ids[0]]["frame_rate"]) if ids else 50.0
+            self.crop = max(1, int(round(max_seconds * rate))) if max_seconds else None  # frames
             position = {u: k for k, u in enumerate(ids)}
             self.masked = {s: sum(u not in records[STAGE_OF[s]] for u in ids) for s in sources if s != "audio"}
             self.splits: dict[str, Split] = {}
@@ -326,18 +330,26 @@ class FeatureSet:
                 prefetch: int = 4, max_frames: int = 0, bucket: bool = False, cast: bool = True) -> Iterator[Batch]:
         """Batches in the order `epoch_order` gives (sorted ids when not shuffled), cut as
         `batch_groups` says. A thread reads the next batches while the model trains; a batch's rows are
-        read grouped by shard."""
+        read grouped by shard.
+
+        With `crop` (max_seconds), an utterance longer than it trains on one window of `crop` frames
+        at a start drawn from (seed, epoch) and its place among the sorted ids (never the shard layout),
+        and is evaluated as consecutive windows, each a row of its own (its id repeated; `predict_split`
+        averages them): a long turn costs the memory of a window, never of the whole turn at once."""
         s = self.splits[split]
         order = epoch_order(s.ids, seed, epoch) if shuffle else np.arange(len(s.ids))
-        lengths = self.lengths(split) if max_frames or (bucket and shuffle) else None
-        groups = batch_groups(order, batch_size, training=shuffle, lengths=lengths, max_frames=max_frames,
-                              bucket=bucket, seed=seed, epoch=epoch)
+        lengths = self.lengths(split) if max_frames or (bucket and shuffle) or self.crop else None
+        rows = self._windows(order, lengths, shuffle, seed, epoch)
+        row_lengths = None if lengths is None else np.array(
+            [lengths[k] if stop < 0 else stop - start for k, start, stop in rows], np.int64)
+        groups = batch_groups(np.arange(len(rows)), batch_size, training=shuffle, lengths=row_lengths,
+                              max_frames=max_frames, bucket=bucket, seed=seed, epoch=epoch)
         q: queue.Queue = queue.Queue(maxsize=prefetch)
 
         def produce() -> None:
             try:
                 for g in groups:
-                    q.put(self._batch(s, list(g), cast))
+                    q.put(self._batch(s, [rows[i] for i in g], cast))
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
                 q.put(e)
             q.put(None)
@@ -348,6 +360,30 @@ class FeatureSet:
                 raise item
             yield item
 
+    crop: int | None = None  # frames; see `batches`
+
+    def _windows(self, order: np.ndarray, lengths: np.ndarray | None, training: bool, seed: int, epoch: int
+                 ) -> list[tuple[int, int, int]]:
+        """(utterance, start frame, stop frame) rows: the whole utterance (stop -1), or windows of `crop`
+        frames of the utterances longer than that."""
+        c = self.crop
+        if c is None or lengths is None or lengths.max(initial=0) <= c:
+            return [(int(k), 0, -1) for k in order]
+        if training:  # one start per utterance, drawn in id order so the layout cannot change it
+            rng = np.random.default_rng([seed, epoch, 2])
+            starts = [int(rng.integers(0, max(1, int(n) - c + 1))) for n in lengths]
+            return [(int(k), starts[k], starts[k] + c) if lengths[k] > c else (int(k), 0, -1) for k in order]
+        out: list[tuple[int, int, int]] = []
+        for k in order:  # evaluation: ceil(n / crop) windows of equal length tiling the utterance
+            n = int(lengths[k])
+            if n <= c:
+                out.append((int(k), 0, -1))
+                continue
+            w = -(-n // c)
+            bounds = [round(i * n / w) for i in range(w + 1)]
+            out += [(int(k), bounds[i], bounds[i + 1]) for i in range(w)]
+        return out
+
     def lengths(self, split: str) -> np.ndarray:
         """Frames per utterance of a split, from the frames held in memory or the shards' offsets."""
         s = self.splits[split]
@@ -356,8 +392,14 @@ class FeatureSet:
                          else s.column.lengths())
         return s.lengths
 
-    def _batch(self, s: Split, idx: list[int], cast: bool = True) -> Batch:
-        frames = [s.frames[i] for i in idx] if s.frames is not None else s.column.read(idx)
+    def _batch(self, s: Split, rows: list[tuple[int, int, int]], cast: bool = True) -> Batch:
+        idx = [k for k, _, _ in rows]
+        whole = all(stop < 0 for _, _, stop in rows)
+        if s.frames is not None:
+            frames = [s.frames[k] if stop < 0 else s.frames[k][start:stop] for k, start, stop in rows]
+        else:
+            frames = s.column.read(idx, None if whole else [(start, None if stop < 0 else stop)
+                                                            for _, start, stop in rows])
         if self.speaker_stats is not None:
             stats = [self.speaker_stats[s.speakers[i]] for i in idx]  # type: ignore[index]
             frames = [(f - mean) / sd for f, (mean, sd) in zip(frames, stats)]

@@ -244,7 +244,7 @@ def predict_cached(run: Path, features: Path, split: str, out: Path, name: str |
     model, cfg = load_run(run, device)
     data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, cfg.labels,
                       speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
-                      run_baseline=RunBaseline.load(run))
+                      run_baseline=RunBaseline.load(run), max_seconds=cfg.max_seconds)
     if split not in data.splits or not data.splits[split].ids:
         known = ", ".join(k for k, s in data.splits.items() if s.ids)
         raise UsageError(f"no split {split!r} with usable utterances in {features}; its splits: {known}")

@@ -76,6 +76,10 @@ class TrainConfig(BaseModel):
     layers: list[int] | None = None
     # Fail (before training) when a scored split lost an utterance that has labels (see FeatureSet).
     require_full_coverage: bool = False
+    # Longer utterances train on a random window of this many seconds (drawn per epoch) and are
+    # evaluated window by window, their predictions averaged: memory bounded by the window, not the
+    # turn (a 10-minute segment of 25 WavLM-Large layers is ~1.5 GB of float16 frames). None: no crop.
+    max_seconds: float | None = Field(30.0, gt=0)
 
     @field_validator("average_epochs")
     @classmethod
@@ -142,6 +146,14 @@ class Evaluation:
     gold: np.ndarray
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (weights of >= 2 dimensions): decaying LayerNorm gains, biases and
+    the layer-mixing logits pulls them toward 0, which is no prior any of them has."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def seed_everything(seed: int, threads: int | None = None) -> None:
     """Initialisation and dropout from the seed alone; deterministic kernels where torch has them. On
     CPU a run is bit-exact for the same seed, data and thread count (reductions split by thread)."""
@@ -170,18 +182,33 @@ def to_tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
 
 def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64,
                   max_frames: int = MAX_BATCH_FRAMES) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Predictions, gold labels and auxiliaries of a split's utterances in its (sorted id) order; an
+    utterance evaluated window by window (FeatureSet.batches, max_seconds) gets the mean of its windows'."""
     model.eval()
+    ids: list[str] = []
     preds, golds, aux_all = [], [], {}
     with torch.inference_mode():
         for b in data.batches(split, batch_size, shuffle=False, max_frames=max_frames, cast=host_casts(device)):
             frames, lengths, vectors, masks, labels = to_tensors(b, device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 p, aux = model(frames, lengths, vectors, masks)
+            ids += b.ids
             preds.append(p.float().cpu().numpy())
             golds.append(labels.cpu().numpy())
             for k, v in aux.items():
                 aux_all.setdefault(k, []).append(v.float().cpu().numpy())
-    return np.concatenate(preds), np.concatenate(golds), {k: np.concatenate(v) for k, v in aux_all.items()}
+    rows = {k: np.concatenate(v) for k, v in {"pred": preds, "gold": golds, **aux_all}.items()}
+    if len(set(ids)) < len(ids):  # windows of long utterances: one row per utterance, their mean
+        first = {u: i for i, u in reversed(list(enumerate(ids)))}
+        order = sorted(first.values())
+        place = {i: j for j, i in enumerate(order)}
+        owner = np.array([place[first[u]] for u in ids])
+        counts = np.bincount(owner, minlength=len(order))
+        for k, v in rows.items():
+            total = np.zeros((len(order), *v.shape[1:]), np.float64)
+            np.add.at(total, owner, v)
+            rows[k] = (total / counts.reshape(-1, *[1] * (v.ndim - 1))).astype(v.dtype)
+    return rows.pop("pred"), rows.pop("gold"), rows
 
 
 def evaluate(model: MsfSer, data: FeatureSet, split: str, device: str) -> Evaluation:
@@ -266,7 +293,8 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
     seed_everything(cfg.seed, cfg.threads)
     data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.name, cfg.labels, cfg.in_memory,
-                              speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev)
+                              speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
+                              max_seconds=cfg.max_seconds)
     if bool(data.speaker_stats) != cfg.speaker_norm:
         raise UsageError("the feature set given was loaded with speaker_norm="
                          f"{bool(data.speaker_stats)}, the run asks for {cfg.speaker_norm}")
@@ -279,7 +307,7 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     model = MsfSer(mcfg)
     model.label_mean.copy_(torch.from_numpy(data.splits["train"].labels.mean(0)))
     place(model, cfg.device, "--device")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     train_ids = data.splits["train"].ids
     steps = len(batch_groups(epoch_order(train_ids, cfg.seed, 0), cfg.batch_size, training=True,
                              lengths=data.lengths("train") if cfg.max_batch_frames or cfg.bucket else None,

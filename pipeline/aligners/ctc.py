@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from msf.pipeline.corpora.alignment_files import WordTimes
+from msf.pipeline.audio_io import TARGET_SR, chunk_bounds
 from msf.pipeline.backends.device import place
 from msf.pipeline.backends.model_loading import load_transformers
+from msf.pipeline.corpora.alignment_files import WordTimes
 from msf.pipeline.stage import UtteranceError
+
+# Emissions of a long file come from windows of CHUNK_S seconds overlapping by OVERLAP_S, each frame
+# from the window it is most central in: self-attention over a whole 10-minute file would need
+# gigabytes, and the Viterbi path over the joined emissions still aligns the file in one piece.
+CHUNK_S = 30.0
+OVERLAP_S = 2.0
 
 
 class CtcAligner:
@@ -29,9 +36,21 @@ class CtcAligner:
         self.samples_per_frame = int(np.prod(self.model.config.conv_stride))  # type: ignore[attr-defined]
 
     def emissions(self, audio: np.ndarray) -> np.ndarray:
+        """Log-probabilities per frame (frames x vocabulary), window by window for long audio."""
+        hop = self.samples_per_frame
+        bounds = chunk_bounds(len(audio), int(CHUNK_S * TARGET_SR), int(OVERLAP_S * TARGET_SR), hop)
+        if len(bounds) == 1:
+            return self._emissions(audio)
+        parts = []
+        for start, end, keep_from, keep_to in bounds:
+            lp = self._emissions(audio[start:end])
+            parts.append(lp[-(-(keep_from - start) // hop) : -(-(keep_to - start) // hop)])
+        return np.concatenate(parts)
+
+    def _emissions(self, audio: np.ndarray) -> np.ndarray:
         import torch
 
-        x = self.features(audio, sampling_rate=16000, return_tensors="pt").input_values.to(self.device)
+        x = self.features(audio, sampling_rate=TARGET_SR, return_tensors="pt").input_values.to(self.device)
         with torch.inference_mode():
             logits = self.model(x).logits[0].float()  # type: ignore[operator]
         return torch.log_softmax(logits, dim=-1).cpu().numpy()
@@ -55,7 +74,7 @@ class CtcAligner:
             spans = token_spans(lp, targets, self.blank)
         except ValueError as e:
             raise UtteranceError(f"CTC alignment failed: {e}") from None
-        sec = self.samples_per_frame / 16000
+        sec = self.samples_per_frame / TARGET_SR
         start = [float("nan")] * len(words)
         end = [float("nan")] * len(words)
         probs: list[list[float]] = [[] for _ in words]
@@ -68,5 +87,5 @@ class CtcAligner:
             if np.isnan(start[i]):
                 start[i] = end[i - 1] if i and not np.isnan(end[i - 1]) else 0.0
                 nxt = [s for s in start[i + 1 :] if not np.isnan(s)]
-                end[i] = max(start[i], nxt[0] if nxt else len(audio) / 16000)
+                end[i] = max(start[i], nxt[0] if nxt else len(audio) / TARGET_SR)
         return WordTimes(words, start, end, [float(np.mean(p)) if p else 0.0 for p in probs], "ctc")

@@ -16,8 +16,8 @@ from msf.pipeline.cache.shard_store import ShardReader
 class ArrayColumn:
     """An array field (e.g. `acoustic.frames`) of utterances at (shard, row). A read groups its rows by
     shard; `select` keeps entries of the second axis (hidden-state layers) as the file is read, so the
-    other layers are not read from disk (a contiguous shard is memory-mapped); `max_frames` keeps the
-    first frames of each row only. The reader is per process: a forked worker opens its own files."""
+    other layers are not read from disk (a contiguous shard is memory-mapped); `spans` reads a window
+    of frames of each row only. The reader is per process: a forked worker opens its own files."""
 
     def __init__(self, at: list[tuple[Path, int]], field: str, select: list[int] | None = None,
                  squeeze: bool = False):
@@ -40,13 +40,21 @@ class ArrayColumn:
             by_shard[self.at[k][0]].append(k)
         return by_shard
 
-    def read(self, positions: Sequence[int], max_frames: int | None = None) -> list[np.ndarray]:
-        """The arrays at these positions, in their order, as stored (float16 frames stay float16)."""
+    def read(self, positions: Sequence[int], spans: Sequence[tuple[int, int | None]] | None = None
+             ) -> list[np.ndarray]:
+        """The arrays at these positions, in their order, as stored (float16 frames stay float16);
+        `spans`: per position, the (start, stop) frames to read (stop None: to the end)."""
+        positions = list(positions)
         out: dict[int, np.ndarray] = {}
-        for path, ks in self._by_shard(positions).items():
-            rows = [self.at[k][1] for k in ks]
-            out.update(zip(ks, self.reader.array_rows(path, self.field, rows, self.select, max_frames)))
-        got = [out[k] for k in positions]
+        by_shard: dict[Path, list[int]] = defaultdict(list)  # indices into `positions` (one may repeat)
+        for i, k in enumerate(positions):
+            by_shard[self.at[k][0]].append(i)
+        for path, idx in by_shard.items():
+            rows = [self.at[positions[i]][1] for i in idx]
+            got = self.reader.array_rows(path, self.field, rows, self.select,
+                                         [spans[i] for i in idx] if spans is not None else None)
+            out.update(zip(idx, got))
+        got = [out[i] for i in range(len(positions))]
         return [a[:, 0] for a in got] if self.squeeze else got
 
     def lengths(self, positions: Sequence[int] | None = None) -> np.ndarray:

@@ -35,7 +35,7 @@ class CacheDataset(torch.utils.data.Dataset):
             v = getattr(u, t)
             item[t] = math.nan if v is None else float(v)
         for name, column in self.arrays.items():
-            a = column.read([k], self.max_frames.get(name))[0]
+            a = column.read([k], [(0, self.max_frames.get(name))])[0]
             item[name] = torch.from_numpy(np.ascontiguousarray(a, np.float32) if a.dtype.kind == "f" else a.copy())
         for name, values in self.values.items():
             item[name] = values[k]

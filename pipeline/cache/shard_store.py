@@ -269,14 +269,16 @@ class ShardReader:
         return offsets[r + 1] - offsets[r]
 
     def array_rows(self, path: Path, name: str, rows: list[int], select: list[int] | None = None,
-                   max_frames: int | None = None) -> list[np.ndarray]:
+                   spans: list[tuple[int, int | None]] | None = None) -> list[np.ndarray]:
         """One array field of several rows, for streaming training batches: rows close together in the
         shard are read as one span (one call and each compressed chunk decompressed once), rows far
         apart one by one; nothing else of the record is read. `select`: entries of the second axis
-        to keep (layers), read alone from a contiguous shard; `max_frames`: each row's first frames."""
+        to keep (layers), read alone from a contiguous shard; `spans`: per row, the (start, stop) of its
+        first axis to read (stop None: to its end), and only that part is read."""
         offsets, data = self._column(path, name)
-        if select is not None or max_frames is not None:
-            return [self._part(data, int(offsets[r]), int(offsets[r + 1]), select, max_frames) for r in rows]
+        if select is not None or spans is not None:
+            return [self._part(data, int(offsets[r]), int(offsets[r + 1]), select, spans[i] if spans else None)
+                    for i, r in enumerate(rows)]
         out: dict[int, np.ndarray] = {}
         order = sorted(set(rows))
         start = 0
@@ -293,9 +295,10 @@ class ShardReader:
         return [out[r] for r in rows]
 
     @staticmethod
-    def _part(data: Any, lo: int, hi: int, select: list[int] | None, max_frames: int | None) -> np.ndarray:
-        if max_frames is not None:
-            hi = min(hi, lo + max_frames)
+    def _part(data: Any, lo: int, hi: int, select: list[int] | None, span: tuple[int, int | None] | None
+              ) -> np.ndarray:
+        if span is not None:
+            lo, hi = min(hi, lo + span[0]), hi if span[1] is None else min(hi, lo + span[1])
         if select is None:
             return np.asarray(data[lo:hi])
         if isinstance(data, ContiguousArray):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from msf.pipeline.audio_io import TARGET_SR as SR, chunk_bounds
 from msf.pipeline.backends.device import (ComputeType, Device, Precision, place, precision_fingerprint,
                                   resolve_compute_type, torch_dtype)
 from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
@@ -16,7 +17,6 @@ from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, load_transform
 from msf.pipeline.errors import UsageError
 from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
-SR = 16_000
 
 
 class AcousticParams(StageParams):
@@ -138,22 +138,6 @@ class WhisperEncoder(_Encoder):
             out = out.to_device(ctranslate2.Device.cpu)
         arr = np.array(out, dtype=np.float32)
         return [arr[b, : int(np.ceil(len(c) / SR * self.frame_rate)), None, :] for b, c in enumerate(chunks)]
-
-
-def chunk_bounds(n: int, chunk: int, overlap: int, hop: int = 1) -> list[tuple[int, int, int, int]]:
-    """(start, end, keep_from, keep_to) in samples: chunks of `chunk` samples overlapping by
-    `overlap`, starting on multiples of `hop` (so their frames fall on the whole file's frame
-    grid); each keeps the span where it is the most central chunk, and the kept spans tile [0, n)."""
-    if n <= chunk:
-        return [(0, n, 0, n)]
-    step = max(hop, (chunk - overlap) // hop * hop)
-    starts = list(range(0, n - overlap, step))
-    out = []
-    for k, s in enumerate(starts):
-        keep_from = 0 if k == 0 else out[-1][3]
-        keep_to = n if k == len(starts) - 1 else s + step + (overlap // 2) // hop * hop
-        out.append((s, min(s + chunk, n), keep_from, keep_to))
-    return out
 
 
 @register
