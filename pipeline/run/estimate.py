@@ -173,24 +173,27 @@ def _data_and_overhead(ex: Any, stage: str, fill: int = 256) -> tuple[dict[str, 
     shard of `fill` records, the calibration's repeated, bounds the data from below; repeats let
     lzf compress large arrays away, so that bound only ever raises the first figure."""
     from msf.pipeline.cache.shard_store import record_nbytes, write_shard
+    from msf.pipeline.cache.view import CacheView
 
-    entries = [e for (_, e) in sorted(ex.store.index.entries(stage).items())]
-    if len(entries) < 2:
+    view = CacheView(ex.root, ex.config.name, store=ex.store)  # the calibration run's own feature set
+    by_utt = view.records(stage)
+    if len(by_utt) < 2:
         return {}, 0.0
-    records = [ex.store.read(e) for e in entries]
+    utts = sorted(by_utt)
+    records = [by_utt[u] for u in utts]
     with tempfile.TemporaryDirectory(prefix="msf-calibrate-shard-") as tmp:
         def size(name: str, ids: list[str], recs: list[Any]) -> int:
             shard = write_shard(Path(tmp) / name, ids, recs)
             return (Path(tmp) / name / shard.name).stat().st_size
 
-        size_all = size("all", [e.utt for e in entries], records)
-        size_one = size("one", [entries[0].utt], records[:1])
+        size_all = size("all", utts, records)
+        size_one = size("one", utts[:1], records[:1])
         size_fill = size("fill", [f"u{i}" for i in range(fill)], [records[i % len(records)] for i in range(fill)])
     logical = [record_nbytes(r) for r in records]
     data = max(0, size_all - size_one) * sum(logical) / max(1, sum(logical) - logical[0])  # all entries' data
     overhead = max(0.0, size_all - data)
     data = max(data, (size_fill - overhead) * len(records) / fill)
-    return {e.utt: round(data * n / sum(logical)) for e, n in zip(entries, logical)}, overhead
+    return {u: round(data * n / sum(logical)) for u, n in zip(utts, logical)}, overhead
 
 
 def shards_written(entries: int, workers: int, shard_size: int) -> int:
