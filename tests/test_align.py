@@ -208,3 +208,36 @@ def test_batched_asr_transcribes_a_long_file_as_the_sequential_one_does(demo_cor
     fp = AlignStage.fingerprint_params
     assert "asr_batch" not in fp(AlignParams()) and fp(AlignParams(device="cuda"))["asr_batch"] == 16
     assert fp(AlignParams(asr_batch=4))["asr_batch"] == 4
+
+
+def test_whisper_aligns_a_file_longer_than_its_window_by_segments(demo_corpus: Path) -> None:
+    """40 s of demo utterances one after another: Whisper's forced alignment covers 30 s, so the file is
+    cut into segments at words its own ASR heard, and every word lands inside its own utterance."""
+    import csv
+
+    import soundfile as sf
+
+    rows = list(csv.DictReader(open(demo_corpus / "manifest.csv")))
+    parts, spans, text, t = [], [], [], 0.0
+    for r in rows:
+        x, sr = sf.read(demo_corpus / r["audio"], dtype="float32")
+        parts += [x, np.zeros(int(0.4 * sr), np.float32)]
+        n = len(r["transcript"].split())
+        spans += [(t, t + len(x) / sr)] * n
+        text.append(r["transcript"])
+        t += len(x) / sr + 0.4
+        if t > 40:
+            break
+    audio = np.concatenate(parts)
+    stage = _stage(backend="whisper", model=BUNDLED_TINY_EN)
+    stage.setup()
+    from msf.pipeline.corpora.alignment_files import transcript_words
+
+    words = transcript_words(" ".join(text))
+    assert len(words) == len(spans) and len(audio) / 16000 > 40
+    timed = stage._aligner.align(audio, words)
+    assert timed.source == "whisper:forced-segments" and len(timed.words) == len(spans)
+    assert np.all(np.diff(timed.start) >= -1e-6)
+    inside = [s - 0.3 <= start and end <= e + 0.3 for (s, e), start, end in zip(spans, timed.start, timed.end)]
+    assert np.mean(inside) >= 0.9, list(zip(timed.words, timed.start, spans))
+    print(f"segments aligned: {np.mean(inside):.3f} of {len(words)} words inside their utterance")

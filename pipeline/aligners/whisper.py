@@ -3,13 +3,18 @@ the decoder's cross-attention (CTranslate2 Whisper.align), as faster-whisper tim
 
 from __future__ import annotations
 
+from difflib import SequenceMatcher
+
 import numpy as np
 
-from msf.pipeline.corpora.alignment_files import WordTimes, clean_word
+from msf.pipeline.audio_io import TARGET_SR
 from msf.pipeline.backends.model_loading import load_whisper
+from msf.pipeline.corpora.alignment_files import WordTimes, clean_word
 from msf.pipeline.stage import UtteranceError
 
 WHISPER_WINDOW_S = 30.0
+SEGMENT_S = 25.0  # a long file's segments: under the window, with room for the margins
+MARGIN_S = 0.3  # audio kept either side of a segment's anchors
 
 
 class WhisperAligner:
@@ -40,13 +45,49 @@ class WhisperAligner:
                          [w.probability for w in words], "whisper:asr")
 
     def align(self, audio: np.ndarray, words: list[str]) -> WordTimes:
+        """Forced alignment of the transcript; a file longer than Whisper's 30 s window is aligned by
+        segments (`_segments`)."""
+        if len(audio) / TARGET_SR <= WHISPER_WINDOW_S:
+            return self._align_window(audio, words)
+        parts = [self._align_window(audio[int(t0 * TARGET_SR) : int(t1 * TARGET_SR)], words[a:b], offset=t0)
+                 for a, b, t0, t1 in self._segments(audio, words)]
+        return WordTimes(words, [t for p in parts for t in p.start], [t for p in parts for t in p.end],
+                         [x for p in parts for x in p.score], "whisper:forced-segments")
+
+    def _segments(self, audio: np.ndarray, words: list[str]) -> list[tuple[int, int, float, float]]:
+        """(first word, end word, start s, end s) of segments under the window. Whisper's own ASR of the
+        file (which runs window by window) gives anchors: reference words it heard too, matched in
+        order (difflib); a segment ends before an anchored word whose time would take it past
+        SEGMENT_S, and its audio runs from its first to its last anchor, widened by MARGIN_S."""
+        duration = len(audio) / TARGET_SR
+        heard = self.transcribe(audio)
+        anchors: dict[int, tuple[float, float]] = {}  # reference word -> (start, end) heard
+        for block in SequenceMatcher(a=words, b=heard.words, autojunk=False).get_matching_blocks():
+            for k in range(block.size):
+                anchors[block.a + k] = (heard.start[block.b + k], heard.end[block.b + k])
+        cuts = [0]  # reference words that start a segment (each one anchored)
+        seg_start = 0.0
+        for i in sorted(anchors):
+            if i > cuts[-1] and anchors[i][1] - seg_start > SEGMENT_S:
+                cuts.append(i)
+                seg_start = anchors[i][0]
+        cuts.append(len(words))
+        out = []
+        for a, b in zip(cuts, cuts[1:]):
+            t0 = 0.0 if a == 0 else max(0.0, anchors[a][0] - MARGIN_S)
+            t1 = duration if b == len(words) else min(duration, anchors[b][0] + MARGIN_S)
+            if t1 - t0 > WHISPER_WINDOW_S:
+                raise UtteranceError(f"forced alignment with whisper covers {WHISPER_WINDOW_S:g} s, and words "
+                                     f"{a + 1}-{b} of the transcript span {t1 - t0:.1f} s of {duration:.1f} with no "
+                                     "word Whisper heard to cut at (use align.backend=sphinx or ctc)")
+            out.append((a, b, t0, t1))
+        return out
+
+    def _align_window(self, audio: np.ndarray, words: list[str], offset: float = 0.0) -> WordTimes:
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
 
         m = self.model
-        if len(audio) / 16000 > WHISPER_WINDOW_S:
-            raise UtteranceError(f"forced alignment with whisper covers {WHISPER_WINDOW_S:g} s; this file is "
-                                 f"{len(audio) / 16000:.1f} s (use align.backend=sphinx or provided)")
         features = m.feature_extractor(audio)
         encoded = m.encode(pad_or_trim(features))
         tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=self.language)
@@ -58,5 +99,5 @@ class WhisperAligner:
         if score < self.min_score:
             raise UtteranceError(f"the transcript does not match the audio: mean word probability {score:.3f} "
                                  f"< align.min_score={self.min_score:g}")
-        return WordTimes(words, [a["start"] for a in timed], [a["end"] for a in timed],
+        return WordTimes(words, [offset + a["start"] for a in timed], [offset + a["end"] for a in timed],
                          [a["probability"] for a in timed], "whisper:forced")
