@@ -261,3 +261,48 @@ def test_gc_removes_what_no_named_set_references(tmp_path: Path) -> None:
     assert json.loads(out)["by_stage"] == {"toy_summary": 12}  # scale 2 and scale 3: no set names them now
     code, _, err = cli("cache", "forget", "nope", "--cache", str(cache))
     assert code == 2 and "no feature set 'nope'" in err
+
+
+def test_the_read_api_opens_a_cache_of_an_earlier_index_schema(tmp_path: Path) -> None:
+    """A cache whose index an earlier msf wrote (schema 2: failures keyed by stage and utterance) opens
+    read-only through `msf.open_cache` as it is, failures and records included; a writer migrates it."""
+    import sqlite3
+
+    import msf
+
+    corpus = str(write_manifest(tmp_path / "c", 6))
+    cache = tmp_path / "cache"
+    base = ("--set", 'plugins=["toy_stages"]', "--stage", "toy_summary")
+    extract(corpus, cache, *base)
+    db = sqlite3.connect(cache / "index.sqlite")  # back to schema 2, as msf wrote it then
+    db.execute("ALTER TABLE failures RENAME TO f3")
+    db.execute("CREATE TABLE failures (stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+               "error TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (stage, utt))")
+    db.execute("INSERT INTO failures VALUES ('toy_summary', 'u0099', 'fp-a', 'old failure', 1.0)")
+    db.execute("DROP TABLE f3")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with msf.open_cache(cache) as view:
+        assert len(view.records("toy_summary")) == 6 and view.failures() == []
+    assert computed(extract(corpus, cache, *base))["toy_summary"] == 0  # a writer migrates, reusing all
+    db = sqlite3.connect(cache / "index.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+    db.close()
+
+
+def test_a_cache_of_a_newer_index_schema_is_refused_with_the_version(tmp_path: Path) -> None:
+    import sqlite3
+
+    import msf
+    from msf.pipeline.config import ConfigError
+
+    corpus = str(write_manifest(tmp_path / "c", 3))
+    extract(corpus, tmp_path / "cache", "--set", 'plugins=["toy_stages"]', "--stage", "toy_summary")
+    db = sqlite3.connect(tmp_path / "cache" / "index.sqlite")
+    db.execute("UPDATE meta SET value = '9' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match=r"written by a newer msf \(index schema 9\); this msf reads index "
+                                          r"schemas 2 and 3: upgrade msf"):
+        msf.open_cache(tmp_path / "cache")

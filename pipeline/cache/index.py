@@ -137,7 +137,16 @@ class CacheIndex:
         if old and "params" not in old:
             self.db.close()
             raise ConfigError(f"the cache {root} was written by an older msf (index schema 1) that kept one "
-                              "entry per stage and utterance; extract into a new cache directory")
+                              "entry per stage and utterance; msf 0.1 reads index schemas 2 and "
+                              f"{SCHEMA_VERSION}: extract into a new cache directory")
+        try:
+            written = self.get_meta("schema") if old else None
+        except sqlite3.OperationalError:  # no meta table yet
+            written = None
+        if written is not None and written.isdigit() and int(written) > int(SCHEMA_VERSION):
+            self.db.close()
+            raise ConfigError(f"the cache {root} was written by a newer msf (index schema {written}); this msf "
+                              f"reads index schemas 2 and {SCHEMA_VERSION}: upgrade msf to read it")
         if not old or not readonly:
             self._key_failures_by_fingerprint()
             self.db.executescript(SCHEMA)
