@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from msf.pipeline.errors import MsfError
 
@@ -46,6 +48,17 @@ class Utterance:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Utterance":
         return cls(**d)
+
+    def to_row(self) -> tuple[Any, ...]:
+        """The utterance as the cache index records it (its `utterances` table's first nine columns):
+        the one row serialiser, with `from_row`."""
+        return (self.id, self.audio, self.speaker, self.split, self.transcript, self.valence, self.arousal,
+                self.dominance, json.dumps(self.extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                            default=str) if self.extra else "{}")
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> "Utterance":
+        return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] != "{}" else {})
 
     def group_key(self, field: str) -> str:
         """The group this utterance belongs to by `field`; an unknown speaker is a group of its own."""

@@ -204,6 +204,6 @@ def test_an_unchanged_corpus_is_not_parsed_again(kind: str, tmp_path: Path, monk
     from msf.pipeline.cache.shard_store import ShardStore
 
     store = ShardStore(cache, readonly=True)
-    transcript = store.index.utterances([uid])[uid].row["transcript"]
+    transcript = store.index.utterances([uid])[uid].utt.transcript
     store.close()
     assert transcript in ("so that was terrific", "Pardon me.")

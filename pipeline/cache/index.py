@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from msf.pipeline.audio_io import content_hash
-from msf.pipeline.errors import CacheDamaged
 from msf.pipeline.config import ConfigError
+from msf.pipeline.corpus import Utterance
+from msf.pipeline.errors import CacheDamaged
 
 SCHEMA_VERSION = "3"  # 3: failures kept per fingerprint, like entries
 # A failure belongs to the fingerprint that failed: other variants of the stage keep theirs.
@@ -88,7 +89,7 @@ class Failure:
 class RecordedUtterance:
     """A manifest row as the cache recorded it, with the content hashes fingerprints use."""
 
-    row: dict[str, Any]  # Utterance.to_dict()
+    utt: Utterance
     audio_hash: str
     files: dict[str, str]  # extra key -> content hash, for extras naming files
 
@@ -262,9 +263,7 @@ class CacheIndex:
     def utterances(self, ids: Iterable[str] | None = None) -> dict[str, RecordedUtterance]:
         out: dict[str, RecordedUtterance] = {}
         for r in self.db.execute("SELECT * FROM utterances"):
-            row = {"id": r[0], "audio": r[1], "speaker": r[2], "split": r[3], "transcript": r[4], "valence": r[5],
-                   "arousal": r[6], "dominance": r[7], "extra": json.loads(r[8]) if r[8] != "{}" else {}}
-            out[r[0]] = RecordedUtterance(row, r[9], json.loads(r[10]) if r[10] != "{}" else {})
+            out[r[0]] = RecordedUtterance(Utterance.from_row(r), r[9], json.loads(r[10]) if r[10] != "{}" else {})
         return out if ids is None else {i: out[i] for i in ids if i in out}
 
     def record_set(self, s: FeatureSetRecord) -> None:

@@ -31,10 +31,7 @@ class Source:
 
     def record(self) -> tuple:
         """The row the cache records (CacheIndex.record_utterances)."""
-        u = self.utt
-        return (u.id, u.audio, u.speaker, u.split, u.transcript, u.valence, u.arousal, u.dominance,
-                canonical_json(u.extra) if u.extra else "{}", self.audio_hash,
-                canonical_json(self.files) if self.files else "{}")
+        return (*self.utt.to_row(), self.audio_hash, canonical_json(self.files) if self.files else "{}")
 
 
 def sources_from_corpus(corpus: Corpus, index: CacheIndex, progress: Callable[[int], None] | None = None) -> list[Source]:
@@ -71,7 +68,7 @@ def completion_keys(rows: str, params: dict[str, str], order: list[str]) -> dict
 
 def sources_from_cache(recorded: Iterable[RecordedUtterance]) -> list[Source]:
     """The utterances as the cache recorded them: no audio needed."""
-    return [Source(Utterance.from_dict(r.row), r.audio_hash, r.files) for r in recorded]
+    return [Source(r.utt, r.audio_hash, r.files) for r in recorded]
 
 
 @dataclass

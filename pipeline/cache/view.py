@@ -58,8 +58,7 @@ def recorded_corpus(index: CacheIndex, config: MsfConfig, digest_now: str | None
         if not text.endswith(" (kept)"):  # the kept ones (missing audio) are not the reader's
             where, _, message = text.partition(": ")
             problems.append(CorpusProblem(where, message))
-    return Corpus(corpus_source(config.corpus)[0], config.corpus, [Utterance.from_dict(rows[m].row)
-                                                                   for m in record.members], problems)
+    return Corpus(corpus_source(config.corpus)[0], config.corpus, [rows[m].utt for m in record.members], problems)
 
 
 class CacheView:
