@@ -40,7 +40,7 @@ from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.shard_store import write_shard
 from msf.trainer.data import FeatureSet, Split, make_batch, parse_sources
-from msf.trainer.model import ModelConfig, MsfSer, ccc, load_balance
+from msf.trainer.model import ModelConfig, MsfSer
 from msf.trainer.train import to_tensors
 
 SOURCES = parse_sources("audio,gs,les,es")
@@ -125,7 +125,7 @@ def epoch(data: FeatureSet, model: MsfSer | None, opt: torch.optim.Optimizer | N
         if model is not None:
             frames, lengths, vectors, masks, labels = to_tensors(b, device)
             pred, aux = model(frames, lengths, vectors, masks)
-            loss = 1 - ccc(pred, labels).mean() + 0.01 * load_balance(aux["router"])
+            loss = model.loss(pred, labels, aux, 0.01)
             opt.zero_grad()  # type: ignore[union-attr]
             loss.backward()
             opt.step()  # type: ignore[union-attr]

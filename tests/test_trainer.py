@@ -286,9 +286,9 @@ def test_a_checkpoint_of_another_model_version_says_so(demo_features: Path, tmp_
 
     train(TrainConfig(features=demo_features, **dict(FAST, epochs=1)), tmp_path / "run", progress=False)
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    best["model"] = {k: v for k, v in best["model"].items() if not k.startswith("text_head.")}
+    best["model"] = {k: v for k, v in best["model"].items() if not k.startswith("moe.text_head.")}
     torch.save(best, tmp_path / "run" / "best.pt")
-    with pytest.raises(UsageError, match=r"another version of the msf model \(parts differ: text_head\); train it again"):
+    with pytest.raises(UsageError, match=r"another version of the msf model \(parts differ: moe.text_head\); train it again"):
         load_run(tmp_path / "run")
 
 
@@ -495,4 +495,4 @@ def test_settings_come_from_presets_msf_toml_set_and_options(tmp_path: Path, mon
         train_settings(["hidden=3"])
     model = MsfSer(ModelConfig((8,), {"gs": 4}, ("audio", "gs"), text_targets=("valence", "arousal", "dominance"),
                                text_head=False))
-    assert not hasattr(model, "text_head") and model.reads_text == [True, True, True]
+    assert model.moe.text_head is None and model.reads_text == [True, True, True]

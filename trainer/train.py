@@ -23,7 +23,7 @@ from msf.pipeline.run.faults import fault_point
 from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.run.progress import STDERR
 from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
-from msf.trainer.model import MsfSer, ModelConfig, ccc, load_balance
+from msf.trainer.model import MsfSer, ModelConfig, ccc
 
 
 # Padded frames (utterances x the longest) a batch may hold: 32 utterances of 20 s at 50 frames/s.
@@ -268,7 +268,7 @@ def load_weights(model: MsfSer, state: dict[str, torch.Tensor], path: Path) -> N
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        parts = sorted({k.split(".")[0] for k in set(model.state_dict()) ^ set(state)})  # in one, not both
+        parts = sorted({".".join(k.split(".")[:2]) for k in set(model.state_dict()) ^ set(state)})  # in one only
         raise UsageError(f"{path} was written by another version of the msf model (parts differ: "
                          f"{', '.join(parts) or 'shapes'}); train it again into a new --out") from e
 
@@ -337,9 +337,7 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
                 frames, lengths, vectors, masks, labels = to_tensors(b, cfg.device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
                     pred, aux = model(frames, lengths, vectors, masks)
-                loss = 1 - ccc(pred.float(), labels).mean()
-                if "router" in aux:
-                    loss = loss + cfg.balance_weight * load_balance(aux["router"].float())
+                loss = model.loss(pred, labels, aux, cfg.balance_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 fault_point("train-batch")
