@@ -132,7 +132,7 @@ def test_train_on_two_of_the_cached_layers_without_extracting_again(all_layer_ca
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["layers"] == [0, 2] and cfg["hidden"] == 16 and cfg["batch_size"] == 2
     best = torch.load(run / "best.pt", weights_only=True)
-    assert best["model"]["layer_logits"].shape == (2,)  # a learned weight per chosen layer
+    assert best["model"]["acoustic.layer_logits"].shape == (2,)  # a learned weight per chosen layer
     assert index.stat().st_mtime_ns == before  # read only: nothing extracted, nothing written
     res = CliRunner().invoke(app, ["train", "--features", str(all_layer_cache), "--out", str(tmp_path / "x"),
                                    "--sources", "audio", "--layers", "5"])
