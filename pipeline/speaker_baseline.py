@@ -108,8 +108,7 @@ def prosody_vector(record: dict[str, Any], gender: str, population: PopulationBa
     else:
         if population is None:
             raise ValueError("an utterance without a speaker baseline needs the population baseline")
-        pitch, loud, rate = population.reference(gender).relative(
-            float(record["f0_median_hz"]), float(record["loudness_abs_db"]), float(record["rate_syl_s"]))
+        pitch, loud, rate = population.reference(gender).relative(*measures(record))
     return np.array([pitch, loud, np.log(max(rate, 1e-3))], np.float32)
 
 

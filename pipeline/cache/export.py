@@ -40,7 +40,8 @@ def export_npy(cache: CacheView, out: Path, fields: Sequence[str] | None = None,
         task = bar.add_task("export", total=len(utts) * len(chosen))
         for field in chosen:
             stage = field.split(".", 1)[0]
-            ids = [u.id for u in utts if u.id in cache.fresh([stage])[stage]]
+            fresh = cache.fresh([stage])[stage]
+            ids = [u.id for u in utts if u.id in fresh]
             have[field] = set(ids)
             folder = out / field
             folder.mkdir(parents=True, exist_ok=True)
