@@ -635,6 +635,8 @@ def ablate(
     device: Optional[str] = typer.Option(None, help="cpu (default), cuda, cuda:N or mps."),
     seed: int = typer.Option(0, help="First training seed."),
     seeds: int = typer.Option(3, help="Seeds per variant; the table gives their mean."),
+    variants: Optional[str] = typer.Option(None, help="Some of the variants, e.g. audio,full,concat (default: all "
+                                           "five)."),
     prosody: Optional[bool] = typer.Option(None, "--prosody/--no-prosody", help="Add the speaker-relative prosody "
                                            "source to every variant (on with msf's settings, off with the paper's)."),
     speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm/--no-speaker-norm", help="Standardise the "
@@ -648,7 +650,7 @@ def ablate(
     set_: List[str] = typer.Option([], "--set", help=TRAIN_SET_HELP),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
-    from msf.trainer.ablate import ablate as run_ablation, tables
+    from msf.trainer.ablate import ablate as run_ablation, chosen_variants, tables
     from msf.trainer.folds import ablate_folds, folds_table, parse_folds, require_sessions
     from msf.trainer.train import train_settings
 
@@ -656,15 +658,16 @@ def ablate(
         options = train_settings(set_, preset=preset, fold=fold, device=device, name=name, labels=corpus,
                                  speaker_norm=speaker_norm, average_epochs=average_epochs,
                                  layers=parse_layers(layers), require_full_coverage=require_full_coverage)
+        chosen = chosen_variants(None if variants is None else [v.strip() for v in variants.split(",")])
         if folds is None:
-            OUT.print(tables(run_ablation(features, out, seeds=seeds, seed=seed, prosody=prosody, **options)))
+            OUT.print(tables(run_ablation(features, out, seeds=seeds, seed=seed, prosody=prosody, variants=chosen,
+                                          **options)))
             return
         if fold is not None:
             raise UsageError("--fold ablates one fold, --folds several: give one of them")
-        chosen = parse_folds(folds)
         require_sessions(features, options.get("name", "default"))
-        summary = ablate_folds(chosen, out, lambda k, o: run_ablation(features, o, seeds=seeds, seed=seed,
-                                                                      prosody=prosody, **{**options, "fold": k}))
+        summary = ablate_folds(parse_folds(folds), out, lambda k, o: run_ablation(
+            features, o, seeds=seeds, seed=seed, prosody=prosody, variants=chosen, **{**options, "fold": k}))
     OUT.print(folds_table(summary))
 
 

@@ -469,6 +469,14 @@ def test_every_labelled_split_is_scored_on_its_own(tmp_path: Path) -> None:
     assert all(set(r["splits"]) == {"test2", "test_b"} for r in results.values())  # a table per other test set
     report = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "\ntest2\n" in report and "\ntest_b\n" in report and report.count("| full |") == 3
+    # some variants only (`--variants`): the paired tests whose two sides ran; an unknown name is refused
+    some = ablate(cache, tmp_path / "some", seeds=1, progress=False, prosody=False, variants=["full", "audio+gs"],
+                  **dict(FAST, epochs=1))
+    assert list(some) == ["audio+gs", "full"] and all("ci95" in r and "vs_audio" not in r for r in some.values())
+    assert "vs_concat" not in some["full"] and "| full |" in (tmp_path / "some" / "ablation.md").read_text()
+    r = CliRunner().invoke(app, ["ablate", "--features", str(cache), "--out", str(tmp_path / "x"), "--variants",
+                                 "audio,fulll"])
+    assert r.exit_code == 2 and "no variant 'fulll'; variants: audio, audio+gs, audio+gs+les, full, concat" in r.stderr
 
 
 def test_settings_come_from_presets_msf_toml_set_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
