@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from msf.pipeline.errors import MsfError
 
@@ -33,32 +33,31 @@ class Utterance:
     speaker: str = ""
     split: str = ""
     transcript: str | None = None
-    valence: float | None = None
-    arousal: float | None = None
-    dominance: float | None = None
+    # Named targets (e.g. {"valence": 3.2, "arousal": 4.0, "dominance": 3.5}); an unlabelled one is absent.
+    # Named, not three fixed fields, so a corpus may carry another rating beside them.
+    targets: dict[str, float] = field(default_factory=dict)
     # Reader-specific hints a stage may read, e.g. {"wdseg": path} or {"session": "3"}.
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         # by hand (a test checks it names every field): dataclasses.asdict deep-copies, 10x slower
         return {"id": self.id, "audio": self.audio, "speaker": self.speaker, "split": self.split,
-                "transcript": self.transcript, "valence": self.valence, "arousal": self.arousal,
-                "dominance": self.dominance, "extra": dict(self.extra)}
+                "transcript": self.transcript, "targets": dict(self.targets), "extra": dict(self.extra)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Utterance":
         return cls(**d)
 
     def to_row(self) -> tuple[Any, ...]:
-        """The utterance as the cache index records it (its `utterances` table's first nine columns):
+        """The utterance as the cache index records it (its `utterances` table's first seven columns):
         the one row serialiser, with `from_row`."""
-        return (self.id, self.audio, self.speaker, self.split, self.transcript, self.valence, self.arousal,
-                self.dominance, json.dumps(self.extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                            default=str) if self.extra else "{}")
+        return (self.id, self.audio, self.speaker, self.split, self.transcript, _json(self.targets),
+                _json(self.extra))
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> "Utterance":
-        return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] != "{}" else {})
+        return cls(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] != "{}" else {},
+                   json.loads(r[6]) if r[6] != "{}" else {})
 
     def group_key(self, field: str) -> str:
         """The group this utterance belongs to by `field`; an unknown speaker is a group of its own."""
@@ -69,9 +68,23 @@ class Utterance:
 
     @property
     def labels(self) -> tuple[float, float, float] | None:
-        if None in (self.valence, self.arousal, self.dominance):
+        """The trainer's targets (TARGETS) in order, or None when one of them is missing."""
+        t = self.targets
+        try:
+            return tuple(t[name] for name in TARGETS)  # type: ignore[return-value]
+        except KeyError:
             return None
-        return (self.valence, self.arousal, self.dominance)  # type: ignore[return-value]
+
+
+def target_names(utterances: Iterable[Utterance]) -> list[str]:
+    """The targets the utterances are rated on: the trainer's (TARGETS) first, then any other, by name."""
+    other = {name for u in utterances for name in u.targets} - set(TARGETS)
+    return [*TARGETS, *sorted(other)]
+
+
+def _json(d: dict[str, Any]) -> str:
+    # canonical (sorted keys, no spaces): the recorded row, and so the rows digest, is the same every run
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str) if d else "{}"
 
 
 @dataclass(frozen=True)
@@ -138,10 +151,11 @@ class CorpusBuilder:
             return False, None
         return True, value
 
-    def add(self, where: str, utt_id: str, audio: Path | str, labels: tuple[Any, Any, Any], speaker: str = "",
+    def add(self, where: str, utt_id: str, audio: Path | str, labels: dict[str, Any], speaker: str = "",
             split: str = "", transcript: str | None = None, extra: dict[str, str] | None = None) -> None:
-        """One row; `labels` are the raw (valence, arousal, dominance). Plain strings and no pathlib: at
-        100k rows every microsecond per row is a tenth of a second of every command."""
+        """One row; `labels` are the raw values of named targets ({"valence": "3.2", ...}; empty or None:
+        unlabelled). Plain strings and no pathlib: at 100k rows every microsecond per row is a tenth of a
+        second of every command."""
         utt_id = (utt_id or "").strip()
         if not utt_id:
             self.problem(where, "empty utterance id")
@@ -159,23 +173,24 @@ class CorpusBuilder:
             self.missing_audio(where, audio)
         self._seen.add(utt_id)
         self.where[utt_id] = where
-        self.utterances.append(Utterance(utt_id, audio, speaker, split, transcript, *values, extra or {}))
+        self.utterances.append(Utterance(utt_id, audio, speaker, split, transcript, values, extra or {}))
 
-    def _labels(self, where: str, labels: tuple[Any, Any, Any]) -> list[float | None] | None:
-        """The three labels, or None (with the problem recorded) when one is unusable."""
+    def _labels(self, where: str, labels: dict[str, Any]) -> dict[str, float] | None:
+        """The labelled targets by name, or None (with the problem recorded) when one is unusable."""
         try:  # the common case in one pass; anything unusual takes the path that explains itself
-            values = [None if raw is None or raw == "" else float(raw) for raw in labels]
+            values = {k: float(raw) for k, raw in labels.items() if raw is not None and raw != ""}
             lo, hi = self.label_range or (-math.inf, math.inf)
-            if all(v is None or (lo <= v <= hi and math.isfinite(v)) for v in values):
+            if all(lo <= v <= hi and math.isfinite(v) for v in values.values()):
                 return values
         except (TypeError, ValueError):
             pass
-        values = []
-        for name, raw in zip(TARGETS, labels):
+        values = {}
+        for name, raw in labels.items():
             ok, value = self.label(where, name, raw)
             if not ok:
                 return None
-            values.append(value)
+            if value is not None:
+                values[name] = value
         return values
 
     def missing_audio(self, where: str, audio: str) -> None:

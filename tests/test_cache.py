@@ -95,7 +95,7 @@ def test_a_schema_2_index_keeps_its_failures_keyed_by_fingerprint(tmp_path: Path
     index.commit([], [Failure("align", "u1", "fp-b", "too quiet", 2.0)])  # a second variant's failure
     assert sorted((f.fingerprint, f.error) for f in index.failures("align")) == [("fp-a", "no path"),
                                                                                 ("fp-b", "too quiet")]
-    assert index.get_meta("schema") == "3"
+    assert index.get_meta("schema") == "4"
     index.close()
 
 
@@ -264,8 +264,9 @@ def test_gc_removes_what_no_named_set_references(tmp_path: Path) -> None:
 
 
 def test_the_read_api_opens_a_cache_of_an_earlier_index_schema(tmp_path: Path) -> None:
-    """A cache whose index an earlier msf wrote (schema 2: failures keyed by stage and utterance) opens
-    read-only through `msf.open_cache` as it is, failures and records included; a writer migrates it."""
+    """A cache whose index an earlier msf wrote (schema 2: failures keyed by stage and utterance, the
+    labels in three columns valence, arousal, dominance) opens read-only through `msf.open_cache` as it
+    is, labels, failures and records included; a writer migrates it to named targets, keeping every row."""
     import sqlite3
 
     import msf
@@ -274,20 +275,35 @@ def test_the_read_api_opens_a_cache_of_an_earlier_index_schema(tmp_path: Path) -
     cache = tmp_path / "cache"
     base = ("--set", 'plugins=["toy_stages"]', "--stage", "toy_summary")
     extract(corpus, cache, *base)
+    with msf.open_cache(cache) as view:
+        now = {u.id: (u.labels, u.targets, u.extra, u.split) for u in view.utterances}
+    assert len(now) == 6 and all(labels is not None for labels, *_ in now.values())
     db = sqlite3.connect(cache / "index.sqlite")  # back to schema 2, as msf wrote it then
     db.execute("ALTER TABLE failures RENAME TO f3")
     db.execute("CREATE TABLE failures (stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, "
                "error TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (stage, utt))")
     db.execute("INSERT INTO failures VALUES ('toy_summary', 'u0099', 'fp-a', 'old failure', 1.0)")
     db.execute("DROP TABLE f3")
+    rows = db.execute("SELECT * FROM utterances").fetchall()
+    db.execute("DROP TABLE utterances")
+    db.execute("CREATE TABLE utterances (id TEXT PRIMARY KEY, audio TEXT NOT NULL, speaker TEXT NOT NULL, "
+               "split TEXT NOT NULL, transcript TEXT, valence REAL, arousal REAL, dominance REAL, extra TEXT NOT "
+               "NULL, audio_hash TEXT NOT NULL, files TEXT NOT NULL)")
+    labelled = [(*r[:5], *(json.loads(r[5]).get(k) for k in ("valence", "arousal", "dominance")), *r[6:]) for r in rows]
+    labelled[0] = (*labelled[0][:5], None, None, None, *labelled[0][8:])  # an unlabelled row
+    db.executemany("INSERT INTO utterances VALUES (?,?,?,?,?,?,?,?,?,?,?)", labelled)
     db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     db.commit()
     db.close()
+    first = labelled[0][0]
+    now[first] = (None, {}, *now[first][2:])
     with msf.open_cache(cache) as view:
         assert len(view.records("toy_summary")) == 6 and view.failures() == []
+        assert {u.id: (u.labels, u.targets, u.extra, u.split) for u in view.utterances} == now
     assert computed(extract(corpus, cache, *base))["toy_summary"] == 0  # a writer migrates, reusing all
     db = sqlite3.connect(cache / "index.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "4"
+    assert "targets" in {r[1] for r in db.execute("PRAGMA table_info(utterances)")}
     db.close()
 
 
@@ -304,5 +320,5 @@ def test_a_cache_of_a_newer_index_schema_is_refused_with_the_version(tmp_path: P
     db.commit()
     db.close()
     with pytest.raises(ConfigError, match=r"written by a newer msf \(index schema 9\); this msf reads index "
-                                          r"schemas 2 and 3: upgrade msf"):
+                                          r"schemas 2 to 4: upgrade msf"):
         msf.open_cache(tmp_path / "cache")

@@ -95,7 +95,7 @@ def test_msp_podcast_layout(tmp_path: Path) -> None:
     assert [(u.id, u.split, u.speaker) for u in c.utterances] == [
         ("MSP-PODCAST_0001_0001", "train", "127"), ("MSP-PODCAST_0001_0002", "dev", "127")]
     u = c.utterances[0]
-    assert (u.valence, u.arousal, u.dominance) == (5.8, 4.2, 4.0)
+    assert u.labels == (5.8, 4.2, 4.0) and u.targets == {"valence": 5.8, "arousal": 4.2, "dominance": 4.0}
     assert u.transcript == "so that was great" and c.utterances[1].transcript is None
     msgs = " ".join(str(p) for p in c.problems)
     assert "dominance label 9.5 is outside the corpus scale [1, 7]" in msgs
@@ -129,7 +129,7 @@ def test_iemocap_layout_and_folds(tmp_path: Path) -> None:
     c = load_corpus(f"iemocap:{tmp_path / 'IEMOCAP'}")
     assert len(c.utterances) == 10 and not c.problems
     u = c.by_id()["Ses01F_impro01_M001"]
-    assert (u.valence, u.arousal, u.dominance) == (2.5, 3.0, 3.5)
+    assert u.labels == (2.5, 3.0, 3.5)
     assert u.speaker == "Ses01M" and u.transcript == "Excuse me number 1."
     assert u.extra["session"] == "1" and u.extra["wdseg"].endswith("Ses01F_impro01_M001.wdseg")
     assert u.split == "test"  # fold 1 by default
@@ -155,11 +155,16 @@ def test_an_utterance_round_trips_through_its_dict() -> None:
 
     from msf.pipeline.corpus import Utterance
 
-    u = Utterance("a", "/x.wav", "spk", "dev", "hello", 1.0, 2.0, 3.0, {"session": "2"})
+    u = Utterance("a", "/x.wav", "spk", "dev", "hello", {"valence": 1.0, "arousal": 2.0, "dominance": 3.0},
+                  {"session": "2"})
     d = u.to_dict()
     assert set(d) == {f.name for f in fields(Utterance)} and Utterance.from_dict(d) == u
+    assert Utterance.from_row(u.to_row()) == u and u.labels == (1.0, 2.0, 3.0)  # the index's row, too
     d["extra"]["session"] = "3"
-    assert u.extra == {"session": "2"}  # a copy: a stage cannot change the corpus it was given
+    d["targets"]["valence"] = 9.0
+    assert u.extra == {"session": "2"} and u.targets["valence"] == 1.0  # copies: a stage cannot change the corpus
+    partial = Utterance("b", "/x.wav", targets={"valence": 1.0, "naturalness": 4.0})  # another rating beside
+    assert partial.labels is None and Utterance.from_row(partial.to_row()).targets == partial.targets
 
 
 @pytest.mark.parametrize("kind", ["msp-podcast", "iemocap"])

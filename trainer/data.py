@@ -147,7 +147,7 @@ def with_labels_from(utts: list[Utterance], spec: str) -> tuple[list[Utterance],
     """Labels and splits from a newer manifest, matched by id: the utterances, the ids it lacks, and
     how many of its rows match no cached utterance."""
     rows = {u.id: u for u in load_corpus(spec, check_audio=False).utterances}
-    out = [replace(u, valence=r.valence, arousal=r.arousal, dominance=r.dominance, split=r.split)
+    out = [replace(u, targets=r.targets, split=r.split)
            if (r := rows.get(u.id)) is not None else u for u in utts]
     cached = {u.id for u in utts}
     return out, cached - set(rows), sum(i not in cached for i in rows)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from msf.pipeline.cache.columns import ArrayColumn
-from msf.pipeline.corpus import TARGETS, Utterance
+from msf.pipeline.corpus import Utterance
 
 
 @dataclass
@@ -24,6 +24,7 @@ class CacheDataset(torch.utils.data.Dataset):
     values: dict[str, list[Any]]
     max_frames: dict[str, int | None]  # per array field: frames kept from the start (max_seconds)
     variable: frozenset[str]  # array fields whose first dimension varies per utterance (frames, words)
+    targets: list[str]  # every item has each, NaN where an utterance is not rated on it (corpus.target_names)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -31,8 +32,8 @@ class CacheDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         u = self.utterances[k]
         item: dict[str, Any] = {"id": u.id, "speaker": u.speaker, "split": u.split}
-        for t in TARGETS:
-            v = getattr(u, t)
+        for t in self.targets:
+            v = u.targets.get(t)
             item[t] = math.nan if v is None else float(v)
         for name, column in self.arrays.items():
             a = column.read([k], [(0, self.max_frames.get(name))])[0]

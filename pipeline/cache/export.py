@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from msf.pipeline.cache.view import CacheView
-from msf.pipeline.corpus import TARGETS
+from msf.pipeline.corpus import target_names
 from msf.pipeline.errors import UsageError
 from msf.pipeline.run.progress import progress_bar
 
@@ -58,8 +58,9 @@ def export_npy(cache: CacheView, out: Path, fields: Sequence[str] | None = None,
                 bar.advance(task, min(start + CHUNK, len(ids)) - start)
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["id", "split", "speaker", *TARGETS, "transcript", *chosen])
+        targets = target_names(utts)
+        w.writerow(["id", "split", "speaker", *targets, "transcript", *chosen])
         for u in utts:
-            w.writerow([u.id, u.split, u.speaker, *("" if getattr(u, t) is None else getattr(u, t) for t in TARGETS),
+            w.writerow([u.id, u.split, u.speaker, *(u.targets.get(t, "") for t in targets),
                         u.transcript or "", *(f"{fld}/{u.id}.npy" if u.id in have[fld] else "" for fld in chosen)])
     return {"written": written, "kept": kept, "utterances": len(utts), "fields": len(chosen)}

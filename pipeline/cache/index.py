@@ -26,11 +26,19 @@ from msf.pipeline.config import ConfigError
 from msf.pipeline.corpus import Utterance
 from msf.pipeline.errors import CacheDamaged
 
-SCHEMA_VERSION = "3"  # 3: failures kept per fingerprint, like entries
+# 3: failures kept per fingerprint, like entries; 4: labels as named targets (one JSON column), not three
+SCHEMA_VERSION = "4"
+READS = f"index schemas 2 to {SCHEMA_VERSION}"  # every earlier one is migrated by a writer
 # A failure belongs to the fingerprint that failed: other variants of the stage keep theirs.
 FAILURES_TABLE = """CREATE TABLE IF NOT EXISTS failures (
     stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, error TEXT NOT NULL,
     at REAL NOT NULL, PRIMARY KEY (stage, utt, fingerprint))"""
+# An utterance as recorded (Utterance.to_row, then the content hashes fingerprints use).
+UTTERANCES_TABLE = """CREATE TABLE IF NOT EXISTS utterances (
+    id TEXT PRIMARY KEY, audio TEXT NOT NULL, speaker TEXT NOT NULL, split TEXT NOT NULL, transcript TEXT,
+    targets TEXT NOT NULL, extra TEXT NOT NULL, audio_hash TEXT NOT NULL, files TEXT NOT NULL)"""
+# Schemas 2 and 3 kept three label columns where `targets` is
+FIXED_LABELS = ("valence", "arousal", "dominance")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL,
@@ -41,10 +49,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS params (
     digest TEXT PRIMARY KEY, stage TEXT NOT NULL, version TEXT NOT NULL, params TEXT NOT NULL);
 %s;
-CREATE TABLE IF NOT EXISTS utterances (
-    id TEXT PRIMARY KEY, audio TEXT NOT NULL, speaker TEXT NOT NULL, split TEXT NOT NULL, transcript TEXT,
-    valence REAL, arousal REAL, dominance REAL, extra TEXT NOT NULL, audio_hash TEXT NOT NULL,
-    files TEXT NOT NULL);
+%s;
 CREATE TABLE IF NOT EXISTS feature_sets (
     name TEXT PRIMARY KEY, config TEXT NOT NULL, stages TEXT NOT NULL, corpus TEXT NOT NULL,
     members TEXT NOT NULL, rows_digest TEXT NOT NULL, corpus_digest TEXT NOT NULL, updated REAL NOT NULL);
@@ -54,7 +59,7 @@ CREATE TABLE IF NOT EXISTS completions (
 CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-""" % FAILURES_TABLE
+""" % (FAILURES_TABLE, UTTERANCES_TABLE)
 ENTRY_COLUMNS = "stage, utt, fingerprint, shard, row, checksum, bytes, params, audio, fields, upstream, grp, created"
 
 
@@ -138,8 +143,8 @@ class CacheIndex:
         if old and "params" not in old:
             self.db.close()
             raise ConfigError(f"the cache {root} was written by an older msf (index schema 1) that kept one "
-                              "entry per stage and utterance; msf 0.1 reads index schemas 2 and "
-                              f"{SCHEMA_VERSION}: extract into a new cache directory")
+                              f"entry per stage and utterance; msf 0.1 reads {READS}: extract into a new cache "
+                              "directory")
         try:
             written = self.get_meta("schema") if old else None
         except sqlite3.OperationalError:  # no meta table yet
@@ -147,10 +152,13 @@ class CacheIndex:
         if written is not None and written.isdigit() and int(written) > int(SCHEMA_VERSION):
             self.db.close()
             raise ConfigError(f"the cache {root} was written by a newer msf (index schema {written}); this msf "
-                              f"reads index schemas 2 and {SCHEMA_VERSION}: upgrade msf to read it")
+                              f"reads {READS}: upgrade msf to read it")
         if not old or not readonly:
             self._key_failures_by_fingerprint()
+            self._name_targets()
             self.db.executescript(SCHEMA)
+        # read-only over a schema 2/3 index: its rows are converted as they are read (`utterances`)
+        self._fixed_labels = "valence" in {r[1] for r in self.db.execute("PRAGMA table_info(utterances)")}
         if not readonly and self.get_meta("schema") != SCHEMA_VERSION:  # new, or migrated above
             self.set_meta("schema", SCHEMA_VERSION)
 
@@ -165,6 +173,18 @@ class CacheIndex:
             self.db.execute(FAILURES_TABLE)
             self.db.execute("INSERT INTO failures SELECT stage, utt, fingerprint, error, at FROM failures_schema2")
             self.db.execute("DROP TABLE failures_schema2")
+
+    def _name_targets(self) -> None:
+        """Schemas 2 and 3 kept the labels in three columns (valence, arousal, dominance): move them into
+        the named `targets` of each row, keeping every row."""
+        if "valence" not in {r[1] for r in self.db.execute("PRAGMA table_info(utterances)")}:
+            return
+        with self.transaction():
+            self.db.execute("ALTER TABLE utterances RENAME TO utterances_schema3")
+            self.db.execute(UTTERANCES_TABLE)
+            rows = self.db.execute("SELECT * FROM utterances_schema3")
+            self.db.executemany("INSERT INTO utterances VALUES (?,?,?,?,?,?,?,?,?)", map(_named_targets, rows))
+            self.db.execute("DROP TABLE utterances_schema3")
 
     def close(self) -> None:
         self.db.close()
@@ -258,12 +278,13 @@ class CacheIndex:
     # -- utterances and named feature sets ---------------------------------------------------
     def record_utterances(self, rows: Iterable[tuple[Any, ...]]) -> None:
         with self.transaction():
-            self.db.executemany("INSERT OR REPLACE INTO utterances VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO utterances VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
     def utterances(self, ids: Iterable[str] | None = None) -> dict[str, RecordedUtterance]:
         out: dict[str, RecordedUtterance] = {}
-        for r in self.db.execute("SELECT * FROM utterances"):
-            out[r[0]] = RecordedUtterance(Utterance.from_row(r), r[9], json.loads(r[10]) if r[10] != "{}" else {})
+        rows = self.db.execute("SELECT * FROM utterances")
+        for r in map(_named_targets, rows) if self._fixed_labels else rows:
+            out[r[0]] = RecordedUtterance(Utterance.from_row(r), r[7], json.loads(r[8]) if r[8] != "{}" else {})
         return out if ids is None else {i: out[i] for i in ids if i in out}
 
     def record_set(self, s: FeatureSetRecord) -> None:
@@ -373,3 +394,9 @@ class CacheIndex:
 
     def file_sizes(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT path, size FROM file_hashes")}
+
+
+def _named_targets(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A schema 2/3 `utterances` row (three label columns) as schema 4 records it (named targets)."""
+    targets = {k: v for k, v in zip(FIXED_LABELS, row[5:8]) if v is not None}
+    return (*row[:5], Utterance(row[0], row[1], targets=targets).to_row()[5], *row[8:])  # the one serialiser

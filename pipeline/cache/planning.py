@@ -47,9 +47,7 @@ def sources_from_corpus(corpus: Corpus, index: CacheIndex, progress: Callable[[i
 
 def rows_digest(sources: list[Source]) -> str:
     """Everything a fingerprint can take from the corpus: each utterance's recorded row and hashes."""
-    return digest("\n".join(f"{s.utt.id}\x1f{s.utt.audio}\x1f{s.utt.speaker}\x1f{s.utt.split}\x1f{s.utt.transcript}"
-                             f"\x1f{s.utt.valence}\x1f{s.utt.arousal}\x1f{s.utt.dominance}\x1f{s.utt.extra}"
-                             f"\x1f{s.audio_hash}\x1f{s.files}" for s in sources))
+    return digest("\n".join("\x1f".join(map(str, s.record())) for s in sources))
 
 
 def completion_keys(rows: str, params: dict[str, str], order: list[str]) -> dict[str, str]:

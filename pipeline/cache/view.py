@@ -22,7 +22,7 @@ from msf.pipeline.cache.planning import (Plan, Source, StageState, completion_ke
                                          sources_from_cache, sources_from_corpus, stage_state, status_of)
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.config import ConfigError, MsfConfig
-from msf.pipeline.corpus import Corpus, CorpusProblem, Utterance, corpus_source
+from msf.pipeline.corpus import Corpus, CorpusProblem, Utterance, corpus_source, target_names
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.stage import OutputField, Record, load_plugins, stage_class
 
@@ -312,7 +312,8 @@ class CacheView:
                 values[f] = [recs[u][name] for u in ids]
         from msf.pipeline.cache.dataset import CacheDataset
 
-        return CacheDataset(utts, arrays, values, max_frames, frozenset(f for f in arrays if spec[f].varying))
+        return CacheDataset(utts, arrays, values, max_frames, frozenset(f for f in arrays if spec[f].varying),
+                            target_names(utts))
 
     def _require_stage(self, stage: str) -> None:
         if stage not in self.record.stages:

@@ -111,7 +111,7 @@ def read(root: Path, spec: str, fold: int = 1, check_audio: bool = True) -> Corp
                     where,
                     utt,
                     session_dir / "sentences" / "wav" / dialog / f"{utt}.wav",
-                    (vad[0], vad[1], vad[2]),
+                    {"valence": vad[0], "arousal": vad[1], "dominance": vad[2]},
                     speaker=f"Ses{session:02d}{sex}",
                     split=split_for_fold(session, fold, f"Ses{session:02d}{sex}"),
                     transcript=words or None,

@@ -83,7 +83,7 @@ def read(
             if gender:  # the population baseline's group for speakers without one (pipeline/speaker_baseline.py)
                 hints["gender"] = gender
             # os.path.join keeps an absolute audio path as it is
-            b.add(where, utt, os.path.join(base, audio), (v, a, d), speaker, split, transcript or None, hints)
+            b.add(where, utt, os.path.join(base, audio), {"valence": v, "arousal": a, "dominance": d}, speaker, split, transcript or None, hints)
     except UnicodeDecodeError as e:
         raise CorpusError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save the manifest "
                           "as UTF-8") from None

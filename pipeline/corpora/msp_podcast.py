@@ -50,7 +50,7 @@ def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
                 where,
                 stem,
                 os.path.join(audios, name),
-                (row["EmoVal"], row["EmoAct"], row["EmoDom"]),
+                {"valence": row["EmoVal"], "arousal": row["EmoAct"], "dominance": row["EmoDom"]},
                 speaker=(row["SpkrID"] or "").strip(),
                 split=split,
                 transcript=_transcript(transcripts, stem),
