@@ -129,7 +129,7 @@ def audio_examples(corpus: Path, root: Path) -> dict[str, int]:
                     print(json.dumps(shown, indent=1))
                     text = shown["messages"][0]["content"][0]["text"]
                     u = next(u for u in ex.corpus.utterances if f'"{u.transcript}"' in text)
-                    print(f"-> {u.id}: {json.dumps(ex.read('describe', u.id))}")
+                    print(f"-> {u.id}: {json.dumps(ex.view().records('describe', [u.id]).get(u.id))}")
             ex.close()
             counts.append(len(server.requests) - before)
     print(f"describe.audio=true on {len(counts) and counts[0]} utterances: first run {counts[0]} requests, "

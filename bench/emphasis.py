@@ -26,7 +26,8 @@ from msf.pipeline.run.extraction import Extraction
 
 
 def evaluate(ex: Extraction, truth: dict[str, list[dict]]) -> dict[str, float]:
-    return score_against_truth(ex.read, set(ex.failures("align")), truth)
+    view = ex.view()
+    return score_against_truth(view.records("align"), view.records("emphasis"), set(ex.failures("align")), truth)
 
 
 def main() -> None:

@@ -29,8 +29,9 @@ def test_stored_features_equal_a_direct_forward(kind: str, tmp_path: Path) -> No
     ex = Extraction(cfg)
     report = ex.run(["acoustic"], progress=False)
     assert report["acoustic"].computed == 6 and report["acoustic"].failed == 0
+    frames = ex.view().records("acoustic")
     for u in ex.corpus.utterances:
-        rec = ex.read("acoustic", u.id)
+        rec = frames[u.id]
         wave = load_waveform(u.audio)
         ref = direct_hidden_states(model, wave)
         assert rec["frames"].dtype == np.float16 and rec["frames"].shape == ref.shape

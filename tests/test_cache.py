@@ -232,7 +232,7 @@ def test_unknown_speakers_are_never_one_group(small_demo: Path, tmp_path: Path) 
     sf.write(small_demo / rows[1]["audio"], x * 0.5, sr, subtype="PCM_16")
     assert computed(extract(f"demo:{small_demo}", tmp_path / "cache", *args))["emphasis"] == 1  # its own group only
     ex = Extraction(load_config(None, ["align.backend=provided"], corpus=f"demo:{small_demo}", cache=tmp_path / "cache"))
-    alone = ex.read("emphasis", rows[1]["id"])
+    alone = ex.view().records("emphasis", [rows[1]["id"]])[rows[1]["id"]]
     # no speaker baseline: no speaker-relative values (the trainer puts it against the population), and
     # the utterance's own measures
     assert alone["speaker_baseline"] is False and np.isnan(alone["pitch_st"]) and np.isnan(alone["rate_ratio"])

@@ -51,8 +51,9 @@ def test_every_request_carries_its_utterances_audio_and_a_rerun_asks_nothing(tmp
             parts = body["messages"][-1]["content"]
             assert [p["type"] for p in parts] == ["text", "input_audio"]
             assert parts[1]["input_audio"]["format"] == "wav" and "Listen to the recording" in parts[0]["text"]
+        described = ex.view().records("describe")
         for u in ex.corpus.utterances:
-            rec = ex.read("describe", u.id)
+            rec = described[u.id]
             seconds = sf.info(u.audio).duration
             assert f"lasts {seconds:.2f} seconds" in rec["text"], (rec["text"], seconds)  # its own audio, whole
             assert rec["audio_s"] == pytest.approx(seconds, abs=1e-3) and not rec["audio_trimmed"]

@@ -68,7 +68,8 @@ def test_stored_values_follow_the_parameters(tmp_path: Path) -> None:
         return Extraction(load_config(None, list(sets), corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
 
     base, tripled, unseen = extraction(), extraction("toy_summary.scale=3"), extraction("toy_summary.scale=5")
-    b, t = base.read("toy_summary", "u0001"), tripled.read("toy_summary", "u0001")  # each variant under its settings
+    # each variant under its own settings
+    b, t = (x.view().records("toy_summary", ["u0001"])["u0001"] for x in (base, tripled))
     assert abs(t["mean"] - 3 * b["mean"]).max() < 1e-5
     assert t["tags"].tolist() == ["u0001", "dev"] and t["speaker"] == "spk1"
     assert counts(base.status(STAGES)["toy_summary"]) == {"total": 3, "fresh": 3, "stale": 0, "missing": 0, "failed": 0}

@@ -115,8 +115,8 @@ def test_describe_retries_caches_and_never_pays_twice(tmp_path: Path, monkeypatc
         assert all(h.get("authorization") == "Bearer sk-secret-4242" for _, h, _ in server.requests)
         failed = ex.store.index.failures("describe")
         assert len(failed) == 1 and "HTTP 500 after 3 attempts" in failed[0].error
-        stored = {u.id: ex.read("describe", u.id)["text"] for u in ex.corpus.utterances
-                  if u.id != failed[0].utt}
+        stored = {u: r["text"] for u, r in ex.view().records("describe").items()}
+        assert set(stored) == {u.id for u in ex.corpus.utterances} - {failed[0].utt}
         assert all(t.startswith("The speaker sounds calm") for t in stored.values())
         ex.close()
 
@@ -177,8 +177,10 @@ def test_knowledge_describer_is_deterministic_and_reads_stance(tmp_path: Path) -
     for cache in ("c1", "c2"):
         ex = Extraction(cfg.model_copy(update={"cache": tmp_path / cache}))
         ex.run(["extended"], progress=False)
-        texts.append({u.id: ex.read("describe", u.id)["text"] for u in ex.corpus.utterances})
-        assert ex.read("extended", ex.corpus.utterances[0].id)["embedding"].shape == (384,)
+        view = ex.view()
+        texts.append({u: r["text"] for u, r in view.records("describe").items()})
+        assert len(texts[-1]) == len(ex.corpus.utterances)
+        assert all(r["embedding"].shape == (384,) for r in view.records("extended").values())
         ex.close()
     assert texts[0] == texts[1]
     checked = {"hedge": 0, "question": 0, "command": 0}
@@ -216,7 +218,7 @@ def test_global_embeds_a_transcript_whose_alignment_failed(tmp_path: Path, demo_
     assert reports["emphasis"].failed == 1  # emphasis does need the word times
     failed = ex.store.index.failures("align")[0]
     assert failed.utt == rows[1]["id"] and "does not match the audio" in failed.error
-    assert ex.read("global", rows[1]["id"])["embedding"].shape == (384,)
+    assert ex.view().records("global", [rows[1]["id"]])[rows[1]["id"]]["embedding"].shape == (384,)
     ex.close()
 
 
@@ -259,7 +261,8 @@ def test_describe_with_a_local_model_batches_and_caches(tmp_path: Path, tiny_cha
                                 profile="offline"))
     r = ex.run(["describe"], progress=False)["describe"]
     assert (r.computed, r.failed) == (5, 0), [f.error for f in ex.store.index.failures("describe")]
-    texts = {u.id: ex.read("describe", u.id) for u in ex.corpus.utterances}
+    texts = ex.view().records("describe")
+    assert len(texts) == 5
     ex.close()
     for rec in texts.values():
         assert rec["source"] == f"local:{tiny_chat_lm}"

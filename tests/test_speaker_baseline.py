@@ -75,13 +75,13 @@ def test_an_unknown_speaker_is_relative_to_the_training_population(demo_corpus: 
     unknown = [r["id"] for r in rows if r["speaker"] == "Unknown"]
     known = [r["id"] for r in rows if r["speaker"] != "Unknown"]
     assert len(unknown) >= 3
-    rec = ex.read("emphasis", unknown[0])
+    emphasis = ex.view().records("emphasis")
+    rec = emphasis[unknown[0]]
     assert rec["speaker_baseline"] is False and math.isnan(rec["pitch_st"]) and rec["f0_median_hz"] > 0
-    assert any(ex.read("emphasis", k)["speaker_baseline"] for k in known)
-    es = ex.read("describe", unknown[0])["text"]
+    assert any(emphasis[k]["speaker_baseline"] for k in known)
+    es = ex.view().records("describe", unknown[:1])[unknown[0]]["text"]
     assert "no baseline for this speaker" in es and "usual" not in es, es
-    own = {u: [float(ex.read("emphasis", u)[k]) for k in ("f0_median_hz", "loudness_abs_db", "rate_syl_s")]
-           for u in unknown}
+    own = {u: [float(emphasis[u][k]) for k in ("f0_median_hz", "loudness_abs_db", "rate_syl_s")] for u in unknown}
     ex.run(["acoustic"], progress=False)
     ex.close()
     data = FeatureSet(cache, ("audio", "prosody"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msf.trainer.data import TARGETS
+from msf.pipeline.corpus import TARGETS
 
 RESAMPLES = 1000
 COLUMNS = tuple(f"ccc_{t}" for t in TARGETS) + ("ccc_mean",)

@@ -17,7 +17,7 @@ import torch
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.fingerprint import canonical_json, digest
 from msf.pipeline.cache.view import CacheView
-from msf.pipeline.corpus import TARGETS, Utterance, load_corpus
+from msf.pipeline.corpus import Utterance, load_corpus
 from msf.pipeline.errors import UsageError
 from msf.pipeline.speaker_baseline import (ANY_GENDER, FrameStats, PopulationBaseline, RunBaseline, baseline_groups,
                                            gender_of, measures, population_key, prosody_vector)

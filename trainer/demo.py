@@ -23,7 +23,8 @@ def emphasis_quality(config: MsfConfig, truth: dict[str, list[dict]]) -> dict[st
     ex = Extraction(config)
     try:
         ex.run(["emphasis"], progress=False)
-        return score_against_truth(ex.read, set(ex.failures("align")), truth)
+        view = ex.view()
+        return score_against_truth(view.records("align"), view.records("emphasis"), set(ex.failures("align")), truth)
     finally:
         ex.close()
 

@@ -16,7 +16,7 @@ import torch
 from msf.pipeline.cache.view import CacheView
 from msf.pipeline.corpora.iemocap import SESSIONS
 from msf.pipeline.errors import UsageError
-from msf.trainer.data import TARGETS
+from msf.pipeline.corpus import TARGETS
 from msf.trainer.model import ccc
 
 COLUMNS = tuple(f"ccc_{t}" for t in TARGETS) + ("ccc_mean",)

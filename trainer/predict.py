@@ -26,13 +26,13 @@ import torch
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.view import CacheView
 from msf.pipeline.config import MsfConfig
-from msf.pipeline.corpus import Corpus, Utterance, load_corpus
+from msf.pipeline.corpus import TARGETS, Corpus, Utterance, load_corpus
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.run.progress import STDERR
 from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
-from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, TARGETS, batch_groups, make_batch, source_matrix,
+from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, make_batch, source_matrix,
                               source_present)
 from msf.trainer.train import MAX_BATCH_FRAMES, load_run, to_tensors
 

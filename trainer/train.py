@@ -18,11 +18,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msf.pipeline.backends.device import Device, place
+from msf.pipeline.corpus import TARGETS
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.run.faults import fault_point
 from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.run.progress import STDERR
-from msf.trainer.data import TARGETS, Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
+from msf.trainer.data import Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
 from msf.trainer.model import MsfSer, ModelConfig, ccc
 
 

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from msf.pipeline.cache.index import CacheIndex, Entry
-from msf.pipeline.errors import CacheDamaged, NotFound
+from msf.pipeline.errors import CacheDamaged
 from msf.pipeline.run.faults import fault_point
 from msf.pipeline.stage import Record
 

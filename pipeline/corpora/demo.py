@@ -18,7 +18,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -262,17 +262,17 @@ def read_truth(root: Path) -> dict[str, list[dict]]:
         return {t["id"]: t["words"] for t in map(json.loads, f)}
 
 
-def score_against_truth(read: Callable[[str, str], dict], failed: set[str], truth: dict[str, list[dict]]) -> dict[str, float]:
+def score_against_truth(align: dict[str, dict], emphasis: dict[str, dict], failed: set[str],
+                        truth: dict[str, list[dict]]) -> dict[str, float]:
     """Word-boundary error (ms, starts and ends pooled) and emphasis precision/recall/F1 of a cache's
-    `align` and `emphasis` entries (`read(stage, utt)`) against the corpus's truth; utterances whose
-    aligned words differ from the truth (ASR) are left out of both, and counted."""
+    `align` and `emphasis` records (utterance -> record, `CacheView.records`) against the corpus's
+    truth; utterances whose aligned words differ from the truth (ASR) are left out of both, and counted."""
     errors: list[float] = []
     tp = fp = fn = 0
     compared = 0
     for utt, words in truth.items():
-        try:
-            a, e = read("align", utt), read("emphasis", utt)
-        except KeyError:
+        a, e = align.get(utt), emphasis.get(utt)
+        if a is None or e is None:
             continue
         if a["words"].tolist() != [w["word"] for w in words]:
             continue

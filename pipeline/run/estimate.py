@@ -196,15 +196,6 @@ def _data_and_overhead(ex: Any, stage: str, fill: int = 256) -> tuple[dict[str, 
     return {u: round(data * n / sum(logical)) for u, n in zip(utts, logical)}, overhead
 
 
-def shards_written(entries: int, workers: int, shard_size: int) -> int:
-    """How many shards a run of `entries` writes, one per task: tasks are shard-sized but never fewer
-    than the workers (Extraction.run; group stages pack whole groups the same way)."""
-    if entries == 0:
-        return 0
-    per_task = max(1, min(shard_size, -(-entries // max(1, workers))))
-    return -(-entries // per_task)
-
-
 def pick_for_calibration(utterances: list[Utterance], durations: dict[str, float], n: int) -> list[Utterance]:
     """n utterances spread over the durations (shortest to longest), so the fit sees both ends."""
     ranked = sorted((u for u in utterances if durations.get(u.audio, 0) > 0), key=lambda u: durations[u.audio])
@@ -214,8 +205,9 @@ def pick_for_calibration(utterances: list[Utterance], durations: dict[str, float
 
 
 def estimate_stage(stage: Stage, to_compute: list[float], reused: int, why: dict[str, int],
-                   cost: StageCost | None, workers: int, cores: int | None, shard_size: int = 256) -> Estimate:
-    """Bytes and time for entries of these audio durations, on `workers` parallel workers sharing
+                   cost: StageCost | None, shards: int, workers: int, cores: int | None) -> Estimate:
+    """Bytes and time for entries of these audio durations, written as `shards` shards (one per task:
+    run/tasks.py, the run's own planner), on `workers` parallel workers sharing
     `cores` (None: a cluster's, unknown here). The calibration ran with every core of this process
     available, so workers only divide the wall time as far as the cores allow: a model runtime that
     kept two cores busy per entry takes the same time on one worker or two of a 2-core machine."""
@@ -236,7 +228,7 @@ def estimate_stage(stage: Stage, to_compute: list[float], reused: int, why: dict
             nbytes = declared * (written / sample) if sample else fitted
         else:
             nbytes = fitted
-        nbytes += cost.shard_overhead * shards_written(len(to_compute), workers, shard_size)
+        nbytes += cost.shard_overhead * shards
         a, b = cost.fit(1)
         wall = sum(a + b * d for d in to_compute) / max(1, workers)
         if cores:

@@ -18,20 +18,21 @@ from rich.progress import Progress
 
 from msf.pipeline.cache.index import FeatureSetRecord, Failure
 from msf.pipeline.config import ConfigError, MsfConfig
-from msf.pipeline.cache.view import recorded_corpus
+from msf.pipeline.cache.view import CacheView, recorded_corpus
 from msf.pipeline.corpus import Corpus, corpus_digest, corpus_source, load_corpus
-from msf.pipeline.errors import MsfError, NotFound, UsageError
+from msf.pipeline.errors import MsfError, UsageError
 from msf.pipeline.run.estimate import (Estimate, Sends, StageCost, audio_durations, calibrate as calibrate_stages,
                                    estimate_stage, pick_for_calibration)
 from msf.pipeline.run.executors import DaskExecutor, Executor
 from msf.pipeline.run.faults import fault_point
 from msf.pipeline.cache.fingerprint import params_digest
 from msf.pipeline.cache.lock import CacheLock
-from msf.pipeline.cache.planning import (Plan, Source, StageState, completion_keys, reasons, rows_digest,
+from msf.pipeline.cache.planning import (Plan, Source, completion_keys, reasons, rows_digest,
                                    sources_from_corpus, stage_state, status_of)
 from msf.pipeline.run.progress import progress_bar
+from msf.pipeline.run.tasks import TaskPlanner
 from msf.pipeline.cache.shard_store import ShardStore
-from msf.pipeline.stage import Record, load_plugins, needs_for, stage_class, stage_order
+from msf.pipeline.stage import load_plugins, stage_class, stage_order
 from msf.pipeline.run.worker import TaskItem, TaskResult, describe_error, run_task
 
 
@@ -169,13 +170,9 @@ class Extraction:
             self._plans[key] = Plan(self.sources, self.config.params_for, stages)
         return self._plans[key]
 
-    def read(self, stage: str, utt: str) -> Record:
-        """The entry of (stage, utterance) under the current settings."""
-        fp = self.plan([stage])[stage].fingerprints.get(utt)
-        entry = self.store.index.entry(stage, utt, fp) if fp else None
-        if entry is None:
-            raise NotFound(f"no fresh {stage!r} entry for utterance {utt!r} in {self.root}")
-        return self.store.read(entry)
+    def view(self) -> CacheView:
+        """The read API (CacheView) over what this extraction's feature set holds, under its settings."""
+        return CacheView(self.root, self.config.name, config=self.config, store=self.store)
 
     def status(self, stages: list[str], why: bool = False) -> dict[str, dict[str, Any]]:
         return status_of(self.plan(stages), self.store, why)
@@ -255,16 +252,8 @@ class Extraction:
                 raise
 
     # -- what it would cost ----------------------------------------------------------------
-    def _to_compute(self, plan: Plan, name: str) -> tuple[StageState, list[str]]:
-        """A stage's state and what a run would compute: what is not fresh, and for a group stage the
-        fresh members of every group it touches too (their statistics need them)."""
-        state = stage_state(self.store.index, self.store.shard_names(name), plan[name])
-        todo = state.todo
-        cls = plan[name].stage
-        if cls.group_by and todo:
-            touched = {plan.group_of(cls, u) for u in todo}
-            todo += [u for u in state.fresh if plan.group_of(cls, u) in touched]
-        return state, todo
+    def planner(self, plan: Plan) -> TaskPlanner:
+        return TaskPlanner(self.store, plan, self.config.shard_size, self.executor.workers)
 
     def dry_run(self, stages: list[str], calibrate: int = 5) -> dict[str, Estimate]:
         """Per stage: what would be computed and why, and its estimated bytes and wall time. Computes
@@ -272,25 +261,26 @@ class Extraction:
         machine: stages that would are not calibrated (their time is unknown), only counted."""
         preflight(self.config, stages)
         plan = self.plan(stages)
-        todo = {name: self._to_compute(plan, name) for name in plan.order}
-        need = {u for _, t in todo.values() for u in t}
+        planner = self.planner(plan)
+        work = {name: planner.work(name) for name in plan.order}
+        need = {u for w in work.values() for u in w.compute}
         durations = audio_durations(plan.sources[u].utt.audio for u in need)
         costs: dict[str, StageCost] = {}
         remote = remote_tainted(plan)
-        busy = [n for n in plan.order if todo[n][1] and n not in remote]
+        busy = [n for n in plan.order if work[n].compute and n not in remote]
         if calibrate > 0 and busy:
             utts = [plan.sources[u].utt for u in need]
             costs = calibrate_stages(self._calibration_extraction, pick_for_calibration(utts, durations, calibrate),
                                      busy, self.config.params_for)
         out: dict[str, Estimate] = {}
         for name in plan.order:
-            state, us = todo[name]
+            w = work[name]
+            us = w.compute
             stage = plan[name].stage(plan[name].params)
-            why = {r: len(u) for r, u in reasons(plan, self.store.index, name, state).items()}
+            why = {r: len(u) for r, u in reasons(plan, self.store.index, name, w.state).items()}
             out[name] = estimate_stage(stage, [durations[plan.sources[u].utt.audio] for u in us],
-                                       len(state.fresh) - (len(us) - len(state.todo)), why, costs.get(name),
-                                       self.config.workers, None if self.config.scheduler else os.cpu_count(),
-                                       self.config.shard_size)
+                                       len(w.state.fresh) - w.recomputed, why, costs.get(name), len(w.tasks),
+                                       self.config.workers, None if self.config.scheduler else os.cpu_count())
             egress = stage.egress()
             if egress is not None:
                 audio = (None if egress.max_audio_s is None
@@ -308,10 +298,13 @@ class Extraction:
         free = free_bytes(self.root)
         total = 0.0
         durations: dict[str, float] | None = None
+        planner = self.planner(plan)
         for name in plan.order:
             stage = plan[name].stage(plan[name].params)
-            _, us = self._to_compute(plan, name)
-            if not us or stage.declared_bytes(1.0) is None:
+            if stage.declared_bytes(1.0) is None:
+                continue
+            us = planner.work(name).compute
+            if not us:
                 continue
             if durations is None:
                 durations = audio_durations(s.utt.audio for s in plan.sources.values())
@@ -354,25 +347,15 @@ class Extraction:
         cls = sp.stage
         index = self.store.index
         index.record_params(sp.params_digest, name, cls.version, cls.fingerprint_params(sp.params))
-        state = stage_state(index, self.store.shard_names(name), sp)
-        report = StageReport(reused=len(state.fresh))
-        todo = state.todo
-        task = bar.add_task(name, total=len(todo))
+        work = self.planner(plan).work(name, locate=True)
+        state, groups, blocked = work.state, work.tasks, work.blocked
+        report = StageReport(reused=len(state.fresh) - work.recomputed)
+        task = bar.add_task(name, total=len(state.todo))
         shards, nbytes = set(state.fresh.values()), state.fresh_bytes  # of the fresh entries, for the marker
-        if not todo:
+        if not state.todo:
             index.record_completion(name, key, shards, len(sp.fingerprints), nbytes)
             report.seconds = round(time.perf_counter() - t0, 3)
             return report
-        upstream, blocked = self._upstream(plan, name, todo)
-        if cls.group_by:
-            groups = self._whole_groups(plan, name, state, upstream, report)
-        else:
-            ready = [u for u in todo if u in upstream]
-            sizes = index.file_sizes()
-            ready.sort(key=lambda u: sizes.get(plan.sources[u].utt.audio, 0))  # similar lengths share a task
-            # Shard-sized tasks, but never fewer tasks than workers: a small corpus still uses them all.
-            size = max(1, min(self.config.shard_size, -(-len(ready) // self.executor.workers)))
-            groups = [ready[i : i + size] for i in range(0, len(ready), size)]
         bar.update(task, total=len(blocked) + sum(len(g) for g in groups))
         if blocked:
             index.commit([], blocked)
@@ -382,7 +365,7 @@ class Extraction:
         threads = 0 if self.config.scheduler else max(1, (os.cpu_count() or 1) // self.executor.workers)
         # A task's items (each utterance's manifest row) are made as the executor takes the task: at
         # 300k utterances, all of them at once held 40 % of the driver's memory.
-        argsets = ((str(self.root), name, params, [self._task_item(plan, u, upstream[u]) for u in g],
+        argsets = ((str(self.root), name, params, [self._task_item(plan, u, work.upstream[u]) for u in g],
                     self.config.plugins, threads) for g in groups)
         # two tasks per worker in flight: one running, one queued, and nothing more held anywhere
         results = self.executor.run(run_task, argsets, window=2 * self.executor.workers)
@@ -414,49 +397,3 @@ class Extraction:
     def _task_item(plan: Plan, uid: str, upstream: dict[str, tuple[str, int]]) -> TaskItem:
         src = plan.sources[uid]
         return TaskItem(src.utt.to_dict(), src.audio_hash, upstream)
-
-    def _upstream(self, plan: Plan, name: str, utts: list[str]
-                  ) -> tuple[dict[str, dict[str, tuple[str, int]]], list[Failure]]:
-        """Where the upstream entries (stage -> shard, row) of each utterance whose upstream entries
-        are all fresh are; a failure record for the others, naming the upstream stage and its error."""
-        cls = plan[name].stage
-        index = self.store.index
-        located = {up: index.locations(up) for up in cls.needs}
-        shards = {up: self.store.shard_names(up) for up in cls.needs}
-        errors = {up: {(f.utt, f.fingerprint): f.error for f in index.failures(up)} for up in cls.needs}
-        found: dict[str, dict[str, tuple[str, int]]] = {}
-        blocked: list[Failure] = []
-        for uid in utts:
-            upstream: dict[str, tuple[str, int]] = {}
-            for up in needs_for(cls, plan.sources[uid].utt):
-                loc = located[up].get((uid, plan[up].fingerprints[uid]))
-                if loc is None or loc[0] not in shards[up]:
-                    why = errors[up].get((uid, plan[up].fingerprints[uid]), "no fresh entry")
-                    blocked.append(Failure(name, uid, plan[name].fingerprints[uid],
-                                           f"upstream stage {up!r} failed: {why}", time.time()))
-                    break
-                upstream[up] = loc
-            else:
-                found[uid] = upstream
-        return found, blocked
-
-    def _whole_groups(self, plan: Plan, name: str, state: StageState, items: dict[str, dict[str, tuple[str, int]]],
-                      report: StageReport) -> list[list[str]]:
-        """Tasks of whole groups: a group with anything to compute is computed with all its ready
-        members (its statistics need them), fresh ones included; packed up to shard_size per task.
-        The fresh members' upstream locations are added to `items`."""
-        cls = plan[name].stage
-        members: dict[str, list[str]] = {}
-        for uid in plan.sources:
-            members.setdefault(plan.group_of(cls, uid), []).append(uid)
-        touched = [ms for ms in members.values() if any(m in items for m in ms)]
-        again, _ = self._upstream(plan, name, [m for ms in touched for m in ms if m in state.fresh])
-        report.reused -= len(again)
-        items.update(again)
-        tasks: list[list[str]] = [[]]
-        for ms in touched:
-            group = [m for m in ms if m in items]
-            if tasks[-1] and len(tasks[-1]) + len(group) > self.config.shard_size:
-                tasks.append([])
-            tasks[-1].extend(group)
-        return [t for t in tasks if t]

@@ -7,6 +7,7 @@ The backends live in `msf.pipeline.aligners`, the corpus files' readers in the c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
