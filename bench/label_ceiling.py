@@ -18,9 +18,8 @@ import json
 import torch
 
 from msf.pipeline.corpora.demo import draw_specs
+from msf.pipeline.corpus import TARGETS
 from msf.trainer.model import ccc
-
-TARGETS = ("valence", "arousal", "dominance")
 
 
 def ceilings(n: int, seed: int) -> dict[str, dict[str, float]]:

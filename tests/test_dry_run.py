@@ -86,3 +86,32 @@ def test_a_run_that_would_not_fit_stops_unless_forced(tmp_path: Path, monkeypatc
     monkeypatch.setattr(extraction, "free_bytes", lambda path: os.statvfs(path).f_bavail)
     code, out, _ = cli(*args)  # nothing left to write: no check, no complaint
     assert code == 0 and last_json(out)["stages"]["toy_energy"]["computed"] == 0
+
+
+def test_the_run_the_dry_run_and_the_free_space_guard_plan_the_same_tasks(tmp_path: Path) -> None:
+    """One planner (pipeline/run/tasks.py): a changed utterance of a group stage recomputes its whole
+    group, in whole-group tasks; the dry run counts exactly that, and the run does exactly that."""
+    from msf.pipeline.config import load_config
+    from msf.pipeline.run.extraction import Extraction
+
+    corpus = write_manifest(tmp_path / "c", 9)  # speakers spk0, spk1, spk2: three utterances each
+    cache = tmp_path / "cache"
+    args = ("extract", "--corpus", str(corpus), "--cache", str(cache), "--set", 'plugins=["toy_stages"]',
+            "--set", "shard_size=4", "--stage", "toy_speaker_relative", "--json")
+    code, out, err = cli(*args)
+    assert code == 0 and last_json(out)["stages"]["toy_speaker_relative"]["computed"] == 9, err
+    ex = Extraction(load_config(None, ['plugins=["toy_stages"]', "shard_size=4"], corpus=str(corpus), cache=cache))
+    plan = ex.plan(["toy_speaker_relative"])
+    # u0004 (spk1's) loses its entry, as `msf cache verify` drops a damaged one; spk1's others stay fresh
+    ex.store.index.drop("toy_speaker_relative", [("u0004", plan["toy_speaker_relative"].fingerprints["u0004"])])
+    planner = ex.planner(plan)
+    for locate in (False, True):  # a dry run's view and a run's (upstream located): the same work
+        work = planner.work("toy_speaker_relative", locate=locate)
+        assert work.state.todo == ["u0004"] and work.recomputed == 2
+        assert work.tasks == [["u0001", "u0004", "u0007"]]  # spk1, whole
+    ex.close()
+    code, out, err = cli(*args, "--dry-run", "--calibrate", "0")
+    assert code == 0 and last_json(out)["stages"]["toy_speaker_relative"]["to_compute"] == 3, err
+    code, out, err = cli(*args)
+    report = last_json(out)["stages"]["toy_speaker_relative"]
+    assert code == 0 and (report["computed"], report["reused"]) == (3, 6), err

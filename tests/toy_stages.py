@@ -61,6 +61,29 @@ class ToySummary(Stage):
         ]
 
 
+class GroupParams(StageParams):
+    offset: float = 0.0
+
+
+@register
+class ToySpeakerRelative(Stage):
+    """Each utterance's mean energy minus its speaker's: a group stage (computed with its whole group)."""
+
+    name = "toy_speaker_relative"
+    needs = ("toy_energy",)
+    group_by = "speaker"
+    Params = GroupParams
+
+    def compute(self, batch: list[Item]) -> list[Record | Exception]:
+        means = {it.utt.id: float(np.asarray(it.inputs["toy_energy"]["frames"], np.float32)[:, 0].mean())
+                 for it in batch}
+        groups: dict[str, list[float]] = {}
+        for it in batch:
+            groups.setdefault(it.utt.speaker, []).append(means[it.utt.id])
+        return [{"relative": means[it.utt.id] - float(np.mean(groups[it.utt.speaker])) + self.params.offset,  # type: ignore[attr-defined]
+                 "group_size": len(groups[it.utt.speaker])} for it in batch]
+
+
 class SlowParams(StageParams):
     delay: float = 0.0
     device: str = "cpu"

@@ -11,7 +11,7 @@ from typing import Literal
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus, read_truth, score_against_truth
 from msf.pipeline.run.extraction import Extraction
-from msf.pipeline.run.progress import STDERR
+from msf.pipeline.progress import STDERR
 from msf.trainer.ablate import COLUMNS, ablate, table
 
 STAGES = ["acoustic", "global", "local", "extended"]  # and everything upstream of them

@@ -30,7 +30,7 @@ from msf.pipeline.corpus import TARGETS, Corpus, Utterance, load_corpus
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.run.extraction import Extraction
-from msf.pipeline.run.progress import STDERR
+from msf.pipeline.progress import STDERR
 from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
 from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, make_batch, source_matrix,
                               source_present)

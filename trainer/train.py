@@ -22,7 +22,7 @@ from msf.pipeline.corpus import TARGETS
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.run.faults import fault_point
 from msf.pipeline.cache.lock import CacheLock
-from msf.pipeline.run.progress import STDERR
+from msf.pipeline.progress import STDERR
 from msf.trainer.data import Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
 from msf.trainer.model import MsfSer, ModelConfig, ccc
 

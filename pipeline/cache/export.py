@@ -15,7 +15,7 @@ import numpy as np
 from msf.pipeline.cache.view import CacheView
 from msf.pipeline.corpus import target_names
 from msf.pipeline.errors import UsageError
-from msf.pipeline.run.progress import progress_bar
+from msf.pipeline.progress import progress_bar
 
 # What is exported when no --fields are given: the arrays the trainer's sources read, where extracted.
 DEFAULT_FIELDS = ("acoustic.frames", "global.embedding", "local.embedding", "extended.embedding")

@@ -205,7 +205,7 @@ def build_demo_corpus(out: Path, n: int = 300, seed: int = 0, workers: int | Non
     """Write OUT/wavs/*.wav, OUT/manifest.csv, OUT/truth.jsonl and OUT/generator.jsonl."""
     from rich.progress import Progress
 
-    from msf.pipeline.run.progress import STDERR
+    from msf.pipeline.progress import STDERR
 
     if n < 1:
         raise UsageError("the demo corpus needs at least one utterance (--n)")

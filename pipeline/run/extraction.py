@@ -29,7 +29,7 @@ from msf.pipeline.cache.fingerprint import params_digest
 from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.cache.planning import (Plan, Source, completion_keys, reasons, rows_digest,
                                    sources_from_corpus, stage_state, status_of)
-from msf.pipeline.run.progress import progress_bar
+from msf.pipeline.progress import progress_bar
 from msf.pipeline.run.tasks import TaskPlanner
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.stage import load_plugins, stage_class, stage_order
