@@ -87,3 +87,25 @@ def test_windows_crop_in_training_and_tile_in_evaluation(tmp_path: Path) -> None
         assert (b == -1) if lengths[k] <= 100 else (b - a == 100 and 0 <= a <= lengths[k] - 100)
     other = data._windows(order, lengths, training=True, seed=3, epoch=2)
     assert [r for r in one if r[0] == 1] != [r for r in other if r[0] == 1]  # a new window each epoch
+
+
+def test_a_long_file_is_predicted_window_by_window_as_evaluation_scores_it(tmp_path: Path) -> None:
+    """`msf predict FILE` on a file longer than the run's max_seconds tiles it with the evaluation's
+    windows and averages: the same numbers the run's own evaluation gave that file."""
+    from typer.testing import CliRunner
+
+    from msf.cli import app
+
+    model = save_tiny_encoder("wavlm", tmp_path / "wavlm")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    _extract(_corpus(tmp_path / "c", 70.0), cache, model)  # 70 s: three windows of 23.3 s at max_seconds 30
+    r = CliRunner().invoke(app, ["train", "--features", str(cache), "--out", str(run), "--sources", "audio",
+                                 "--epochs", "2", "--set", "train.hidden=16", "--set", "train.batch_size=4",
+                                 "--no-speaker-norm"])
+    assert r.exit_code == 0, r.output
+    scored = next(row for row in csv.DictReader(open(run / "predictions.csv")) if row["id"] == "long2")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "c" / "wavs" / "long.wav"), "--run", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.stdout.strip().splitlines()[-1])
+    for t in ("valence", "arousal", "dominance"):
+        assert abs(row[t] - float(scored[f"pred_{t}"])) < 2e-4, (row, scored)

@@ -166,6 +166,16 @@ def _skip_reason(why: str) -> str:
     return f"stale ({why}): rerun msf extract"
 
 
+def evaluation_windows(frames: int, crop: int | None) -> list[tuple[int, int]]:
+    """How an utterance is evaluated (and predicted): whole ((0, -1)) when it has at most `crop` frames,
+    else ceil(frames / crop) windows of equal length tiling it, whose predictions are averaged."""
+    if crop is None or frames <= crop:
+        return [(0, -1)]
+    w = -(-frames // crop)
+    bounds = [round(i * frames / w) for i in range(w + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(w)]
+
+
 class FeatureSet:
     """The utterances of a named feature set that have labels, a split and acoustic features, read
     through the public read API (`CacheView`). A text-side source whose stage failed for an utterance is
@@ -373,16 +383,7 @@ class FeatureSet:
             rng = np.random.default_rng([seed, epoch, 2])
             starts = [int(rng.integers(0, max(1, int(n) - c + 1))) for n in lengths]
             return [(int(k), starts[k], starts[k] + c) if lengths[k] > c else (int(k), 0, -1) for k in order]
-        out: list[tuple[int, int, int]] = []
-        for k in order:  # evaluation: ceil(n / crop) windows of equal length tiling the utterance
-            n = int(lengths[k])
-            if n <= c:
-                out.append((int(k), 0, -1))
-                continue
-            w = -(-n // c)
-            bounds = [round(i * n / w) for i in range(w + 1)]
-            out += [(int(k), bounds[i], bounds[i + 1]) for i in range(w)]
-        return out
+        return [(int(k), start, stop) for k in order for start, stop in evaluation_windows(int(lengths[k]), c)]
 
     def lengths(self, split: str) -> np.ndarray:
         """Frames per utterance of a split, from the frames held in memory or the shards' offsets."""

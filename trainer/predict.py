@@ -32,7 +32,7 @@ from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.progress import STDERR
 from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
-from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, make_batch, source_matrix,
+from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, evaluation_windows, make_batch, source_matrix,
                               source_present)
 from msf.trainer.train import MAX_BATCH_FRAMES, load_run, to_tensors
 
@@ -165,6 +165,7 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
         with CacheView.open(root, "predict") as view:
             column = view.column(SOURCE_FIELDS["audio"][0], [u.id for u in ok], cfg.layers)
             frame_stats = _frame_stats(column, ok, baseline) if cfg.speaker_norm else None
+            crop = _crop_frames(view, ok, cfg.max_seconds)
             for start in range(0, len(ok), READ_AHEAD):
                 chunk = ok[start : start + READ_AHEAD]
                 frames = column.read(range(start, start + len(chunk)))
@@ -174,18 +175,26 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
                 text = [s for s in sources if s != "audio"]
                 vectors = {s: source_matrix(s, chunk, records[STAGE_OF[s]], _population(baseline, s)) for s in text}
                 masks = {s: np.array([source_present(s, records[STAGE_OF[s]].get(u.id)) for u in chunk]) for s in text}
-                lengths = np.array([len(f) for f in frames])
-                for g in batch_groups(np.arange(len(chunk)), 64, training=False, lengths=lengths,
-                                      max_frames=MAX_BATCH_FRAMES):
-                    b = make_batch([frames[k] for k in g], {s: v[g] for s, v in vectors.items()},
-                                   {s: m[g] for s, m in masks.items()}, np.zeros((len(g), 3), np.float32),
-                                   [chunk[k].id for k in g])
+                # a file longer than the run's max_seconds is predicted window by window and its windows'
+                # predictions averaged, as evaluation does (evaluation_windows): memory bounded by the window
+                windows = [(k, a, b) for k in range(len(chunk)) for a, b in evaluation_windows(len(frames[k]), crop)]
+                owner = np.array([k for k, _, _ in windows])
+                pieces = [frames[k] if b < 0 else frames[k][a:b] for k, a, b in windows]
+                total = np.zeros((len(chunk), len(TARGETS)), np.float64)
+                for g in batch_groups(np.arange(len(windows)), 64, training=False,
+                                      lengths=np.array([len(f) for f in pieces]), max_frames=MAX_BATCH_FRAMES):
+                    ks = owner[g]
+                    b = make_batch([pieces[i] for i in g], {s: v[ks] for s, v in vectors.items()},
+                                   {s: m[ks] for s, m in masks.items()}, np.zeros((len(g), 3), np.float32),
+                                   [chunk[k].id for k in ks])
                     frames_t, lens, vecs, mask_t, _ = to_tensors(b, device)
                     with torch.inference_mode():
                         pred, _ = model(frames_t, lens, vecs, mask_t)
-                    for k, p in zip(g, pred.float().cpu().numpy()):
-                        rows[chunk[k].id].update({t: round(float(v), 4) for t, v in zip(TARGETS, p)})
-                    writer.write([rows[chunk[k].id] for k in g])
+                    np.add.at(total, ks, pred.float().cpu().numpy())
+                mean = total / np.bincount(owner, minlength=len(chunk))[:, None]
+                for k, p in enumerate(mean):
+                    rows[chunk[k].id].update({t: round(float(v), 4) for t, v in zip(TARGETS, p)})
+                writer.write([rows[u.id] for u in chunk])
     return [rows[u.id] for u in corpus.utterances]
 
 
@@ -208,6 +217,14 @@ def parse_volatile(sets: list[str]) -> dict[str, dict[str, Any]]:
                              f"features match the run's; for {stage!r}: {allowed}")
         out.setdefault(stage, {})[name] = parse_value(raw)
     return out
+
+
+def _crop_frames(view: CacheView, utts: list[Utterance], max_seconds: float | None) -> int | None:
+    """The run's max_seconds in frames of the acoustic features (None: no window)."""
+    if not utts or not max_seconds:
+        return None
+    rate = float(view.records("acoustic", [utts[0].id])[utts[0].id]["frame_rate"])
+    return max(1, int(round(max_seconds * rate)))
 
 
 def _population(baseline: RunBaseline, source: str) -> Any:
