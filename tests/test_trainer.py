@@ -504,3 +504,43 @@ def test_settings_come_from_presets_msf_toml_set_and_options(tmp_path: Path, mon
     model = MsfSer(ModelConfig((8,), {"gs": 4}, ("audio", "gs"), text_targets=("valence", "arousal", "dominance"),
                                text_head=False))
     assert model.moe.text_head is None and model.reads_text == [True, True, True]
+
+
+def test_a_failed_text_stage_masks_a_source_and_a_lost_utterance_is_listed(demo_features: Path,
+                                                                           tmp_path: Path) -> None:
+    """No silent shrinkage: a test utterance whose `global` failed is kept with GS masked, in every
+    variant; one without acoustic features is dropped, listed by id and reason in dropped.csv and in
+    the coverage; --require-full-coverage then refuses to train."""
+    import csv
+    import shutil
+    import time
+
+    import msf
+    from msf.pipeline.cache.index import CacheIndex, Failure
+    from msf.pipeline.errors import UsageError
+    from msf.trainer.ablate import ablate
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_features, cache)
+    with msf.open_cache(cache) as view:
+        test = sorted(u.id for u in view.utterances if u.split == "test")
+        fps = {st: view.fingerprints(st) for st in ("global", "acoustic")}
+    text_failed, lost = test[0], test[1]
+    index = CacheIndex(cache)  # as a run records them: the entry gone, a failure under its fingerprint
+    for stage, uid, error in (("global", text_failed, "no words to embed"), ("acoustic", lost, "decode error")):
+        index.drop(stage, [(uid, fps[stage][uid])])
+        index.commit([], [Failure(stage, uid, fps[stage][uid], error, time.time())])
+    index.close()
+    m = train(TrainConfig(features=cache, **dict(FAST, epochs=1)), tmp_path / "run", progress=False)
+    assert m["coverage"]["test"] == {"kept": len(test) - 1, "total": len(test)} and m["test"]["n"] == len(test) - 1
+    assert m["masked"] == {"gs": 1} and m["skipped"] == {"failed extraction": 1}
+    assert list(csv.reader(open(tmp_path / "run" / "dropped.csv")))[1:] == [[lost, "test", "failed extraction"]]
+    scored = {r["id"] for r in csv.DictReader(open(tmp_path / "run" / "predictions.csv")) if r["split"] == "test"}
+    assert text_failed in scored and lost not in scored
+    results = ablate(cache, tmp_path / "ab", seeds=1, progress=False, variants=["audio", "full"], **dict(FAST, epochs=1))
+    assert list(results) == ["audio", "full"] and all(  # every variant on the same utterances
+        json.loads((tmp_path / "ab" / v / "seed-0" / "metrics.json").read_text())["test"]["n"] == len(test) - 1
+        for v in results)
+    with pytest.raises(UsageError, match=r"--require-full-coverage: test kept \d+ of \d+ labelled utterances"):
+        train(TrainConfig(features=cache, require_full_coverage=True, **dict(FAST, epochs=1)), tmp_path / "strict",
+              progress=False)

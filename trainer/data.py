@@ -209,7 +209,8 @@ class FeatureSet:
                 utts = refold(utts, fold, fold_dev)
             stages = list(dict.fromkeys(STAGE_OF[s] for s in sources))
             fresh = view.fresh(stages)
-            why = {st: view.why_not_fresh(st) for st in stages}
+            # the reasons (a pass over the index per stage) only for stages with something not fresh
+            why = {st: view.why_not_fresh(st) for st in stages if any(u.id not in fresh[st] for u in utts)}
             self.dropped: list[tuple[str, str, str]] = []  # (id, split, reason)
             keep: list[Utterance] = []
             for u in sorted(utts, key=lambda u: u.id):
