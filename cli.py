@@ -178,7 +178,7 @@ def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str]
     from msf.pipeline.config import MsfConfig, load_config
     from msf.pipeline.corpus import corpus_digest, load_corpus
 
-    store = open_store(cache)
+    store = open_store(cache, readonly=True)  # status, show, inspect: they read, never write
     try:
         record = store.index.feature_set(name)
         cfg = source = None

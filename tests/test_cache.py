@@ -300,6 +300,11 @@ def test_the_read_api_opens_a_cache_of_an_earlier_index_schema(tmp_path: Path) -
     with msf.open_cache(cache) as view:
         assert len(view.records("toy_summary")) == 6 and view.failures() == []
         assert {u.id: (u.labels, u.targets, u.extra, u.split) for u in view.utterances} == now
+    code, out, err = cli("status", "--cache", str(cache), "--json")  # a reader: it reads, and changes nothing
+    assert code == 0 and json.loads(out)["stages"]["toy_summary"]["fresh"] == 6, err
+    db = sqlite3.connect(cache / "index.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "2"
+    db.close()
     assert computed(extract(corpus, cache, *base))["toy_summary"] == 0  # a writer migrates, reusing all
     db = sqlite3.connect(cache / "index.sqlite")
     assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "4"

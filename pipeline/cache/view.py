@@ -35,9 +35,11 @@ def require_cache(cache: Path) -> None:
         raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
 
 
-def open_store(cache: Path) -> ShardStore:
+def open_store(cache: Path, readonly: bool = False) -> ShardStore:
+    """The cache's store; `readonly`: the index refuses every write (nor does it migrate an older schema),
+    so reading a cache never changes it under another msf reading or writing it."""
     require_cache(cache)
-    return ShardStore(Path(cache))
+    return ShardStore(Path(cache), readonly=readonly)
 
 
 def recorded_corpus(index: CacheIndex, config: MsfConfig, digest_now: str | None) -> Corpus | None:
@@ -86,8 +88,7 @@ class CacheView:
     @classmethod
     def open(cls, cache: Path, name: str = "default") -> "CacheView":
         """Read-only (the public API, training, evaluation): the index refuses every write."""
-        require_cache(cache)
-        return cls(Path(cache), name, store=ShardStore(Path(cache), readonly=True), owns_store=True)
+        return cls(Path(cache), name, store=open_store(cache, readonly=True), owns_store=True)
 
     @cached_property
     def sources(self) -> list[Source]:
