@@ -166,6 +166,14 @@ def _skip_reason(why: str) -> str:
     return f"stale ({why}): rerun msf extract"
 
 
+def crop_frames(view: CacheView, ids: list[str], max_seconds: float | None) -> int | None:
+    """`max_seconds` in frames of the cached acoustic features (their `frame_rate`); None: no window."""
+    if not max_seconds:
+        return None
+    rate = float(view.records("acoustic", ids[:1])[ids[0]]["frame_rate"]) if ids else 50.0
+    return max(1, int(round(max_seconds * rate)))
+
+
 def evaluation_windows(frames: int, crop: int | None) -> list[tuple[int, int]]:
     """How an utterance is evaluated (and predicted): whole ((0, -1)) when it has at most `crop` frames,
     else ceil(frames / crop) windows of equal length tiling it, whose predictions are averaged."""
@@ -236,8 +244,7 @@ class FeatureSet:
                 for u in keep if u.split == "train" and u.id in records["emphasis"]
             ) if "prosody" in sources else None
             frames = view.column(SOURCE_FIELDS["audio"][0], ids, layers)
-            rate = float(view.records("acoustic", ids[:1])[ids[0]]["frame_rate"]) if ids else 50.0
-            self.crop = max(1, int(round(max_seconds * rate))) if max_seconds else None  # frames
+            self.crop = crop_frames(view, ids, max_seconds)
             position = {u: k for k, u in enumerate(ids)}
             self.masked = {s: sum(u not in records[STAGE_OF[s]] for u in ids) for s in sources if s != "audio"}
             self.splits: dict[str, Split] = {}

@@ -32,8 +32,8 @@ from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.progress import STDERR
 from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
-from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, evaluation_windows, make_batch, source_matrix,
-                              source_present)
+from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, crop_frames, evaluation_windows, make_batch,
+                              source_matrix, source_present)
 from msf.trainer.train import MAX_BATCH_FRAMES, load_run, to_tensors
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
@@ -165,7 +165,7 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
         with CacheView.open(root, "predict") as view:
             column = view.column(SOURCE_FIELDS["audio"][0], [u.id for u in ok], cfg.layers)
             frame_stats = _frame_stats(column, ok, baseline) if cfg.speaker_norm else None
-            crop = _crop_frames(view, ok, cfg.max_seconds)
+            crop = crop_frames(view, [u.id for u in ok], cfg.max_seconds)
             for start in range(0, len(ok), READ_AHEAD):
                 chunk = ok[start : start + READ_AHEAD]
                 frames = column.read(range(start, start + len(chunk)))
@@ -217,14 +217,6 @@ def parse_volatile(sets: list[str]) -> dict[str, dict[str, Any]]:
                              f"features match the run's; for {stage!r}: {allowed}")
         out.setdefault(stage, {})[name] = parse_value(raw)
     return out
-
-
-def _crop_frames(view: CacheView, utts: list[Utterance], max_seconds: float | None) -> int | None:
-    """The run's max_seconds in frames of the acoustic features (None: no window)."""
-    if not utts or not max_seconds:
-        return None
-    rate = float(view.records("acoustic", [utts[0].id])[utts[0].id]["frame_rate"])
-    return max(1, int(round(max_seconds * rate)))
 
 
 def _population(baseline: RunBaseline, source: str) -> Any:
