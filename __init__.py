@@ -16,7 +16,10 @@ if TYPE_CHECKING:  # importing the view here would import the whole pipeline wit
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 __version__ = "0.1.0"
-__all__ = ["open_cache", "__version__"]
+__all__ = ["open_cache", "MsfError", "UsageError", "NotFound", "CacheDamaged", "__version__"]
+
+# The errors the read API raises, catchable as msf.NotFound etc. (docs/api.md); a light module.
+from msf.pipeline.errors import CacheDamaged, MsfError, NotFound, UsageError  # noqa: E402
 
 
 def open_cache(path: str | os.PathLike[str], name: str = "default") -> CacheView:

@@ -179,9 +179,10 @@ def test_no_transcript_whisper_asr_then_sphinx_realigns(demo_corpus: Path) -> No
 
 
 def test_batched_asr_transcribes_a_long_file_as_the_sequential_one_does(demo_corpus: Path, tmp_path: Path) -> None:
-    """faster-whisper's batched pipeline (the default on CUDA, asked for here on CPU): a 40 s file of
-    several utterances with pauses gives the words the one-segment-at-a-time decoder gives, and the
-    batch size enters the fingerprint only when it batches."""
+    """With whisper_window=30 (Whisper's own window, as before it was a setting), faster-whisper's
+    batched pipeline (the default on CUDA, asked for here on CPU): a 40 s file of several utterances
+    with pauses gives the words the one-segment-at-a-time decoder gives, and the batch size enters the
+    fingerprint only when it batches."""
     import soundfile as sf
 
     from msf.pipeline.audio_io import load_waveform
@@ -199,15 +200,16 @@ def test_batched_asr_transcribes_a_long_file_as_the_sequential_one_does(demo_cor
     item = Item(Utterance("long", str(tmp_path / "long.wav")))
     words = {}
     for batch in (1, 4):
-        rec = _stage(backend="whisper", model=BUNDLED_TINY_EN, asr_batch=batch).compute([item])[0]
+        rec = _stage(backend="whisper", model=BUNDLED_TINY_EN, asr_batch=batch, whisper_window=30).compute([item])[0]
         assert not isinstance(rec, Exception), rec
         words[batch] = rec["words"].tolist()
         assert np.all(np.diff(rec["start"]) >= 0) and rec["end"][-1] > 35.0
     common = len(set(words[1]) & set(words[4])) / len(set(words[1]))
     assert len(words[4]) > 60 and common > 0.9, (words[1], words[4])
     fp = AlignStage.fingerprint_params
-    assert "asr_batch" not in fp(AlignParams()) and fp(AlignParams(device="cuda"))["asr_batch"] == 16
-    assert fp(AlignParams(asr_batch=4))["asr_batch"] == 4
+    assert "asr_batch" not in fp(AlignParams(whisper_window=30))
+    assert fp(AlignParams(device="cuda", whisper_window=30))["asr_batch"] == 16
+    assert fp(AlignParams(asr_batch=4, whisper_window=30))["asr_batch"] == 4
 
 
 def test_whisper_aligns_a_file_longer_than_its_window_by_segments(demo_corpus: Path) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from msf.pipeline.cache.index import CacheIndex, Entry
 from msf.pipeline.errors import CacheDamaged
+from msf.pipeline.quantized import SCALE_SUFFIX, decode_record, dequantize
 from msf.pipeline.run.faults import fault_point
 from msf.pipeline.stage import Record
 
@@ -230,6 +231,7 @@ class ShardReader:
         # (path, field) -> (offsets, data). ContiguousArray entries outlive their file's handle (a few KB
         # each), so random access over more shards than max_open does not reopen files every batch.
         self._columns: dict[tuple[Path, str], tuple[np.ndarray, Any]] = {}
+        self._scaled: dict[tuple[Path, str], bool] = {}  # (path, field) -> stored as one-byte values
 
     def file(self, path: Path) -> h5py.File:
         f = self._open.pop(path, None)
@@ -274,7 +276,22 @@ class ShardReader:
         shard are read as one span (one call and each compressed chunk decompressed once), rows far
         apart one by one; nothing else of the record is read. `select`: entries of the second axis
         to keep (layers), read alone from a contiguous shard; `spans`: per row, the (start, stop) of its
-        first axis to read (stop None: to its end), and only that part is read."""
+        first axis to read (stop None: to its end), and only that part is read. One-byte frames come back
+        as float32, their scales read by the same rows, spans and layers (`msf.pipeline.quantized`)."""
+        if self._quantized(path, name):
+            values = self._stored_rows(path, name, rows, select, spans)
+            scales = self._stored_rows(path, name + SCALE_SUFFIX, rows, select, spans)
+            return [dequantize(v, sc) for v, sc in zip(values, scales)]
+        return self._stored_rows(path, name, rows, select, spans)
+
+    def _quantized(self, path: Path, name: str) -> bool:
+        key = (path, name)
+        if key not in self._scaled:  # remembered, as the columns are: a streaming read opens no file for it
+            self._scaled[key] = not name.endswith(SCALE_SUFFIX) and name + SCALE_SUFFIX in self.file(path)
+        return self._scaled[key]
+
+    def _stored_rows(self, path: Path, name: str, rows: list[int], select: list[int] | None,
+                     spans: list[tuple[int, int | None]] | None) -> list[np.ndarray]:
         offsets, data = self._column(path, name)
         if select is not None or spans is not None:
             return [self._part(data, int(offsets[r]), int(offsets[r + 1]), select, spans[i] if spans else None)
@@ -305,7 +322,8 @@ class ShardReader:
             return data.take(lo, hi, select)
         return np.asarray(data[lo:hi])[:, select]  # a chunked dataset: read, then select
 
-    def row(self, path: Path, row: int) -> Record:
+    def row(self, path: Path, row: int, raw: bool = False) -> Record:
+        """One row as readers see it (one-byte frames as float32), or as stored with `raw`."""
         f = self.file(path)
         out: Record = {}
         for name, obj in f.items():
@@ -320,7 +338,7 @@ class ShardReader:
                 out[name] = obj.asstr()[row]
             else:
                 out[name] = {"bool": bool, "int": int, "float": float}[kind](obj[row])
-        return out
+        return out if raw else decode_record(out)
 
     def rows(self, path: Path, rows: list[int]) -> list[Record]:
         """Several rows of one shard, each dataset read once (much cheaper than row by row when a
@@ -347,11 +365,12 @@ class ShardReader:
             rec: Record = {}
             for name, (kind, data, offsets) in columns.items():
                 rec[name] = data[offsets[r] : offsets[r + 1]] if offsets is not None else cast[kind](data[r])
-            out.append(rec)
+            out.append(decode_record(rec))
         return out
 
     def close(self) -> None:
         self._columns.clear()
+        self._scaled.clear()
         for f in self._open.values():
             f.close()
         self._open.clear()
@@ -388,8 +407,9 @@ class ShardStore:
     def shard_path(self, stage: str, shard: str) -> Path:
         return self.root / stage / shard
 
-    def read(self, entry: Entry) -> Record:
-        return self.reader.row(self.shard_path(entry.stage, entry.shard), entry.row)
+    def read(self, entry: Entry, raw: bool = False) -> Record:
+        """An entry's record as readers see it, or as stored (`raw`: what checksums and compaction see)."""
+        return self.reader.row(self.shard_path(entry.stage, entry.shard), entry.row, raw)
 
     def shard_files(self, stage: str) -> list[Path]:
         d = self.root / stage
@@ -433,7 +453,7 @@ class ShardStore:
 
     def _row_ok(self, path: Path, ids: np.ndarray, e: Entry) -> bool:
         try:
-            return ids[e.row] == e.utt and record_checksum(self.reader.row(path, e.row)) == e.checksum
+            return ids[e.row] == e.utt and record_checksum(self.reader.row(path, e.row, raw=True)) == e.checksum
         except Exception:  # noqa: BLE001 - any read failure (bad lzf block, short read) is corruption
             return False
 
@@ -452,14 +472,28 @@ class ShardStore:
         for stage in self.index.stages():
             entries = sorted(self.index.entries(stage).values(), key=lambda e: (e.shard, e.row))
             written = 0
-            for start in range(0, len(entries), shard_size):
-                group = entries[start : start + shard_size]
-                records = [self.read(e) for e in group]
-                w = write_shard(self.root / stage, [e.utt for e in group], records)
+            # Variants of a stage may store different layouts (float16 and int8 frames, other layers):
+            # a shard holds one layout, so rows are gathered per layout.
+            pending: dict[tuple, list[tuple[Entry, Record]]] = defaultdict(list)
+
+            def flush(layout: tuple) -> None:
+                nonlocal written
+                group = pending.pop(layout)
+                w = write_shard(self.root / stage, [e.utt for e, _ in group], [r for _, r in group])
                 self.index.commit([replace(e, shard=w.name, row=i, checksum=c, bytes=b)
-                                   for i, (e, c, b) in enumerate(zip(group, w.checksums, w.bytes))], [])
+                                   for i, ((e, _), c, b) in enumerate(zip(group, w.checksums, w.bytes))], [])
                 fault_point("compact")
                 written += 1
+
+            for e in entries:
+                record = self.read(e, raw=True)
+                layout = tuple(sorted((k, v.dtype.str, v.shape[1:]) if _kind(v) == "array" else (k, _kind(v))
+                                      for k, v in record.items()))
+                pending[layout].append((e, record))
+                if len(pending[layout]) == shard_size:
+                    flush(layout)
+            for layout in list(pending):
+                flush(layout)
             self.reader.close()
             result[stage] = written
         self.sweep()  # the old shards, and any a compaction killed earlier left unreferenced

@@ -14,7 +14,9 @@ from msf.pipeline.backends.device import (ComputeType, Device, Precision, place,
                                   resolve_compute_type, torch_dtype)
 from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
                                         whisper_dims)
+from msf.pipeline.backends.whisper_windows import WhisperWindow, fitted_window_s, padded_features, window_fingerprint
 from msf.pipeline.errors import UsageError
+from msf.pipeline.quantized import SCALE_SUFFIX, quantize
 from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 
@@ -26,11 +28,17 @@ class AcousticParams(StageParams):
     layers: list[int] | Literal["all"] = [-1]
     chunk_s: float = 30.0  # longer audio is encoded in chunks of this length ...
     overlap_s: float = 2.0  # ... overlapping by this much; each frame comes from the chunk it is central in
-    dtype: Literal["float16", "float32"] = "float16"  # as stored
+    # As stored. int8: one byte a value with a float32 scale per frame and layer (msf.pipeline.quantized),
+    # read back as float32 by every reader; half float16's bytes (bench/frames_storage.py).
+    dtype: Literal["float16", "float32", "int8"] = "float16"
     # The dtype the encoder runs in (transformers backend); auto: bfloat16 on CUDA, float32 on CPU.
     precision: Precision = "auto"
     compute_type: ComputeType = "auto"  # CTranslate2 (whisper backend); auto: int8 on CPU, float16 on CUDA
     device: Device = "cpu"
+    # The whisper backend's window: "fitted" (each utterance, or each chunk of a long one, in a window
+    # fitted to its length: msf.pipeline.backends.whisper_windows, measured in docs/scaling.md) or
+    # seconds; 30 is Whisper's own and the fingerprint of before. The transformers backend has none.
+    whisper_window: WhisperWindow = "fitted"
     # 0 = automatic: 1 on CPU, where padding only costs time and memory (bench/acoustic.py: batches
     # of 8 run at about 0.7x the speed of single files), 16 on a GPU, which batching keeps busy.
     batch_size: int = 0
@@ -118,7 +126,8 @@ def hidden_state_indices(layers: list[int] | str, num_layers: int) -> list[int]:
 
 
 class WhisperEncoder(_Encoder):
-    """The encoder of a CTranslate2 Whisper model: 50 frames per second, its final layer only."""
+    """The encoder of a CTranslate2 Whisper model: 50 frames per second, its final layer only. Each
+    chunk is encoded in the window `whisper_window` gives it; chunks of one window go through together."""
 
     frame_rate = 50.0
 
@@ -126,18 +135,31 @@ class WhisperEncoder(_Encoder):
         if p.layers not in ([-1], "all"):
             raise ValueError("acoustic.backend=whisper gives the encoder's last layer only: use layers=[-1]")
         self.whisper = load_whisper(p.model, p.device, resolve_compute_type(p.compute_type, p.device), role="acoustic")
+        self.window = p.whisper_window
 
     def forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
-        from faster_whisper.audio import pad_or_trim
+        groups: dict[float, list[int]] = {}
+        for i, c in enumerate(chunks):
+            groups.setdefault(fitted_window_s(len(c) / SR, self.window), []).append(i)
+        frames: dict[int, np.ndarray] = {}
+        for window_s, idx in groups.items():
+            out = self.whisper.encode(np.stack([padded_features(self.whisper, chunks[i], window_s)[0] for i in idx]))
+            if out.device != "cpu":  # B x (50 x window) x D
+                import ctranslate2
 
-        feats = np.stack([pad_or_trim(self.whisper.feature_extractor(c)) for c in chunks])
-        out = self.whisper.encode(feats)  # B x 1500 x D StorageView, for 30 s windows
-        if out.device != "cpu":
-            import ctranslate2
+                out = out.to_device(ctranslate2.Device.cpu)
+            arr = np.array(out, dtype=np.float32)
+            for b, i in enumerate(idx):
+                frames[i] = arr[b, : int(np.ceil(len(chunks[i]) / SR * self.frame_rate)), None, :]
+        return [frames[i] for i in range(len(chunks))]
 
-            out = out.to_device(ctranslate2.Device.cpu)
-        arr = np.array(out, dtype=np.float32)
-        return [arr[b, : int(np.ceil(len(c) / SR * self.frame_rate)), None, :] for b, c in enumerate(chunks)]
+
+def stored_frames(frames: np.ndarray, dtype: str) -> Record:
+    """The record's frames in the storage dtype: int8 values with their scale beside them, or a float cast."""
+    if dtype == "int8":
+        values, scale = quantize(frames)
+        return {"frames": values, "frames" + SCALE_SUFFIX: scale}
+    return {"frames": frames.astype(np.float16 if dtype == "float16" else np.float32)}
 
 
 @register
@@ -146,7 +168,7 @@ class AcousticStage(Stage):
     needs = ("audio",)
     version = "1"
     fields = {"frames": OutputField("float16", ("T", "L", "D"), "hidden states; T x D when one layer is kept; "
-                                                               "float32 with acoustic.dtype=float32"),
+                                                               "float32 with acoustic.dtype=float32 or int8"),
               "frame_rate": OutputField("float", doc="frames per second")}
     Params = AcousticParams
     volatile = frozenset({"device", "batch_size"})
@@ -163,6 +185,7 @@ class AcousticStage(Stage):
         p: AcousticParams = params  # type: ignore[assignment]
         out = super().fingerprint_params(params)
         out["compute_type"] = resolve_compute_type(p.compute_type, p.device)
+        out = window_fingerprint(out, runs_whisper=p.backend == "whisper")
         return precision_fingerprint(out, p.precision, p.device)
 
     def declared_bytes(self, seconds: float) -> float | None:
@@ -176,7 +199,9 @@ class AcousticStage(Stage):
             width, rate = cfg.hidden_size, SR / float(np.prod(cfg.conv_stride))
             layers = cfg.num_hidden_layers + 1 if p.layers == "all" else len(p.layers)
         frames = np.ceil(seconds * rate)
-        return float(frames * layers * width * (2 if p.dtype == "float16" else 4))
+        per_value = {"float16": 2, "float32": 4, "int8": 1}[p.dtype]
+        scale = 4 if p.dtype == "int8" else 0  # a float32 scale per frame and layer
+        return float(frames * layers * (width * per_value + scale))
 
     def setup(self) -> None:
         p: AcousticParams = self.params  # type: ignore[assignment]
@@ -205,7 +230,6 @@ class AcousticStage(Stage):
             if isinstance(w, np.ndarray) and len(w) > chunk:
                 frames[i] = self._long(w, chunk, overlap)
         out: list[Record | Exception] = []
-        dtype = np.float16 if p.dtype == "float16" else np.float32
         for i, w in enumerate(waves):
             if isinstance(w, Exception):
                 out.append(w)
@@ -215,7 +239,7 @@ class AcousticStage(Stage):
                 out.append(UtteranceError(f"too short for the encoder: {len(w) / SR:.3f} s gives no frame"))
                 continue
             f = f[:, 0, :] if f.shape[1] == 1 else f
-            out.append({"frames": f.astype(dtype), "frame_rate": self.encoder.frame_rate})
+            out.append({**stored_frames(f, p.dtype), "frame_rate": self.encoder.frame_rate})
         return out
 
     def _long(self, wave: np.ndarray, chunk: int, overlap: int) -> np.ndarray:

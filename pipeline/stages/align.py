@@ -17,6 +17,7 @@ from msf.pipeline.backends.device import ComputeType, Device, resolve_compute_ty
 from msf.pipeline.aligners import Aligner
 from msf.pipeline.corpora.alignment_files import AlignmentFileError, WordTimes, read_provided, transcript_words
 from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN
+from msf.pipeline.backends.whisper_windows import WhisperWindow, window_fingerprint
 from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 
@@ -28,9 +29,14 @@ class AlignParams(StageParams):
     # The wav2vec2-CTC model of the `ctc` backend (hub id or local directory); whisperX's English default.
     ctc_model: str = "facebook/wav2vec2-base-960h"
     compute_type: ComputeType = "auto"  # CTranslate2; auto: int8 on CPU, float16 on CUDA
-    # ASR through faster-whisper's batched pipeline (a file's speech segments, found by VAD, decoded
-    # together): 0 = auto, 16 on CUDA and one segment at a time on CPU (where batching only pads);
-    # 1 = one at a time. Part of the fingerprint as it resolves (its segments are VAD's, not 30 s windows).
+    # Whisper's window (ASR and whisper forced alignment): "fitted", each utterance in a window fitted
+    # to its length (msf.pipeline.backends.whisper_windows; measured in docs/scaling.md), or seconds;
+    # 30 is Whisper's own and the fingerprint of before.
+    whisper_window: WhisperWindow = "fitted"
+    # Files a Whisper call (ASR and forced alignment of utterances that fit a window, grouped by
+    # window): 0 = auto, 16 on CUDA, 1 on CPU (where batching gains nothing). With whisper_window=30:
+    # faster-whisper's batched pipeline over one file's VAD segments, as before. Part of the
+    # fingerprint as it resolves, when it batches.
     asr_batch: int = Field(0, ge=0)
     language: str = "en"
     device: Device = "cpu"
@@ -97,8 +103,11 @@ class AlignStage(Stage):
         p: AlignParams = params  # type: ignore[assignment]
         out = {**super().fingerprint_params(params), "compute_type": resolve_compute_type(p.compute_type, p.device)}
         out.pop("asr_batch")
+        out = window_fingerprint(out, runs_whisper=p.backend != "provided")  # `provided` reads files
         batch = resolve_asr_batch(p.asr_batch, p.device)
-        return out if batch == 1 else {**out, "asr_batch": batch}  # one at a time: the fingerprints of before
+        # one at a time: the fingerprints of before. Batched words are nearly always the same (a beam
+        # can turn on the last bits of a batched matrix product: 4 of 300 demo files), so a batch is its own entry.
+        return out if batch == 1 else {**out, "asr_batch": batch}
 
     def setup(self) -> None:
         p: AlignParams = self.params  # type: ignore[assignment]
@@ -130,31 +139,58 @@ class AlignStage(Stage):
 
         p: AlignParams = self.params  # type: ignore[assignment]
         return WhisperAligner(p.model, p.device, resolve_compute_type(p.compute_type, p.device), p.language,
-                              p.min_score, p.vad, resolve_asr_batch(p.asr_batch, p.device))
+                              p.min_score, p.vad, resolve_asr_batch(p.asr_batch, p.device), p.whisper_window)
 
     def compute(self, batch: list[Item]) -> list[Record | Exception]:
-        out: list[Record | Exception] = []
-        for item in batch:
-            try:
-                out.append(alignment_record(self._align(item)))
-            except UtteranceError as e:
-                out.append(e)
-            except AlignmentFileError as e:
-                out.append(UtteranceError(str(e)))
-        return out
-
-    def _align(self, item: Item) -> WordTimes:
         if self.params.backend == "provided":  # type: ignore[attr-defined]
-            return read_provided(item.utt.extra, item.utt.id)
+            return [self._record(lambda item=item: read_provided(item.utt.extra, item.utt.id)) for item in batch]
         assert self._aligner is not None
-        words = transcript_words(item.utt.transcript)
+        words = [transcript_words(item.utt.transcript) for item in batch]
+        waves: dict[int, np.ndarray] = {}
+        timed: dict[int, WordTimes | UtteranceError] = {}  # what is known before the aligner runs
+        for i, item in enumerate(batch):
+            try:
+                waves[i] = item.waveform
+            except Exception as e:  # noqa: BLE001 - one unreadable file fails alone
+                timed[i] = UtteranceError(f"cannot read audio: {e}")
+        heard: dict[int, WordTimes | UtteranceError] = {}
+        asr = [i for i in waves if not words[i] and not batch[i].utt.extra.get("nonverbal")]
+        if asr:  # the batch's utterances without a transcript, through Whisper together
+            heard = dict(zip(asr, self._asr_model().transcribe_many([waves[i] for i in asr])))
+        many = getattr(self._aligner, "align_many", None)
+        if many is not None:  # whisper: the transcripts aligned in batches too
+            given = [i for i in waves if words[i]]
+            timed.update(zip(given, many([waves[i] for i in given], [words[i] for i in given])))
+        return [self._record(lambda i=i: self._align(batch[i], words[i], heard.get(i), timed.get(i)))
+                for i in range(len(batch))]
+
+    @staticmethod
+    def _record(align: Any) -> Record | Exception:
+        try:
+            return alignment_record(align())
+        except UtteranceError as e:
+            return e
+        except AlignmentFileError as e:
+            return UtteranceError(str(e))
+
+    def _align(self, item: Item, words: list[str], heard: WordTimes | UtteranceError | None,
+               timed: WordTimes | UtteranceError | None) -> WordTimes:
+        """One utterance's words: aligned already (`timed`, a batched aligner), or its transcript aligned
+        now, or the words ASR heard (`heard`) aligned by the backend."""
+        assert self._aligner is not None
+        if isinstance(timed, Exception):
+            raise timed
+        if timed is not None:
+            return timed
         if words:
             return self._aligner.align(item.waveform, words)
         if item.utt.extra.get("nonverbal"):  # not for ASR: Whisper makes up words for laughter
             raise UtteranceError(f"no words to align: the transcript is non-speech only ({item.utt.extra['nonverbal']})")
-        heard = self._asr_model().transcribe(item.waveform)
+        assert heard is not None
+        if isinstance(heard, Exception):
+            raise heard
         if self._aligner is self._asr:
             return heard
-        timed = self._aligner.align(item.waveform, heard.words)
-        timed.source = f"whisper:asr+{timed.source}"
-        return timed
+        aligned = self._aligner.align(item.waveform, heard.words)
+        aligned.source = f"whisper:asr+{aligned.source}"
+        return aligned
