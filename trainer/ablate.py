@@ -81,8 +81,9 @@ def chosen_variants(names: list[str] | None) -> list[str]:
 
 def add_uncertainty(results: dict[str, dict[str, Any]], out: Path, split: str, seeds: range) -> None:
     """Each variant's bootstrap 95 % interval of its `split` CCC (`ci95`), its paired bootstrap test
-    against audio (`vs_audio`), and full's against concat (`vs_concat`): trainer/bootstrap.py."""
-    from msf.trainer.bootstrap import interval, paired, read_predictions, resample_index, resampled
+    against audio (`vs_audio`), full's against concat (`vs_concat`), and with several seeds the CCC of
+    the seeds' averaged predictions (`seed_ensemble`, with its own `ci95`): trainer/bootstrap.py."""
+    from msf.trainer.bootstrap import interval, paired, read_predictions, resample_index, resampled, seed_ensemble
 
     stats = {}
     index = None
@@ -91,6 +92,8 @@ def add_uncertainty(results: dict[str, dict[str, Any]], out: Path, split: str, s
         index = resample_index(len(gold)) if index is None else index
         stats[name] = resampled(preds, gold, index)
         results[name]["ci95"] = interval(stats[name])
+        if len(preds) > 1:  # a new key: the figures of before keep their values
+            results[name]["seed_ensemble"] = seed_ensemble(preds, gold, index)
     # the paired tests whose two sides were run (`--variants` may leave audio or concat out)
     for name in results:
         if name != "audio" and "audio" in results:
@@ -114,15 +117,18 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """Mean CCC per variant; with several training seeds, the seeds' sd of the mean CCC; with the
-    bootstrap (the main test set), the 95 % interval of the mean CCC and the paired p-value against
-    audio (full: and against concat)."""
+    """Mean CCC per variant (the mean of its training seeds' CCCs); with several training seeds, the
+    seeds' sd of the mean CCC; with the bootstrap (the main test set), the 95 % interval of the mean CCC
+    and the paired p-value against audio (full: and against concat), and the seed ensemble's mean CCC
+    (the seeds' predictions averaged) with its interval."""
     spread = all(len(v.get("runs", [])) > 1 for v in results.values())
     boot = all("ci95" in v for v in results.values())
+    ensemble = all("seed_ensemble" in v for v in results.values())
     head, rule = "| variant | CCC valence | CCC arousal | CCC dominance | CCC mean |", "|---|---|---|---|---|"
     head += " CCC mean, sd over seeds |" if spread else ""
     head += " CCC mean, 95% CI | p vs audio |" if boot else ""
-    lines = [head, rule + "---|" * (spread + 2 * boot)]
+    head += " seed ensemble CCC mean, 95% CI |" if ensemble else ""
+    lines = [head, rule + "---|" * (spread + 2 * boot + ensemble)]
     for k, v in results.items():
         row = f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in COLUMNS) + " |"
         if spread:
@@ -134,5 +140,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             if "vs_concat" in v:
                 p += f" (vs concat {v['vs_concat']['ccc_mean']['p']:.3f})"
             row += f" [{lo:.3f}, {hi:.3f}] | {p} |"
+        if ensemble:
+            e = v["seed_ensemble"]
+            row += f" {e['ccc_mean']:.3f} [{e['ci95']['ccc_mean'][0]:.3f}, {e['ci95']['ccc_mean'][1]:.3f}] |"
         lines.append(row)
     return "\n".join(lines) + "\n"

@@ -277,7 +277,7 @@ class FeatureSet:
         self.frame_shape = first.shape[1:]
         self.vector_dims = {s: v.shape[1] for s, v in some.vectors.items()}
         total = sum(len(s.ids) for s in self.splits.values())
-        est_gb = total * first.nbytes * 8 / 1e9  # float16 -> float32, plus length variation
+        est_gb = total * first.size * 16 / 1e9  # as float32 (4 bytes), times 4 for length variation
         if in_memory if in_memory is not None else est_gb < memory_limit_gb:
             for s in self.splits.values():
                 s.frames = [f.astype(np.float32) for f in s.column.read(range(len(s.ids)))]  # cast once

@@ -77,6 +77,9 @@ def run_demo(out: Path, n: int = 300, seed: int = 0, workers: int = 2,
           f"{q['boundary_p90_ms']:.0f} | {q['align_failed_fraction']:.1%} | {q['precision']:.2f} | "
           f"{q['recall']:.2f} | {q['f1']:.3f} |" for k, q in quality.items()], "",
         "## Ablation (test split, CCC, mean of 3 training seeds)", "",
+        "Each CCC column is the mean of the 3 training seeds' CCCs; the last column is the seed ensemble: "
+        "the CCC of the 3 seeds' test predictions averaged, one predictor made of all three "
+        "(`seed_ensemble` in ablation.json).", "",
         "Every variant, audio included, has the speaker-relative prosody vector and speaker-standardised frames "
         "(msf's defaults, chosen on real speech; `msf ablate --no-prosody --no-speaker-norm` for without, "
         "`--preset paper` for the model as the paper describes it; docs/trainer.md).", "", table(results),

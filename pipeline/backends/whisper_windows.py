@@ -100,13 +100,15 @@ def decoding_options() -> Any:
 
 
 def transcribe_batch(model: Any, audios: Sequence[np.ndarray], window: WhisperWindow, vad: bool = True,
-                     language: str = "en") -> list[list[dict] | None]:
+                     language: str = "en", fallback: bool = True) -> list[list[dict] | None]:
     """Words (dicts: word, start, end, probability; seconds in the file) of each utterance, None where
     VAD heard no speech or Whisper heard silence. Every utterance must fit its window (callers send
     longer files to faster-whisper's own long-form loop). Utterances are grouped by window and each
     group encoded, beam-decoded and aligned as one batch; one whose text is too repetitive or
     improbable is decoded again alone with faster-whisper's temperature fallback, as `transcribe` does.
-    On a GPU the batch is the speed-up; on a CPU one at a time is as fast (the caller chooses)."""
+    On a GPU the batch is the speed-up; on a CPU one at a time is as fast (the caller chooses).
+    `fallback=False`: beam search only (the benches' random-weight models, whose text always fails the
+    thresholds a trained model's rarely does)."""
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
@@ -139,7 +141,7 @@ def transcribe_batch(model: Any, audios: Sequence[np.ndarray], window: WhisperWi
             tokens = r.sequences_ids[0]
             avg_logprob = r.scores[0] * len(tokens) ** options.length_penalty / (len(tokens) + 1)
             silence = r.no_speech_prob > options.no_speech_threshold and avg_logprob < options.log_prob_threshold
-            if not silence and (avg_logprob < options.log_prob_threshold or get_compression_ratio(
+            if fallback and not silence and (avg_logprob < options.log_prob_threshold or get_compression_ratio(
                     tok.decode([t for t in tokens if t < tok.eot]).strip()) > options.compression_ratio_threshold):
                 import ctranslate2
 
