@@ -7,8 +7,10 @@ same shard reader (so the same code path the trainer streams with):
   float16 zstd   hdf5plugin's Blosc (zstd, bit shuffle), the maintained HDF5 filter package
   float16 gzip   h5py's built-in gzip with byte shuffle
 Columns: bytes on disk of the frames, float16 / that ratio, seconds to read one epoch of the train
-split in training batches of 32 (median of --repeats; every row read in each round, interleaved), its
-ratio to float16, and for int8 the error: the largest |x - x'| over a frame's peak |x|, and the
+split in training batches of 32 and pad each into the float32 batch the model takes (median of
+--repeats; every row read in each round, interleaved), its
+ratio to float16, and the same for the reads alone (one-byte frames come back as float32, float16 as float16,
+which the batch then casts), and for int8 the error: the largest |x - x'| over a frame's peak |x|, and the
 relative RMS error over all values. Then the test CCC of the `audio` and `full` variants per storage,
 --seeds training seeds each (the lossless filters give float16's values bit for bit, so float16's CCC).
 
@@ -59,7 +61,7 @@ def filtered_copy(view: CacheView, ids: list[str], out: Path, filter_kwargs: dic
     for shard in sorted({entries[u].shard for u in ids}):
         src = view.root / "acoustic" / shard
         dst = out / shard
-        with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        with h5py.File(src, "r", locking=False) as f, h5py.File(dst, "w") as g:
             data = f["frames/data"]
             row_bytes = max(1, data.dtype.itemsize * int(np.prod(data.shape[1:])))
             chunks = (max(1, min(data.shape[0], (256 << 10) // row_bytes)),) + data.shape[1:]
@@ -73,11 +75,18 @@ def filtered_copy(view: CacheView, ids: list[str], out: Path, filter_kwargs: dic
     return [at[u] for u in ids]
 
 
-def epoch_seconds(column: ArrayColumn, seed: int) -> float:
+def epoch_seconds(column: ArrayColumn, seed: int, assemble: bool, standardise: bool = False) -> float:
+    """One epoch's reads in training batches of 32; `assemble`: each batch also padded into the float32
+    array the model takes (trainer.data.make_batch, as the trainer's read-ahead thread does), so a
+    storage that reads back float16 pays its cast to float32 where training pays it."""
+    from msf.trainer.data import make_batch
+
     order = np.random.default_rng(seed).permutation(len(column))
     t0 = time.perf_counter()
     for s in range(0, len(order), 32):
-        column.read(order[s : s + 32].tolist())
+        frames = column.read(order[s : s + 32].tolist())
+        if assemble:
+            make_batch(frames, {}, {}, np.zeros((len(frames), 3), np.float32), [""] * len(frames))
     return time.perf_counter() - t0
 
 
@@ -132,29 +141,45 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         columns[label] = ArrayColumn(filtered_copy(f16, train, folder, kwargs), "frames")
-        nbytes[label] = sum(p.stat().st_size for p in folder.glob("*.h5"))
+        # the copies hold whole shards: compared with the same shards' float16 frames
+        same = {p.name for p in folder.glob("*.h5")}
+        src_frames = sum(h5py.File(f16.root / "acoustic" / n, "r", locking=False)["frames/data"].id.get_storage_size()
+                         for n in same)
+        copy_frames = sum(h5py.File(folder / n, "r")["frames/data"].id.get_storage_size() for n in same)
+        nbytes[label] = nbytes["float16"] * copy_frames / src_frames
         same = all(np.array_equal(a, b) for a, b in zip(exact, columns[label].read(range(len(train)))))
         assert same, f"{label} is not lossless"
     times: dict[str, list[float]] = {k: [] for k in columns}
+    reads: dict[str, list[float]] = {k: [] for k in columns}
+    norm: dict[str, list[float]] = {k: [] for k in columns}
     for r in range(args.repeats):
         for k, col in columns.items():
-            times[k].append(epoch_seconds(col, seed=r))
+            times[k].append(epoch_seconds(col, seed=r, assemble=True))
+            reads[k].append(epoch_seconds(col, seed=r, assemble=False))
+            norm[k].append(epoch_seconds(col, seed=r, assemble=True, standardise=True))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{'storage':14} {'MB':>8} {'f16/this':>8} {'read s/epoch':>12} {'vs f16':>7}")
+    rmed = {k: statistics.median(v) for k, v in reads.items()}
+    nmed = {k: statistics.median(v) for k, v in norm.items()}
+    print(f"{'storage':14} {'MB':>8} {'f16/this':>8} {'read+batch s':>12} {'vs f16':>7} {'+speaker-norm s':>15} "
+          f"{'vs f16':>7} {'read alone s':>12} {'vs f16':>7}   (seconds per epoch of the train split)")
     for k in columns:
         print(f"{k:14} {nbytes[k] / 1e6:8.2f} {nbytes['float16'] / nbytes[k]:8.3f} {med[k]:12.4f} "
-              f"{med[k] / med['float16']:7.3f}")
+              f"{med[k] / med['float16']:7.3f} {nmed[k]:15.4f} {nmed[k] / nmed['float16']:7.3f} "
+              f"{rmed[k]:12.4f} {rmed[k] / rmed['float16']:7.3f}")
     print(f"int8 error: largest |x - x'| / frame peak {worst:.5f}, relative RMS {rms:.5f}")
     result: dict[str, float] = {
         "int8_bytes_ratio": round(nbytes["float16"] / nbytes["int8"], 4),
         "int8_max_rel_error": round(worst, 6), "int8_rel_rms_error": round(rms, 6),
         "read_s_float16": round(med["float16"], 4), "read_s_int8": round(med["int8"], 4),
         "int8_read_ratio": round(med["int8"] / med["float16"], 4),
+        "int8_read_alone_ratio": round(rmed["int8"] / rmed["float16"], 4),
+        "int8_read_speaker_norm_ratio": round(nmed["int8"] / nmed["float16"], 4),
     }
     for label in filters:
         key = label.split()[1]
         result[f"lossless_{key}_ratio"] = round(nbytes["float16"] / nbytes[label], 4)
         result[f"lossless_{key}_read_ratio"] = round(med[label] / med["float16"], 4)
+        result[f"lossless_{key}_read_alone_ratio"] = round(rmed[label] / rmed["float16"], 4)
     result["lossless_ratio"] = max(v for k, v in result.items() if k.startswith("lossless_") and k.endswith("_ratio")
                                    and "read" not in k)
     f16.close()

@@ -23,9 +23,10 @@ def test_quantize_bounds_each_frames_error_by_half_a_step_of_its_peak() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 3, 64)).astype(np.float32) * rng.uniform(0.01, 100, size=(50, 3, 1)).astype(np.float32)
     x[7, 1] = 0.0  # a silent frame stays exactly zero
-    q, scale = quantize(x)
-    assert q.dtype == np.int8 and scale.shape == (50, 3) and scale.dtype == np.float32
-    back = dequantize(q, scale)
+    q = quantize(x)
+    assert q.shape == (50, 3) and q["values"].dtype == np.int8 and q["scale"].dtype == np.float32
+    assert q.dtype.itemsize == 64 + 4  # one byte a value, plus the frame's scale
+    back = dequantize(q)
     err = np.abs(back - x).max(axis=-1) / np.maximum(np.abs(x).max(axis=-1), 1e-30)
     assert back.dtype == np.float32 and err.max() <= 0.5 / 127 + 1e-6 and not back[7, 1].any()
 
@@ -69,7 +70,7 @@ def test_int8_frames_read_back_as_floats_through_every_reader(tmp_path: Path, de
         with CacheView.open(cache, "int8") as view:
             entries = view.fresh(["acoustic"])["acoustic"]
         raw = [store.read(e, raw=True) for e in entries.values()]
-        assert len(raw) == len(ids) and all(r["frames"].dtype == np.int8 and "frames_scale" in r for r in raw)
+        assert len(raw) == len(ids) and all(r["frames"].dtype.names == ("values", "scale") for r in raw)
     finally:
         store.close()
     with CacheView.open(cache, "int8") as again:

@@ -25,7 +25,7 @@ import numpy as np
 
 from msf.pipeline.cache.index import CacheIndex, Entry
 from msf.pipeline.errors import CacheDamaged
-from msf.pipeline.quantized import SCALE_SUFFIX, decode_record, dequantize
+from msf.pipeline.quantized import decode_record, decoded
 from msf.pipeline.run.faults import fault_point
 from msf.pipeline.stage import Record
 
@@ -101,11 +101,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _array_dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    # Floating-point arrays (encoder frames, embeddings) stay contiguous and unfiltered: lzf+shuffle
-    # saved nothing on them (a demo acoustic shard: 21.46 MB of float16 frames, 21.48 MB on disk),
-    # and a contiguous dataset can be read by byte offset, which the streaming trainer does without h5py.
+    # Floating-point arrays (encoder frames, embeddings) and one-byte frames (records of values and
+    # scale) stay contiguous and unfiltered: lzf+shuffle saved nothing on them (a demo acoustic shard:
+    # 21.46 MB of float16 frames, 21.48 MB on disk), and a contiguous dataset can be read by byte
+    # offset, which the streaming trainer does without h5py.
     kwargs: dict[str, Any] = {}
-    if data.dtype.kind != "f" and data.nbytes >= COMPRESS_MIN_BYTES and data.ndim >= 1 and data.shape[0] > 0:
+    if data.dtype.kind not in "fV" and data.nbytes >= COMPRESS_MIN_BYTES and data.ndim >= 1 and data.shape[0] > 0:
         row_bytes = max(1, data.nbytes // data.shape[0])
         rows = int(max(1, min(data.shape[0], CHUNK_BYTES // row_bytes)))
         kwargs = {"chunks": (rows,) + data.shape[1:], "compression": "lzf", "shuffle": True}
@@ -231,7 +232,6 @@ class ShardReader:
         # (path, field) -> (offsets, data). ContiguousArray entries outlive their file's handle (a few KB
         # each), so random access over more shards than max_open does not reopen files every batch.
         self._columns: dict[tuple[Path, str], tuple[np.ndarray, Any]] = {}
-        self._scaled: dict[tuple[Path, str], bool] = {}  # (path, field) -> stored as one-byte values
 
     def file(self, path: Path) -> h5py.File:
         f = self._open.pop(path, None)
@@ -276,19 +276,9 @@ class ShardReader:
         shard are read as one span (one call and each compressed chunk decompressed once), rows far
         apart one by one; nothing else of the record is read. `select`: entries of the second axis
         to keep (layers), read alone from a contiguous shard; `spans`: per row, the (start, stop) of its
-        first axis to read (stop None: to its end), and only that part is read. One-byte frames come back
-        as float32, their scales read by the same rows, spans and layers (`msf.pipeline.quantized`)."""
-        if self._quantized(path, name):
-            values = self._stored_rows(path, name, rows, select, spans)
-            scales = self._stored_rows(path, name + SCALE_SUFFIX, rows, select, spans)
-            return [dequantize(v, sc) for v, sc in zip(values, scales)]
-        return self._stored_rows(path, name, rows, select, spans)
-
-    def _quantized(self, path: Path, name: str) -> bool:
-        key = (path, name)
-        if key not in self._scaled:  # remembered, as the columns are: a streaming read opens no file for it
-            self._scaled[key] = not name.endswith(SCALE_SUFFIX) and name + SCALE_SUFFIX in self.file(path)
-        return self._scaled[key]
+        first axis to read (stop None: to its end), and only that part is read. One-byte frames (their
+        scales stored in the same records) come back as float32 (`msf.pipeline.quantized`)."""
+        return [decoded(a) for a in self._stored_rows(path, name, rows, select, spans)]
 
     def _stored_rows(self, path: Path, name: str, rows: list[int], select: list[int] | None,
                      spans: list[tuple[int, int | None]] | None) -> list[np.ndarray]:
@@ -370,7 +360,6 @@ class ShardReader:
 
     def close(self) -> None:
         self._columns.clear()
-        self._scaled.clear()
         for f in self._open.values():
             f.close()
         self._open.clear()

@@ -16,7 +16,7 @@ from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, load_transform
                                         whisper_dims)
 from msf.pipeline.backends.whisper_windows import WhisperWindow, fitted_window_s, padded_features, window_fingerprint
 from msf.pipeline.errors import UsageError
-from msf.pipeline.quantized import SCALE_SUFFIX, quantize
+from msf.pipeline.quantized import quantize
 from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 
@@ -155,10 +155,9 @@ class WhisperEncoder(_Encoder):
 
 
 def stored_frames(frames: np.ndarray, dtype: str) -> Record:
-    """The record's frames in the storage dtype: int8 values with their scale beside them, or a float cast."""
+    """The record's frames in the storage dtype: int8 values with their scale per frame and layer, or a float cast."""
     if dtype == "int8":
-        values, scale = quantize(frames)
-        return {"frames": values, "frames" + SCALE_SUFFIX: scale}
+        return {"frames": quantize(frames)}
     return {"frames": frames.astype(np.float16 if dtype == "float16" else np.float32)}
 
 
