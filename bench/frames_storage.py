@@ -38,6 +38,7 @@ from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.view import CacheView
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus
+from msf.pipeline.quantized import decoded
 from msf.pipeline.run.extraction import Extraction
 
 STAGES = ["acoustic", "global", "local", "extended"]
@@ -78,13 +79,20 @@ def filtered_copy(view: CacheView, ids: list[str], out: Path, filter_kwargs: dic
 def epoch_seconds(column: ArrayColumn, seed: int, assemble: bool, standardise: bool = False) -> float:
     """One epoch's reads in training batches of 32; `assemble`: each batch also padded into the float32
     array the model takes (trainer.data.make_batch, as the trainer's read-ahead thread does), so a
-    storage that reads back float16 pays its cast to float32 where training pays it."""
+    storage that reads back float16 pays its cast to float32 where training pays it; `standardise`:
+    first each utterance's frames against its speaker's mean and sd, as msf's default training does
+    (trainer.data.FeatureSet._batch)."""
     from msf.trainer.data import make_batch
 
     order = np.random.default_rng(seed).permutation(len(column))
+    width = column.read([0])[0].shape[-1]
+    mean, sd = np.zeros(width, np.float32), np.ones(width, np.float32)
     t0 = time.perf_counter()
     for s in range(0, len(order), 32):
-        frames = column.read(order[s : s + 32].tolist())
+        # as the trainer reads: as stored, one-byte frames scaled in the batch (or decoded to standardise)
+        frames = column.read(order[s : s + 32].tolist(), raw=assemble)
+        if standardise:
+            frames = [(decoded(f) - mean) / sd for f in frames]
         if assemble:
             make_batch(frames, {}, {}, np.zeros((len(frames), 3), np.float32), [""] * len(frames))
     return time.perf_counter() - t0

@@ -38,14 +38,12 @@ def is_quantized(array: Any) -> bool:
 
 
 def dequantize(array: np.ndarray) -> np.ndarray:
-    """float32 frames (... x D) of a quantized array. Through torch, in place: its int8 -> float32 copy
-    and multiply are vectorised (2.1 ms per 9.6 M values here, numpy's mixed-type multiply 8 ms)."""
-    import torch
-
-    values, scale = array["values"], array["scale"]
-    out = np.empty(values.shape, np.float32)
-    if out.size:
-        torch.from_numpy(out).copy_(torch.from_numpy(values)).mul_(torch.from_numpy(scale)[..., None])
+    """float32 frames (... x D) of a quantized array: a cast, then the scale multiplied in place (42 us
+    for 250 x 384 values here; numpy's mixed-type multiply takes 54, torch on its thread pool far more
+    for arrays this small). The trainer's streaming batches skip this array: trainer.data.make_batch
+    writes the values into the batch and scales them there."""
+    out = array["values"].astype(np.float32)
+    out *= array["scale"][..., None]
     return out
 
 

@@ -19,6 +19,7 @@ from msf.pipeline.cache.fingerprint import canonical_json, digest
 from msf.pipeline.cache.view import CacheView
 from msf.pipeline.corpus import Utterance, load_corpus
 from msf.pipeline.errors import UsageError
+from msf.pipeline.quantized import decoded, is_quantized
 from msf.pipeline.speaker_baseline import (ANY_GENDER, FrameStats, PopulationBaseline, RunBaseline, baseline_groups,
                                            gender_of, measures, population_key, prosody_vector)
 
@@ -408,10 +409,10 @@ class FeatureSet:
             frames = [s.frames[k] if stop < 0 else s.frames[k][start:stop] for k, start, stop in rows]
         else:
             frames = s.column.read(idx, None if whole else [(start, None if stop < 0 else stop)
-                                                            for _, start, stop in rows])
+                                                            for _, start, stop in rows], raw=True)
         if self.speaker_stats is not None:
             stats = [self.speaker_stats[s.speakers[i]] for i in idx]  # type: ignore[index]
-            frames = [(f - mean) / sd for f, (mean, sd) in zip(frames, stats)]
+            frames = [(decoded(f) - mean) / sd for f, (mean, sd) in zip(frames, stats)]
         return make_batch(frames, {k: v[idx] for k, v in s.vectors.items()}, {k: m[idx] for k, m in s.masks.items()},
                           s.labels[idx], [s.ids[i] for i in idx], cast)
 
@@ -426,16 +427,24 @@ def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], masks: 
     the same (32 ten-second utterances x 25 x 1024: 0.545 s and 0.551 s, bench/train.py --only
     batch25), and the first runs on the read-ahead thread, beside the training step."""
     lengths = np.array([len(f) for f in frames])
-    out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.float32 if cast else np.result_type(*frames))
     if not cast:
+        frames = [decoded(f) for f in frames]
+        out = np.zeros((len(frames), lengths.max(), *frames[0].shape[1:]), np.result_type(*frames))
         for b, f in enumerate(frames):
             out[b, : len(f)] = f
         return Batch(out, lengths, vectors, masks, labels, ids)
+    shape = frames[0]["values"].shape[1:] if is_quantized(frames[0]) else frames[0].shape[1:]
+    out = np.zeros((len(frames), lengths.max(), *shape), np.float32)
     dst = torch.from_numpy(out)
     step = max(1, TORCH_GRAIN // max(1, int(np.prod(out.shape[2:]))))  # frames per piece
     for b, f in enumerate(frames):
-        src = torch.from_numpy(f)
+        # one-byte frames (msf.pipeline.quantized) are cast and scaled in the batch itself: no float32
+        # copy of each utterance on the way, so an epoch reads them as fast as float16 ones
+        src, scale = (torch.from_numpy(f["values"]), torch.from_numpy(f["scale"])) if is_quantized(f) else \
+            (torch.from_numpy(f), None)
         for i in range(0, len(f), step):
             j = min(i + step, len(f))
             dst[b, i:j] = src[i:j]
+            if scale is not None:
+                dst[b, i:j] *= scale[i:j, ..., None]
     return Batch(out, lengths, vectors, masks, labels, ids)

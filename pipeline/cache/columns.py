@@ -40,10 +40,11 @@ class ArrayColumn:
             by_shard[self.at[k][0]].append(k)
         return by_shard
 
-    def read(self, positions: Sequence[int], spans: Sequence[tuple[int, int | None]] | None = None
-             ) -> list[np.ndarray]:
-        """The arrays at these positions, in their order, as stored (float16 frames stay float16);
-        `spans`: per position, the (start, stop) frames to read (stop None: to the end)."""
+    def read(self, positions: Sequence[int], spans: Sequence[tuple[int, int | None]] | None = None,
+             raw: bool = False) -> list[np.ndarray]:
+        """The arrays at these positions, in their order, as stored (float16 frames stay float16;
+        one-byte frames come back as float32, or as stored with `raw`: the trainer's batches scale them
+        as they pad them); `spans`: per position, the (start, stop) frames to read (stop None: to the end)."""
         positions = list(positions)
         out: dict[int, np.ndarray] = {}
         by_shard: dict[Path, list[int]] = defaultdict(list)  # indices into `positions` (one may repeat)
@@ -52,7 +53,7 @@ class ArrayColumn:
         for path, idx in by_shard.items():
             rows = [self.at[positions[i]][1] for i in idx]
             got = self.reader.array_rows(path, self.field, rows, self.select,
-                                         [spans[i] for i in idx] if spans is not None else None)
+                                         [spans[i] for i in idx] if spans is not None else None, raw)
             out.update(zip(idx, got))
         got = [out[i] for i in range(len(positions))]
         return [a[:, 0] for a in got] if self.squeeze else got

@@ -271,14 +271,16 @@ class ShardReader:
         return offsets[r + 1] - offsets[r]
 
     def array_rows(self, path: Path, name: str, rows: list[int], select: list[int] | None = None,
-                   spans: list[tuple[int, int | None]] | None = None) -> list[np.ndarray]:
+                   spans: list[tuple[int, int | None]] | None = None, raw: bool = False) -> list[np.ndarray]:
         """One array field of several rows, for streaming training batches: rows close together in the
         shard are read as one span (one call and each compressed chunk decompressed once), rows far
         apart one by one; nothing else of the record is read. `select`: entries of the second axis
         to keep (layers), read alone from a contiguous shard; `spans`: per row, the (start, stop) of its
         first axis to read (stop None: to its end), and only that part is read. One-byte frames (their
-        scales stored in the same records) come back as float32 (`msf.pipeline.quantized`)."""
-        return [decoded(a) for a in self._stored_rows(path, name, rows, select, spans)]
+        scales stored in the same records) come back as float32 (`msf.pipeline.quantized`), or as
+        stored with `raw`."""
+        got = self._stored_rows(path, name, rows, select, spans)
+        return got if raw else [decoded(a) for a in got]
 
     def _stored_rows(self, path: Path, name: str, rows: list[int], select: list[int] | None,
                      spans: list[tuple[int, int | None]] | None) -> list[np.ndarray]:
