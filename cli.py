@@ -46,8 +46,10 @@ def user_errors() -> Iterator[None]:
         raise
     except pydantic.ValidationError as e:  # the trainer's settings, checked when TrainConfig is built
         from msf.pipeline.config import validation_problems
+        from msf.trainer.train import TrainConfig
 
-        ERR.print(f"[bold red]error:[/] settings: {escape(validation_problems(e))}", highlight=False)
+        model = TrainConfig if e.title == TrainConfig.__name__ else None
+        ERR.print(f"[bold red]error:[/] settings: {escape(validation_problems(e, model))}", highlight=False)
         raise typer.Exit(2) from None
     except OSError as e:
         if (why := _path_problem(e)) is None:

@@ -14,6 +14,7 @@ Precedence: stage Params defaults < profile defaults < msf.toml < --set / --corp
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from pathlib import Path
@@ -31,9 +32,20 @@ class ConfigError(MsfError, ValueError):
     """Settings that cannot be used: a bad msf.toml, --set, or a missing corpus or cache."""
 
 
-def validation_problems(e: ValidationError) -> str:
-    """pydantic's errors as one line: `key: message; key: message`."""
-    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+def validation_problems(e: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """pydantic's errors as one line: `key: message; key: message`; a key the model does not have is
+    answered with the nearest ones it does ("did you mean threshold?"), or the list of them."""
+    out = []
+    for err in e.errors():
+        key = ".".join(map(str, err["loc"]))
+        line = f"{key}: {err['msg']}"
+        if err["type"] == "extra_forbidden" and model is not None and len(err["loc"]) == 1:
+            known = sorted(model.model_fields)
+            near = difflib.get_close_matches(str(err["loc"][0]), known, n=2, cutoff=0.6)
+            line = (f"{key}: no such setting; did you mean {' or '.join(near)}?" if near
+                    else f"{key}: no such setting; the settings are {', '.join(known)}")
+        out.append(line)
+    return "; ".join(out)
 
 
 class MsfConfig(BaseModel):
@@ -67,7 +79,7 @@ class MsfConfig(BaseModel):
         try:
             return stage.Params(**values)
         except ValidationError as e:
-            raise ConfigError(f"stage {stage.name!r} parameters: {validation_problems(e)}") from None
+            raise ConfigError(f"stage {stage.name!r} parameters: {validation_problems(e, stage.Params)}") from None
 
 
 def parse_value(raw: str) -> Any:
@@ -119,7 +131,7 @@ def load_config(
     try:
         config = MsfConfig(**data)
     except ValidationError as e:
-        raise ConfigError(f"configuration: {validation_problems(e)}") from None
+        raise ConfigError(f"configuration: {validation_problems(e, MsfConfig)}") from None
     from msf.pipeline.stage import load_plugins, stage_class
 
     load_plugins(config.plugins)

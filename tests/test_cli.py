@@ -71,7 +71,13 @@ def test_toy_stages_via_cli_and_set(tmp_path: Path) -> None:
 def test_clear_errors(tmp_path: Path) -> None:
     corpus = write_manifest(tmp_path / "c", 2)
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "x"), "--set", "audio.nope=1")
-    assert code == 2 and "stage 'audio' parameters: nope: Extra inputs are not permitted" in err
+    assert code == 2 and "stage 'audio' parameters: nope: no such setting; the settings are " in err
+    assert "min_seconds" in err  # nothing near "nope": every setting is named
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "x"),
+                          "--set", "emphasis.threshhold=0.6")
+    assert code == 2 and "threshhold: no such setting; did you mean threshold?" in err.replace("\n", " ")
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "x"), "--set", "worker=2")
+    assert code == 2 and "did you mean workers?" in err.replace("\n", " ")
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "x"), "--stage", "audio",
                           "--set", "emphasis.threshold=high")  # a stage this run does not reach is checked too
     assert code == 2 and "stage 'emphasis' parameters: threshold: Input should be a valid number" in err
