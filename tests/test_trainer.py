@@ -54,6 +54,15 @@ def test_a_run_does_not_resume_on_features_extracted_since(demo_corpus: Path, de
     cfg = TrainConfig(features=cache, **dict(FAST, epochs=2))
     first = train(cfg, run, progress=False)
     assert train(cfg, run, progress=False)["test"] == first["test"]  # the same data: it resumes, done
+    # other settings into the same folder: each difference named, nothing trained
+    with pytest.raises(UsageError, match=r"other settings \(epochs: 2 there, 4 now; lr: .* there, 0.01 now\)"):
+        train(TrainConfig(features=cache, **dict(FAST, epochs=4, lr=0.01)), run, progress=False)
+    # a device this machine lacks: refused before any data is read or a folder made
+    from msf.pipeline.backends.device import DeviceUnavailable
+
+    with pytest.raises(DeviceUnavailable, match="--device=cuda"):
+        train(TrainConfig(features=cache, **dict(FAST, device="cuda")), tmp_path / "no-gpu", progress=False)
+    assert not (tmp_path / "no-gpu").exists()
     # The same feature set re-extracted with another emphasis threshold: LES changes under the run.
     ex = Extraction(MsfConfig(corpus=f"demo:{demo_corpus}", cache=cache, profile="offline", workers=1,
                               stages={"align": {"backend": "provided"}, "emphasis": {"threshold": 0.3}}))

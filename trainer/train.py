@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from msf.pipeline.backends.device import Device, place
+from msf.pipeline.backends.device import Device, place, require_device
 from msf.pipeline.corpus import TARGETS
 from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.run.faults import fault_point
@@ -279,6 +279,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, data: FeatureSet |
     sources = parse_sources(cfg.sources)
     if cfg.fusion not in ("fm-moe", "concat"):
         raise UsageError(f"--fusion must be fm-moe or concat, not {cfg.fusion!r}")
+    require_device(cfg.device, "--device")  # before any data is read or the run folder made
     # The same command started twice (two terminals, a resubmitted job) would interleave checkpoints.
     with CacheLock(out, kind="run", way_out="or use another --out"):
         return _train(cfg, out, sources, progress, data)
@@ -289,8 +290,13 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     resolved = cfg.model_dump(mode="json")
     last = out / "last.pt"
     if (out / "config.json").exists() and last.exists():
-        if json.loads((out / "config.json").read_text()) != resolved:
-            raise UsageError(f"{out} holds a run with other settings; choose another --out or delete it")
+        before = json.loads((out / "config.json").read_text())
+        if before != resolved:
+            differ = [f"{k}: {before.get(k)!r} there, {resolved.get(k)!r} now"
+                      for k in sorted(set(before) | set(resolved)) if before.get(k) != resolved.get(k)]
+            raise UsageError(f"{out} holds a run with other settings ({'; '.join(differ)}); a run resumes only "
+                             "with the settings it was started with (its schedule, early stopping and weight "
+                             "averaging are over them), so choose another --out or delete it")
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
     seed_everything(cfg.seed, cfg.threads)
     data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.name, cfg.labels, cfg.in_memory,
