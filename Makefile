@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/msf demo --out $(DEMO_OUT) --n $(DEMO_N)
 
 test: install
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 clean:
 	rm -rf $(VENV) runs
