@@ -138,18 +138,21 @@ def transcribe_batch(model: Any, audios: Sequence[np.ndarray], window: WhisperWi
             max_initial_timestamp_index=int(round(options.max_initial_timestamp / model.time_precision)))
         texts: list[list[int]] = []
         for k, r in enumerate(results):
-            tokens = r.sequences_ids[0]
+            tokens, no_speech = r.sequences_ids[0], r.no_speech_prob
             avg_logprob = r.scores[0] * len(tokens) ** options.length_penalty / (len(tokens) + 1)
-            silence = r.no_speech_prob > options.no_speech_threshold and avg_logprob < options.log_prob_threshold
-            if fallback and not silence and (avg_logprob < options.log_prob_threshold or get_compression_ratio(
+            silent = no_speech > options.no_speech_threshold and avg_logprob < options.log_prob_threshold
+            if fallback and not silent and (avg_logprob < options.log_prob_threshold or get_compression_ratio(
                     tok.decode([t for t in tokens if t < tok.eot]).strip()) > options.compression_ratio_threshold):
                 import ctranslate2
 
                 ctranslate2.set_random_seed(0)  # the fallback samples: seeded, a file's words depend on it alone
                 alone = model.encode(feats[k][None])
                 capped = options.__class__(**{**options.__dict__, "max_new_tokens": min(caps[k], model.max_length - len(prompt))})
-                tokens = model.generate_with_fallback(alone, list(prompt), tok, capped)[0].sequences_ids[0]
-            texts.append([] if silence else [t for t in tokens if t < tok.eot])
+                result, avg_logprob, _, _ = model.generate_with_fallback(alone, list(prompt), tok, capped)
+                tokens, no_speech = result.sequences_ids[0], result.no_speech_prob
+            # faster-whisper's rule on the decode it keeps: probably no speech, and no confident text either
+            silent = no_speech > options.no_speech_threshold and avg_logprob <= options.log_prob_threshold
+            texts.append([] if silent else [t for t in tokens if t < tok.eot])
         aligned = model.find_alignment(tok, texts, encoded, list(contents))
         for (i, _, offset), words in zip(group, aligned):
             out[i] = [{"word": w["word"], "start": round(offset + float(w["start"]), 3),
