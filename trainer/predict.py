@@ -128,6 +128,9 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
     stages = {k: dict(v) for k, v in config.stages.items()}
     for stage, values in (settings or {}).items():
         stages.setdefault(stage, {}).update(values)
+    # A prediction is a function of the file: Whisper decodes one file a call (batched files can, rarely,
+    # hear a word differently with other files beside them; docs/config.md, align.asr_batch).
+    stages.setdefault("align", {})["asr_batch"] = 1
     if stages.get("align", {}).get("backend") == "provided":
         # A corpus's own alignment does not exist for new audio: the offline profile's aligner instead.
         stages["align"] = {**stages["align"], "backend": "sphinx"}
