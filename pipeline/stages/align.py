@@ -106,7 +106,7 @@ class AlignStage(Stage):
         out = window_fingerprint(out, runs_whisper=p.backend != "provided")  # `provided` reads files
         batch = resolve_asr_batch(p.asr_batch, p.device)
         # one at a time: the fingerprints of before. Batched words are nearly always the same (a beam
-        # can turn on the last bits of a batched matrix product: 4 of 300 demo files), so a batch is its own entry.
+        # can turn on the last bits of a batched matrix product: 3 of 300 demo files), so a batch is its own entry.
         return out if batch == 1 else {**out, "asr_batch": batch}
 
     def setup(self) -> None:
