@@ -64,8 +64,14 @@ def test_spreadsheet_csv_exports_read_as_they_are(tmp_path: Path) -> None:
         assert [(u.id, u.transcript, u.labels) for u in c.utterances] == [("a", "well, hello", (4.5, 3.0, 5.0))]
         assert not c.problems
     (tmp_path / "u16.csv").write_text(plain, encoding="utf-16")
-    with pytest.raises(CorpusError, match="u16.csv is not UTF-8 text .* save the manifest as UTF-8"):
+    with pytest.raises(CorpusError, match=r"u16.csv:1: not UTF-8 text; save the manifest as UTF-8"):
         load_corpus(str(tmp_path / "u16.csv"))
+    # a Latin-1 row far down a long manifest: the error names its line, not a byte of a decoder's chunk
+    many = plain + "".join(f"b{i},a.wav,fine,train,4,4,4\n" for i in range(3000)) + "c,a.wav,caf\xe9,train,4,4,4\n"
+    for name, bom in (("latin1.csv", b""), ("latin1-bom.csv", b"\xef\xbb\xbf")):
+        (tmp_path / name).write_bytes(bom + many.encode("latin-1"))
+        with pytest.raises(CorpusError, match=rf"{name}:3003: not UTF-8 text"):
+            load_corpus(str(tmp_path / name))
 
 
 def test_unknown_spec() -> None:
@@ -212,3 +218,25 @@ def test_an_unchanged_corpus_is_not_parsed_again(kind: str, tmp_path: Path, monk
     transcript = store.index.utterances([uid])[uid].utt.transcript
     store.close()
     assert transcript in ("so that was terrific", "Pardon me.")
+
+
+def test_a_refused_manifest_leaves_no_cache_behind(tmp_path: Path) -> None:
+    """msf extract on a manifest that cannot be read (not UTF-8, or empty): one error naming the line, exit 2,
+    and no cache folder made; a cache that existed before is left as it was."""
+    from conftest import write_manifest
+    from typer.testing import CliRunner
+
+    from msf.cli import app
+
+    good = write_manifest(tmp_path / "good", 2)
+    (tmp_path / "u16.csv").write_text(good.read_text(), encoding="utf-16")
+    (tmp_path / "empty.csv").write_text("")
+    runner = CliRunner()
+    for bad in ("u16.csv", "empty.csv"):
+        cache = tmp_path / f"cache-{bad}"
+        res = runner.invoke(app, ["extract", "--corpus", str(tmp_path / bad), "--cache", str(cache), "--stage", "audio"])
+        assert res.exit_code == 2 and "Traceback" not in res.output and not cache.exists(), res.output
+    kept = tmp_path / "kept"
+    assert runner.invoke(app, ["extract", "--corpus", str(good), "--cache", str(kept), "--stage", "audio"]).exit_code == 0
+    res = runner.invoke(app, ["extract", "--corpus", str(tmp_path / "u16.csv"), "--cache", str(kept), "--stage", "audio"])
+    assert res.exit_code == 2 and (kept / "index.sqlite").exists()

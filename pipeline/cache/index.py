@@ -370,6 +370,11 @@ class CacheIndex:
                         progress(len(block))
         return out
 
+    def is_empty(self) -> bool:
+        """Nothing recorded yet: no entry, failure, utterance, feature set or file hash."""
+        return not any(self.db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
+                       for t in ("entries", "failures", "utterances", "feature_sets", "file_hashes"))
+
     def recorded_files_unchanged(self) -> bool:
         """Whether every file the recorded utterances name (audio, provided alignments) still has the
         size and mtime it had when hashed: one stat each, no read."""

@@ -19,6 +19,16 @@ DELIMITERS = (",", ";", "\t")  # spreadsheets in many locales save CSV with ";"
 COLUMNS = ("id", "audio", "transcript", "speaker", "split", "valence", "arousal", "dominance", "alignment", "gender")
 
 
+def first_non_utf8_line(path: Path) -> int:
+    """The line of the first byte that is not UTF-8 (the decoder's own position is within its chunk)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return raw.count(b"\n", 0, e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)) + 1
+    return 0
+
+
 def _rows(path: Path) -> Iterator[tuple[str, list[str] | None]]:
     """(file:row, values in COLUMNS order) per row; None for a row that is not a JSON object."""
     name = path.name
@@ -84,7 +94,6 @@ def read(
                 hints["gender"] = gender
             # os.path.join keeps an absolute audio path as it is
             b.add(where, utt, os.path.join(base, audio), {"valence": v, "arousal": a, "dominance": d}, speaker, split, transcript or None, hints)
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save the manifest "
-                          "as UTF-8") from None
+    except UnicodeDecodeError:
+        raise CorpusError(f"{path}:{first_non_utf8_line(path)}: not UTF-8 text; save the manifest as UTF-8") from None
     return b.build(path.parent.name if path.name.startswith("manifest") else path.stem, spec or str(path))

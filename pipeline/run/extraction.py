@@ -114,6 +114,10 @@ class Extraction:
         self.config = config
         self._corpus = corpus
         self.root = config.cache_dir()
+        # a cache this extraction creates is removed again if the run stops before anything is in it
+        # (a manifest refused as not UTF-8, empty, ...): an empty cache left behind would look like one
+        self._created = not dry_run and not (self.root / "index.sqlite").exists()
+        self._removed = False
         self.store = ShardStore(self.root, readonly=dry_run)
         self.executor: Executor = executor or DaskExecutor(config.workers, config.scheduler)
         self._sources: list[Source] | None = None
@@ -137,6 +141,8 @@ class Extraction:
         """The manifest's refused rows (or, when this run did not read it, the last recorded ones)."""
         if self._corpus is not None:
             return [str(p) for p in self._corpus.problems]
+        if self._removed:  # a refused manifest: its error says why, and the cache is gone
+            return []
         return json.loads(self.store.index.get_meta("corpus_problems") or "[]")
 
     @property
@@ -218,6 +224,27 @@ class Extraction:
         """Bring the stages up to date. Unless `force`, first check that what the stages with a
         declared output size would write fits in the cache's filesystem."""
         preflight(self.config, stages)
+        try:
+            return self._run(stages, progress, wait_s, force)
+        except MsfError:
+            self._remove_if_unused()
+            raise
+
+    def _remove_if_unused(self) -> None:
+        """Remove the cache folder this extraction created when nothing was recorded in it (no file hash
+        either: a refused manifest, not a missing model after the content-hash pass) and it holds nothing
+        but the index and the lock (never a folder of the user's)."""
+        import shutil
+
+        if not self._created or not self.store.index.is_empty():
+            return
+        ours = {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal", ".lock"}
+        if all(p.name in ours or (p.is_dir() and not any(p.iterdir())) for p in self.root.iterdir()):
+            self.store.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+            self._removed = True
+
+    def _run(self, stages: list[str], progress: bool, wait_s: float, force: bool) -> dict[str, StageReport]:
         with CacheLock(self.root, wait_s=wait_s):
             unchanged = self._unchanged(stages)
             if unchanged is not None:
