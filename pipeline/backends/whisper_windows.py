@@ -13,6 +13,7 @@ their words timed by cross-attention (CTranslate2 `Whisper.align`) in the same b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal, Sequence, Union
 
@@ -83,18 +84,18 @@ def speech_span(audio: np.ndarray) -> tuple[int, int] | None:
     return (spans[0]["start"], spans[-1]["end"]) if spans else None
 
 
-def decoding_options() -> Any:
+def decoding_options(tok: Any) -> Any:
     """faster-whisper's own defaults for `transcribe` as msf calls it (beam 5, no conditioning on
-    previous text, temperature fallback on repetitive or improbable text), so the windowed decoder
-    decodes as the 30 s one does."""
-    from faster_whisper.transcribe import TranscriptionOptions
+    previous text, temperature fallback on repetitive or improbable text, its non-speech tokens
+    suppressed), so the windowed decoder decodes as the 30 s one does."""
+    from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
     return TranscriptionOptions(
         beam_size=5, best_of=5, patience=1.0, length_penalty=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
         log_prob_threshold=-1.0, no_speech_threshold=0.6, compression_ratio_threshold=2.4,
         condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
         temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], initial_prompt=None, prefix=None, suppress_blank=True,
-        suppress_tokens=[-1], without_timestamps=False, max_initial_timestamp=1.0, word_timestamps=True,
+        suppress_tokens=get_suppressed_tokens(tok, [-1]), without_timestamps=False, max_initial_timestamp=1.0, word_timestamps=True,
         prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、", multilingual=False,
         max_new_tokens=None, clip_timestamps="0", hallucination_silence_threshold=None, hotwords=None)
 
@@ -110,11 +111,10 @@ def transcribe_batch(model: Any, audios: Sequence[np.ndarray], window: WhisperWi
     `fallback=False`: beam search only (the benches' random-weight models, whose text always fails the
     thresholds a trained model's rarely does)."""
     from faster_whisper.tokenizer import Tokenizer
-    from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+    from faster_whisper.transcribe import get_compression_ratio
 
     tok = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
-    options = decoding_options()
-    options = options.__class__(**{**options.__dict__, "suppress_tokens": get_suppressed_tokens(tok, [-1])})
+    options = decoding_options(tok)
     out: list[list[dict] | None] = [None] * len(audios)
     todo: dict[float, list[tuple[int, np.ndarray, float]]] = {}
     for i, audio in enumerate(audios):
@@ -147,7 +147,7 @@ def transcribe_batch(model: Any, audios: Sequence[np.ndarray], window: WhisperWi
 
                 ctranslate2.set_random_seed(0)  # the fallback samples: seeded, a file's words depend on it alone
                 alone = model.encode(feats[k][None])
-                capped = options.__class__(**{**options.__dict__, "max_new_tokens": min(caps[k], model.max_length - len(prompt))})
+                capped = dataclasses.replace(options, max_new_tokens=min(caps[k], model.max_length - len(prompt)))
                 result, avg_logprob, _, _ = model.generate_with_fallback(alone, list(prompt), tok, capped)
                 tokens, no_speech = result.sequences_ids[0], result.no_speech_prob
             # faster-whisper's rule on the decode it keeps: probably no speech, and no confident text either
