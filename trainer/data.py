@@ -439,7 +439,7 @@ def make_batch(frames: list[np.ndarray], vectors: dict[str, np.ndarray], masks: 
     step = max(1, TORCH_GRAIN // max(1, int(np.prod(out.shape[2:]))))  # frames per piece
     for b, f in enumerate(frames):
         # one-byte frames (msf.pipeline.quantized) are cast and scaled in the batch itself: no float32
-        # copy of each utterance on the way, so an epoch reads them as fast as float16 ones
+        # copy of each utterance on the way (bench/frames_storage.py: 1.18x float16's epoch reads)
         src, scale = (torch.from_numpy(f["values"]), torch.from_numpy(f["scale"])) if is_quantized(f) else \
             (torch.from_numpy(f), None)
         for i in range(0, len(f), step):
