@@ -18,7 +18,6 @@ from msf.pipeline.backends.whisper_windows import (FULL_WINDOW_S, WhisperWindow,
 from msf.pipeline.corpora.alignment_files import WordTimes, clean_word
 from msf.pipeline.stage import UtteranceError
 
-WHISPER_WINDOW_S = FULL_WINDOW_S
 SEGMENT_S = 25.0  # a long file's segments: under the window, with room for the margins
 MARGIN_S = 0.3  # audio kept either side of a segment's anchors
 NO_SPEECH = "no speech found: the transcriber heard no words (and there is no transcript)"
@@ -46,16 +45,22 @@ class WhisperAligner:
         """ASR of several utterances: those that fit a window `asr_batch` files a call (grouped by window),
         longer ones (and all of them under the 30 s setting) one by one through faster-whisper."""
         out: list[WordTimes | UtteranceError] = [UtteranceError(NO_SPEECH)] * len(audios)
-        short = [] if self.legacy_asr else [i for i, a in enumerate(audios) if len(a) / TARGET_SR <= FULL_WINDOW_S]
-        short.sort(key=lambda i: len(audios[i]))  # one window per call where it can be
-        for s in range(0, len(short), max(1, self.asr_batch)):
-            idx = short[s : s + max(1, self.asr_batch)]
+        batches, longer = self._batches(audios, windowed=not self.legacy_asr)
+        for idx in batches:
             for i, words in zip(idx, transcribe_batch(self.model, [audios[i] for i in idx], self.window,
                                                       vad=self.vad, language=self.language)):
                 out[i] = self._heard(words or [])
-        for i in sorted(set(range(len(audios))) - set(short)):
+        for i in longer:
             out[i] = self._heard(self._long_form(audios[i]))
         return out
+
+    def _batches(self, audios: Sequence[np.ndarray], windowed: bool = True) -> tuple[list[list[int]], list[int]]:
+        """(positions of the files that fit a window, shortest first, `asr_batch` a call, so a call holds
+        one window where it can; positions of the others, for the long-form paths)."""
+        fit = sorted((i for i, a in enumerate(audios) if windowed and len(a) / TARGET_SR <= FULL_WINDOW_S),
+                     key=lambda i: len(audios[i]))
+        step = max(1, self.asr_batch)
+        return [fit[s : s + step] for s in range(0, len(fit), step)], sorted(set(range(len(audios))) - set(fit))
 
     def _long_form(self, audio: np.ndarray) -> list[dict]:
         if self.legacy_asr and self.asr_batch > 1:  # the speech segments VAD finds, decoded `asr_batch` at a time
@@ -90,16 +95,13 @@ class WhisperAligner:
         """Forced alignment of each transcript: files that fit Whisper's window in batches of `asr_batch`;
         a longer file by segments (`_segments`)."""
         out: list[WordTimes | UtteranceError] = [UtteranceError("not aligned")] * len(audios)
-        short = sorted((i for i, a in enumerate(audios) if len(a) / TARGET_SR <= FULL_WINDOW_S),
-                       key=lambda i: len(audios[i]))
-        step = max(1, self.asr_batch)
-        for s in range(0, len(short), step):
-            idx = short[s : s + step]
+        batches, longer = self._batches(audios)
+        for idx in batches:
             aligned = align_batch(self.model, [audios[i] for i in idx], [words[i] for i in idx], self.window,
                                   self.language)
             for i, a in zip(idx, aligned):
                 out[i] = self._forced(a, words[i])
-        for i in sorted(set(range(len(audios))) - set(short)):
+        for i in longer:
             try:
                 out[i] = self._align_long(audios[i], words[i])
             except UtteranceError as e:
@@ -140,8 +142,8 @@ class WhisperAligner:
         for a, b in zip(cuts, cuts[1:]):
             t0 = 0.0 if a == 0 else max(0.0, anchors[a][0] - MARGIN_S)
             t1 = duration if b == len(words) else min(duration, anchors[b][0] + MARGIN_S)
-            if t1 - t0 > WHISPER_WINDOW_S:
-                raise UtteranceError(f"forced alignment with whisper covers {WHISPER_WINDOW_S:g} s, and words "
+            if t1 - t0 > FULL_WINDOW_S:
+                raise UtteranceError(f"forced alignment with whisper covers {FULL_WINDOW_S:g} s, and words "
                                      f"{a + 1}-{b} of the transcript span {t1 - t0:.1f} s of {duration:.1f} with no "
                                      "word Whisper heard to cut at (use align.backend=sphinx or ctc)")
             out.append((a, b, t0, t1))

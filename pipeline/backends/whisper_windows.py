@@ -62,6 +62,21 @@ def window_fingerprint(params: dict[str, Any], runs_whisper: bool = True) -> dic
     return params
 
 
+def group_by_window(clips: Sequence[np.ndarray], window: WhisperWindow) -> dict[float, list[int]]:
+    """Positions of the clips by the window each is encoded in, shortest window first: one encoder call
+    per window takes them all (the stack must share a shape)."""
+    groups: dict[float, list[int]] = {}
+    for i, clip in enumerate(clips):
+        groups.setdefault(fitted_window_s(len(clip) / TARGET_SR, window), []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def tokenizer(model: Any, language: str) -> Any:
+    from faster_whisper.tokenizer import Tokenizer
+
+    return Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+
+
 def window_frames(window_s: float) -> int:
     return int(round(window_s * MEL_FRAMES_PER_S))
 
@@ -110,22 +125,19 @@ def transcribe_batch(model: Any, audios: Sequence[np.ndarray], window: WhisperWi
     On a GPU the batch is the speed-up; on a CPU one at a time is as fast (the caller chooses).
     `fallback=False`: beam search only (the benches' random-weight models, whose text always fails the
     thresholds a trained model's rarely does)."""
-    from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import get_compression_ratio
 
-    tok = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+    tok = tokenizer(model, language)
     options = decoding_options(tok)
     out: list[list[dict] | None] = [None] * len(audios)
-    todo: dict[float, list[tuple[int, np.ndarray, float]]] = {}
+    clips: list[tuple[int, np.ndarray, float]] = []  # (position, speech span, its start in seconds)
     for i, audio in enumerate(audios):
         span = speech_span(audio) if vad else (0, len(audio))
-        if span is None:
-            continue
-        lo, hi = span
-        clip = audio[lo:hi]
-        todo.setdefault(fitted_window_s(len(clip) / TARGET_SR, window), []).append((i, clip, lo / TARGET_SR))
+        if span is not None:
+            clips.append((i, audio[span[0] : span[1]], span[0] / TARGET_SR))
     prompt = model.get_prompt(tok, previous_tokens=[], without_timestamps=False)
-    for window_s, group in sorted(todo.items()):
+    for window_s, members in group_by_window([clip for _, clip, _ in clips], window).items():
+        group = [clips[k] for k in members]
         feats, contents = zip(*(padded_features(model, clip, window_s) for _, clip, _ in group))
         encoded = model.encode(np.stack(feats))
         caps = [LOOP_SLACK + int(TOKENS_PER_S_MAX * len(clip) / TARGET_SR) for _, clip, _ in group]
@@ -167,14 +179,9 @@ def align_batch(model: Any, audios: Sequence[np.ndarray], words: Sequence[list[s
     `Whisper.align`, as faster-whisper times its own words), utterances of one window in one batch.
     Returns faster-whisper's word dicts (word, start, end, probability) per utterance; each must fit
     its window."""
-    from faster_whisper.tokenizer import Tokenizer
-
-    tok = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+    tok = tokenizer(model, language)
     out: list[list[dict]] = [[] for _ in audios]
-    groups: dict[float, list[int]] = {}
-    for i, audio in enumerate(audios):
-        groups.setdefault(fitted_window_s(len(audio) / TARGET_SR, window), []).append(i)
-    for window_s, idx in sorted(groups.items()):
+    for window_s, idx in group_by_window(audios, window).items():
         feats, contents = zip(*(padded_features(model, audios[i], window_s) for i in idx))
         encoded = model.encode(np.stack(feats))
         tokens = [tok.encode(" " + " ".join(words[i])) for i in idx]

@@ -14,7 +14,7 @@ from msf.pipeline.backends.device import (ComputeType, Device, Precision, place,
                                   resolve_compute_type, torch_dtype)
 from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
                                         whisper_dims)
-from msf.pipeline.backends.whisper_windows import WhisperWindow, fitted_window_s, padded_features, window_fingerprint
+from msf.pipeline.backends.whisper_windows import WhisperWindow, group_by_window, padded_features, window_fingerprint
 from msf.pipeline.errors import UsageError
 from msf.pipeline.quantized import quantize
 from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
@@ -138,11 +138,8 @@ class WhisperEncoder(_Encoder):
         self.window = p.whisper_window
 
     def forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
-        groups: dict[float, list[int]] = {}
-        for i, c in enumerate(chunks):
-            groups.setdefault(fitted_window_s(len(c) / SR, self.window), []).append(i)
         frames: dict[int, np.ndarray] = {}
-        for window_s, idx in groups.items():
+        for window_s, idx in group_by_window(chunks, self.window).items():
             out = self.whisper.encode(np.stack([padded_features(self.whisper, chunks[i], window_s)[0] for i in idx]))
             if out.device != "cpu":  # B x (50 x window) x D
                 import ctranslate2
