@@ -76,6 +76,12 @@ def filtered_copy(view: CacheView, ids: list[str], out: Path, filter_kwargs: dic
     return [at[u] for u in ids]
 
 
+def frames_storage_size(shard: Path) -> int:
+    """Bytes the frames of one shard take on disk (after any filter)."""
+    with h5py.File(shard, "r", locking=False) as f:
+        return int(f["frames/data"].id.get_storage_size())
+
+
 def epoch_seconds(column: ArrayColumn, seed: int, assemble: bool, standardise: bool = False) -> float:
     """One epoch's reads in training batches of 32; `assemble`: each batch also padded into the float32
     array the model takes (trainer.data.make_batch, as the trainer's read-ahead thread does), so a
@@ -151,9 +157,8 @@ def main() -> None:
         columns[label] = ArrayColumn(filtered_copy(f16, train, folder, kwargs), "frames")
         # the copies hold whole shards: compared with the same shards' float16 frames
         same = {p.name for p in folder.glob("*.h5")}
-        src_frames = sum(h5py.File(f16.root / "acoustic" / n, "r", locking=False)["frames/data"].id.get_storage_size()
-                         for n in same)
-        copy_frames = sum(h5py.File(folder / n, "r")["frames/data"].id.get_storage_size() for n in same)
+        src_frames = sum(frames_storage_size(f16.root / "acoustic" / n) for n in same)
+        copy_frames = sum(frames_storage_size(folder / n) for n in same)
         nbytes[label] = nbytes["float16"] * copy_frames / src_frames
         same = all(np.array_equal(a, b) for a, b in zip(exact, columns[label].read(range(len(train)))))
         assert same, f"{label} is not lossless"
