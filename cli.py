@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, NoReturn, Optional
@@ -19,15 +20,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from msf.pipeline.corpus import TARGETS
-from msf.pipeline.errors import UsageError
+from msf.pipeline.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, UsageError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="MSF-SER feature extraction, caching and training.")
-cache_app = typer.Typer(no_args_is_help=True, help="Check and tidy a cache.")
-corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora.")
+# Click's own help layout: options with readable metavars (FILE, N, A,B), literal brackets ("[train]"),
+# whole lines in 100 columns; typer's rich panels label options with Python types and eat brackets as markup.
+# Typer (0.2x) also prints an argument's Python type after its name ("AUDIO... <list[Path]>"); the
+# argument's own name says what it takes.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100, "help_option_names": ["-h", "--help"]}}
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="MSF-SER feature extraction, caching and training.",
+                  **HELP)  # type: ignore[arg-type]
+cache_app = typer.Typer(no_args_is_help=True, help="Check and tidy a cache.", **HELP)  # type: ignore[arg-type]
+corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora.", **HELP)  # type: ignore[arg-type]
 app.add_typer(cache_app, name="cache")
 app.add_typer(corpus_app, name="corpus")
 
 OUT = Console()
+JSON_HELP = "Print the result as one JSON object (the last stdout line)."
 ERR = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 
 
@@ -41,7 +50,7 @@ def user_errors() -> Iterator[None]:
         yield
     except MsfError as e:
         ERR.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
     except pydantic.ValidationError as e:  # the trainer's settings, checked when TrainConfig is built
@@ -50,12 +59,12 @@ def user_errors() -> Iterator[None]:
 
         model = TrainConfig if e.title == TrainConfig.__name__ else None
         ERR.print(f"[bold red]error:[/] settings: {escape(validation_problems(e, model))}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     except OSError as e:
         if (why := _path_problem(e)) is None:
             _internal_error()
         ERR.print(f"[bold red]error:[/] {escape(why)}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     except Exception:  # noqa: BLE001 - a bug: never dressed up as a user mistake
         _internal_error()
 
@@ -82,7 +91,58 @@ def _internal_error() -> NoReturn:
     ERR.print("[bold red]internal error[/] (a bug in msf; please report it with the traceback below):",
               highlight=False)
     ERR.print(traceback.format_exc(), highlight=False, markup=False)
-    raise typer.Exit(1) from None
+    raise typer.Exit(EXIT_BUG) from None
+
+
+def renamed(new: Any, old: Any, old_flag: str, new_flag: str) -> Any:
+    """An option's old spelling, kept for one release: it works, with a warning naming the new one."""
+    if old is None:
+        return new
+    if new is not None:
+        raise UsageError(f"{old_flag} is the old name of {new_flag}: give {new_flag} only")
+    ERR.print(f"[yellow]warning:[/] {old_flag} is now {new_flag}; the old form works until the next release",
+              highlight=False)
+    return old
+
+
+# Commands that took their output folder as an argument before --out: one extra argument is that folder.
+OLD_OUT = {"allow_extra_args": True, **HELP["context_settings"]}  # type: ignore[dict-item]
+
+
+def old_positional(ctx: typer.Context) -> Optional[Path]:
+    if len(ctx.args) > 1 or any(a.startswith("-") for a in ctx.args):
+        raise UsageError(f"unexpected arguments: {' '.join(ctx.args)}")
+    return Path(ctx.args[0]) if ctx.args else None
+
+
+def print_markdown_tables(text: str) -> None:
+    """Markdown tables (ablation.md's) as terminal tables that fit the terminal: a narrow one wraps
+    each row's cells within their columns, never a header line in the middle; other lines as they are."""
+    block: list[list[str]] = []
+
+    def flush() -> None:
+        if block:
+            table = Table(box=None, header_style="bold")
+            for k, name in enumerate(block[0]):  # the first column (the variant) whole, the others folded
+                table.add_column(name, no_wrap=k == 0, overflow="fold", min_width=max(map(len, name.split() or [""])))
+            for cells in block[2:]:  # block[1] is the |---| rule
+                table.add_row(*cells)
+            OUT.print(table)
+            block.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        else:
+            flush()
+            OUT.print(line, highlight=False, markup=False)
+    flush()
+
+
+def required_out(out: Optional[Path]) -> Path:
+    if out is None:
+        raise UsageError("give the folder to write with --out DIR")
+    return out
 
 
 def _report_problems(problems: list[Any]) -> None:
@@ -97,19 +157,25 @@ def _report_problems(problems: list[Any]) -> None:
 
 @app.command()
 def extract(
-    config: Optional[Path] = typer.Option(None, help="msf.toml to read (default: ./msf.toml if present)."),
-    corpus: Optional[str] = typer.Option(None, help="Manifest path, or msp-podcast:PATH, iemocap:PATH, demo:PATH."),
-    cache: Optional[Path] = typer.Option(None, help="Cache directory."),
-    stage: List[str] = typer.Option([], "--stage", help="Stage to bring up to date (repeatable; default: all)."),
-    profile: Optional[str] = typer.Option(None, help="offline | default."),
-    set_: List[str] = typer.Option([], "--set", help="STAGE.KEY=VALUE parameter override (repeatable)."),
-    name: Optional[str] = typer.Option(None, help="Feature-set name to record these settings under (default: default)."),
-    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes."),
-    scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler."),
-    wait: float = typer.Option(0.0, help="Seconds to wait for another run holding the cache lock."),
+    config: Optional[Path] = typer.Option(None, metavar="FILE",
+                                          help="msf.toml to read (default: ./msf.toml if present)."),
+    corpus: Optional[str] = typer.Option(None, metavar="SPEC",
+                                         help="Manifest path, or msp-podcast:PATH, iemocap:PATH, demo:PATH."),
+    cache: Optional[Path] = typer.Option(None, metavar="DIR", help="Cache directory."),
+    stage: List[str] = typer.Option([], "--stage", metavar="STAGE",
+                                    help="Stage to bring up to date (repeatable; default: all)."),
+    profile: Optional[str] = typer.Option(None, metavar="offline|default", help="offline | default."),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="STAGE.KEY=VALUE parameter override (repeatable)."),
+    name: Optional[str] = typer.Option(None, metavar="NAME",
+                                       help="Feature-set name to record these settings under (default: default)."),
+    workers: Optional[int] = typer.Option(None, metavar="N", help="Local Dask worker processes."),
+    scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Address of an existing Dask scheduler."),
+    wait: float = typer.Option(0.0, metavar="SECONDS", help="Seconds to wait for another run holding the cache lock."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be computed, why, and its cost; compute "
                                                           "and write nothing."),
-    calibrate: int = typer.Option(5, help="With --dry-run: utterances of the corpus to time the stages on (0: none)."),
+    calibrate: int = typer.Option(5, metavar="N",
+                                  help="With --dry-run: utterances of the corpus to time the stages on (0: none)."),
     force: bool = typer.Option(False, "--force", help="Run even when the estimate exceeds the free disk space."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-stage summary as JSON (last line)."),
 ) -> None:
@@ -125,7 +191,8 @@ def extract(
         stages = stage or sorted(REGISTRY)
         for s in stages:
             stage_class(s)
-        preflight(cfg, stages)  # before the cache is created: a run that cannot start leaves nothing
+        if not dry_run:  # before the cache is created: a run that cannot start leaves nothing
+            preflight(cfg, stages)
         ex = Extraction(cfg, dry_run=dry_run)
         try:
             if dry_run:
@@ -136,41 +203,62 @@ def extract(
             ex.close()
     if as_json:
         print(reports_json(reports))
-        return
-    table = Table("stage", "computed", "reused", "failed", "seconds",
-                  title=f"cache {cfg.cache_dir()}, feature set {cfg.name!r}")
-    for stage_name, r in reports.items():
-        table.add_row(stage_name, str(r.computed), str(r.reused), str(r.failed), f"{r.seconds:.1f}")
-    OUT.print(table)
-    if any(r.failed for r in reports.values()):
-        ERR.print("[yellow]some utterances failed; `msf status --failed` lists them (they are retried next run)[/]")
+    else:
+        table = Table("stage", "computed", "reused", "failed", "seconds",
+                      title=f"cache {cfg.cache_dir()}, feature set {cfg.name!r}")
+        for stage_name, r in reports.items():
+            table.add_row(stage_name, str(r.computed), str(r.reused), str(r.failed), f"{r.seconds:.1f}")
+        OUT.print(table)
+    failed = {s: r.failed for s, r in reports.items() if r.failed}
+    if failed:  # one line, and an exit status of its own: a script can tell a partial run from a clean one
+        ERR.print(f"[yellow]finished with failures[/] ({', '.join(f'{s} {n}' for s, n in failed.items())}): "
+                  f"`msf status --cache {escape(str(cfg.cache_dir()))} --failed` lists each root cause once; "
+                  "they are retried next run", highlight=False)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) -> None:
     from msf.pipeline.run.extraction import free_bytes, human_bytes
 
+    from msf.pipeline.run.requirements import MissingRequirements
+
+    needs = ex.requirements(stages)
     estimates = ex.dry_run(stages, calibrate=calibrate)
     free = free_bytes(ex.root)
+    missing = [r for r in needs if r.blocking]
     if as_json:
         print(json.dumps({"stages": {k: e.to_dict() for k, e in estimates.items()}, "free_bytes": free,
-                          "calibrated_on": calibrate, "workers": ex.config.workers}))
-        return
-    table = Table("stage", "to compute", "reused", "audio", "est. size", "est. time", "why",
-                  title=f"dry run: cache {ex.root}, feature set {ex.config.name!r} (nothing computed or written)")
-    total = 0.0
-    for stage_name, e in estimates.items():
-        total += e.bytes or 0.0
-        why = "; ".join(f"{r} ({n:,})" for r, n in list(e.why.items())[:3])
-        table.add_row(stage_name, f"{e.to_compute:,}", f"{e.reused:,}", f"{e.audio_seconds / 3600:.2f} h",
-                      "?" if e.bytes is None else human_bytes(e.bytes),
-                      "?" if e.seconds is None else f"{e.seconds / 60:.1f} min", why)
-    OUT.print(table)
-    OUT.print(f"about {human_bytes(total)} to write; {human_bytes(free)} free on the cache's filesystem; time on "
-              f"{ex.config.workers} worker(s), from a calibration on {calibrate} utterance(s) of this corpus", highlight=False)
-    for stage_name, e in estimates.items():
-        if e.sends is not None:
-            untimed = "" if e.sends.loopback else "; not calibrated, so nothing was sent by this dry run"
-            OUT.print(f"{stage_name} would send {e.sends}{untimed}", highlight=False)
+                          "calibrated_on": calibrate, "workers": ex.config.workers,
+                          "requirements": [asdict(r) for r in needs]}))
+    else:
+        table = Table("stage", "to compute", "reused", "audio", "est. size", "est. time", "why",
+                      title=f"dry run: cache {ex.root}, feature set {ex.config.name!r} (nothing computed or written)")
+        unknown = "unknown until calibrated" if calibrate else "unknown (--calibrate 0)"
+        for stage_name, e in estimates.items():
+            why = "; ".join(f"{r} ({n:,})" for r, n in list(e.why.items())[:3])
+            blocked = f"cannot run: {e.blocked} (below)" if e.blocked else None
+            table.add_row(stage_name, f"{e.to_compute:,}", f"{e.reused:,}", f"{e.audio_seconds / 3600:.2f} h",
+                          "?" if e.bytes is None else human_bytes(e.bytes),
+                          "?" if e.seconds is None else f"{e.seconds / 60:.1f} min", blocked or why)
+        OUT.print(table)
+        known = [e.bytes for e in estimates.values() if e.bytes is not None]
+        todo = [s for s, e in estimates.items() if e.bytes is None and e.to_compute]
+        why_unknown = "unknown: a model or setting is missing" if missing else unknown
+        size = (f"about {human_bytes(sum(known))} to write" if not todo
+                else f"size {why_unknown} ({', '.join(todo)})" if not known
+                else f"about {human_bytes(sum(known))} to write, and {', '.join(todo)} {why_unknown}")
+        OUT.print(f"{size}; {human_bytes(free)} free on the cache's filesystem; time on {ex.config.workers} "
+                  f"worker(s), from a calibration on {calibrate} utterance(s) of this corpus", highlight=False)
+        for stage_name, e in estimates.items():
+            if e.sends is not None and not e.blocked:
+                untimed = "" if e.sends.loopback else "; not calibrated, so nothing was sent by this dry run"
+                OUT.print(f"{stage_name} would send {e.sends}{untimed}", highlight=False)
+        OUT.print("needs:", highlight=False)
+        for r in needs:
+            OUT.print(f"  {r.line()}", highlight=False, markup=False)
+    if missing:  # planned in full above; a real run would stop before any work with all of them
+        raise UsageError(f"{len(missing)} thing(s) missing (listed under `needs`): a run would stop before "
+                         "computing anything" if not as_json else str(MissingRequirements(missing)))
 
 
 def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str] = (), corpus: Optional[str] = None):  # type: ignore[assignment]
@@ -198,17 +286,20 @@ def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str]
 
 @app.command()
 def status(
-    cache: Path = typer.Option(Path("cache"), help="Cache directory."),
-    name: str = typer.Option("default", help="Feature set."),
-    as_json: bool = typer.Option(False, "--json"),
+    cache: Path = typer.Option(Path("cache"), metavar="DIR", help="Cache directory."),
+    name: str = typer.Option("default", metavar="NAME", help="Feature set."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     failed: bool = typer.Option(False, "--failed", help="List failed utterances with their errors."),
     why: bool = typer.Option(False, "--why", help="Group stale and missing entries by reason."),
-    config: Optional[Path] = typer.Option(None, help="Compare with the settings of this msf.toml."),
-    set_: List[str] = typer.Option([], "--set", help="Compare with these settings (STAGE.KEY=VALUE)."),
-    corpus: Optional[str] = typer.Option(None, help="Compare with this corpus (its audio is hashed again)."),
+    config: Optional[Path] = typer.Option(None, metavar="FILE", help="Compare with the settings of this msf.toml."),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Compare with these settings (STAGE.KEY=VALUE)."),
+    corpus: Optional[str] = typer.Option(None, metavar="SPEC",
+                                         help="Compare with this corpus (its audio is hashed again)."),
 ) -> None:
     """How much of each stage of a feature set is fresh, stale, missing or failed, and the bytes it takes.
     Needs only the cache; --config/--set/--corpus compare it with other settings or a changed corpus."""
+    from msf.pipeline.cache.index import root_causes
     from msf.pipeline.run.extraction import human_bytes
 
     with user_errors():
@@ -223,7 +314,8 @@ def status(
     if as_json:
         data: dict[str, Any] = {"stages": counts, "name": name, "feature_sets": sets}
         if failed:
-            data["failed"] = [{"utterance": f.utt, "stage": f.stage, "error": f.error} for f in failures]
+            data["failed"] = [{"utterance": f.utt, "stage": f.stage, "kind": f.kind, "error": f.error, "blocked": b}
+                              for f, b in root_causes(failures)]
             data["corpus_problems"] = problems
         print(json.dumps(data))
         return
@@ -240,12 +332,15 @@ def status(
             for reason, n in c["why"].items():
                 OUT.print(f"  {stage_name}: {reason} ({n:,})", highlight=False, markup=False)
     if failed:
-        ft = Table("utterance", "stage", "error", title="failed")
-        for f in failures:
-            ft.add_row(f.utt, f.stage, f.error)
-        OUT.print(ft)
-        for p in problems:
-            OUT.print(f"manifest: {p}", highlight=False, markup=False)
+        roots = root_causes(failures)
+        OUT.print(f"failed: {len(roots)} root cause(s), one line each (utterance, stage, kind: error; what it blocked)",
+                  highlight=False)
+        for f, blocked in roots:  # whole lines, for grep
+            also = f"; blocked {', '.join(blocked)}" if blocked else ""
+            OUT.print(f"  {f.utt}  {f.stage}  {f.kind}: {f.error}{also}", highlight=False, markup=False, soft_wrap=True)
+        for p in problems:  # a missing file is kept as a row: its failure is listed above, once
+            if not p.endswith(" (kept)"):
+                OUT.print(f"manifest: {p}", highlight=False, markup=False)
 
 
 def _describe(value: Any) -> Any:
@@ -258,11 +353,11 @@ def _describe(value: Any) -> Any:
 
 @app.command()
 def show(
-    utt: str = typer.Argument(..., help="Utterance id."),
-    cache: Path = typer.Option(..., help="Cache directory."),
-    stage: str = typer.Option(..., help="Stage name."),
-    name: str = typer.Option("default", help="Feature set."),
-    as_json: bool = typer.Option(False, "--json"),
+    utt: str = typer.Argument(..., metavar="UTT", help="Utterance id."),
+    cache: Path = typer.Option(..., metavar="DIR", help="Cache directory."),
+    stage: str = typer.Option(..., metavar="STAGE", help="Stage name."),
+    name: str = typer.Option("default", metavar="NAME", help="Feature set."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """One cached entry (the feature set's, else the newest): arrays as shape and dtype, scalars and
     strings as values."""
@@ -287,10 +382,10 @@ def show(
 
 @app.command()
 def inspect(
-    utt: str = typer.Argument(..., help="Utterance id."),
-    cache: Path = typer.Option(..., help="Cache directory."),
-    out: Path = typer.Option(..., help="PNG to write."),
-    name: str = typer.Option("default", help="Feature set."),
+    utt: str = typer.Argument(..., metavar="UTT", help="Utterance id."),
+    cache: Path = typer.Option(..., metavar="DIR", help="Cache directory."),
+    out: Path = typer.Option(..., metavar="FILE.png", help="PNG to write."),
+    name: str = typer.Option("default", metavar="NAME", help="Feature set."),
 ) -> None:
     """Plot one utterance: waveform, F0 and intensity, word boundaries, emphasised words highlighted.
     Without the audio (a copied cache), the words and their cached prosody only."""
@@ -350,7 +445,8 @@ def _locked_store(cache: Path) -> Iterator[Any]:
 
 
 @cache_app.command("verify")
-def cache_verify(cache: Path = typer.Option(..., help="Cache directory."), as_json: bool = typer.Option(False, "--json")) -> None:
+def cache_verify(cache: Path = typer.Option(..., metavar="DIR", help="Cache directory."),
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Re-read every entry against its checksum; corrupt ones are dropped so the next extract redoes them."""
     with _locked_store(cache) as store:
         report = store.verify()
@@ -368,11 +464,12 @@ def cache_verify(cache: Path = typer.Option(..., help="Cache directory."), as_js
         if report.unreferenced:
             OUT.print(f"{len(report.unreferenced)} unreferenced shard file(s); `msf cache gc` removes them")
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @cache_app.command("compact")
-def cache_compact(cache: Path = typer.Option(...), shard_size: int = typer.Option(512)) -> None:
+def cache_compact(cache: Path = typer.Option(..., metavar="DIR", help="Cache directory."),
+                  shard_size: int = typer.Option(512, metavar="N", help="Entries per rewritten shard.")) -> None:
     """Rewrite the entries into full shards and delete the old ones (reclaims what gc freed inside shards)."""
     with _locked_store(cache) as store:
         result = store.compact(shard_size)
@@ -381,8 +478,9 @@ def cache_compact(cache: Path = typer.Option(...), shard_size: int = typer.Optio
 
 
 @cache_app.command("gc")
-def cache_gc(cache: Path = typer.Option(...), yes: bool = typer.Option(False, "--yes", help="Remove (default: show)."),
-             as_json: bool = typer.Option(False, "--json")) -> None:
+def cache_gc(cache: Path = typer.Option(..., metavar="DIR",
+                                        help="Cache directory."), yes: bool = typer.Option(False, "--yes", help="Remove (default: show)."),
+             as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Remove the entries no named feature set references (earlier variants, dropped utterances) and the
     shard files left empty. Shows what it would remove unless --yes."""
     from msf.pipeline.cache.view import collect_garbage, gc_plan
@@ -408,7 +506,8 @@ def cache_gc(cache: Path = typer.Option(...), yes: bool = typer.Option(False, "-
 
 
 @cache_app.command("forget")
-def cache_forget(name: str = typer.Argument(..., help="Feature set to forget."), cache: Path = typer.Option(...)) -> None:
+def cache_forget(name: str = typer.Argument(..., metavar="NAME", help="Feature set to forget."),
+                 cache: Path = typer.Option(..., metavar="DIR", help="Cache directory.")) -> None:
     """Stop keeping a named feature set: `msf cache gc` may then remove the entries only it used."""
     from msf.pipeline.errors import NotFound
 
@@ -418,12 +517,14 @@ def cache_forget(name: str = typer.Argument(..., help="Feature set to forget."),
     OUT.print(f"forgot feature set {name!r}; `msf cache gc` shows what it frees")
 
 
-@corpus_app.command("demo")
+@corpus_app.command("demo", context_settings=OLD_OUT)
 def corpus_demo(
-    out: Path = typer.Argument(..., help="Directory to write manifest.csv, truth.jsonl and wavs/ into."),
-    n: int = typer.Option(300, help="Number of utterances."),
-    seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
-    workers: Optional[int] = typer.Option(None, help="Synthesis processes (default: all cores)."),
+    ctx: typer.Context,
+    out: Optional[Path] = typer.Option(None, metavar="DIR",
+                                       help="Directory to write manifest.csv, truth.jsonl and wavs/ into."),
+    n: int = typer.Option(300, metavar="N", help="Number of utterances."),
+    seed: int = typer.Option(0, metavar="S", help="Seed: the same seed gives byte-identical files."),
+    workers: Optional[int] = typer.Option(None, metavar="N", help="Synthesis processes (default: all cores)."),
 ) -> None:
     """Synthesise the demo corpus with eSpeak NG: known word timings, emphasis and V/A/D labels."""
     import time
@@ -431,20 +532,25 @@ def corpus_demo(
     from msf.pipeline.corpora.demo import build_demo_corpus
 
     with user_errors():
+        out = required_out(renamed(out, old_positional(ctx), "the output folder as an argument", "--out DIR"))
         t0 = time.perf_counter()
         build_demo_corpus(out, n=n, seed=seed, workers=workers)
     ERR.print(f"{n} utterances in {time.perf_counter() - t0:.1f} s -> {escape(str(out))}/manifest.csv")
 
 
-@app.command()
+@app.command(context_settings=OLD_OUT)
 def export(
-    out: Path = typer.Argument(..., help="Directory to write the .npy files and manifest.csv into."),
-    features: Path = typer.Option(..., help="Cache directory."),
-    name: str = typer.Option("default", help="The cache's feature set."),
-    fmt: str = typer.Option("npy", "--format", help="npy: one file per utterance and field."),
-    fields: Optional[str] = typer.Option(None, help="Comma-separated fields (default: acoustic.frames, "
+    ctx: typer.Context,
+    out: Optional[Path] = typer.Option(None, metavar="DIR",
+                                       help="Directory to write the .npy files and manifest.csv into."),
+    features: Path = typer.Option(..., metavar="DIR", help="Cache directory."),
+    name: str = typer.Option("default", metavar="NAME", help="The cache's feature set."),
+    fmt: str = typer.Option("npy", "--format", metavar="npy", help="npy: one file per utterance and field."),
+    fields: Optional[str] = typer.Option(None, metavar="F,F,...",
+                                         help="Comma-separated fields (default: acoustic.frames, "
                                          "global.embedding, local.embedding, extended.embedding where extracted)."),
-    layers: Optional[str] = typer.Option(None, help="Hidden states of acoustic.frames to export, e.g. 6,12."),
+    layers: Optional[str] = typer.Option(None, metavar="L,L,...",
+                                         help="Hidden states of acoustic.frames to export, e.g. 6,12."),
 ) -> None:
     """One .npy per utterance and field plus manifest.csv (the layout EmoBox and s3prl consume);
     streamed, and resumable: a rerun writes only the files that are missing."""
@@ -452,6 +558,7 @@ def export(
     from msf.pipeline.cache.view import CacheView
 
     with user_errors():
+        out = required_out(renamed(out, old_positional(ctx), "the output folder as an argument", "--out DIR"))
         if fmt != "npy":
             raise UsageError(f"--format {fmt!r}: msf exports --format npy")
         with CacheView.open(features, name) as cache:
@@ -460,11 +567,12 @@ def export(
               f"fields) -> {escape(str(out))}/manifest.csv")
 
 
-@corpus_app.command("layout")
+@corpus_app.command("layout", context_settings=OLD_OUT)
 def corpus_layout(
-    demo: Path = typer.Argument(..., help="A demo corpus (msf corpus demo DIR)."),
-    out: Path = typer.Argument(..., help="Directory to lay it out in."),
-    kind: str = typer.Option(..., "--as", help="msp-podcast or iemocap."),
+    ctx: typer.Context,
+    demo: Path = typer.Argument(..., metavar="DEMO", help="A demo corpus (msf corpus demo DIR)."),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="Directory to lay it out in."),
+    kind: str = typer.Option(..., "--as", metavar="msp-podcast|iemocap", help="msp-podcast or iemocap."),
 ) -> None:
     """The demo corpus laid out exactly as MSP-Podcast or IEMOCAP ship (splits, unknown speakers, a long
     segment, IEMOCAP's markers), to try the paper's protocol: then `--corpus msp-podcast:OUT` or
@@ -472,6 +580,7 @@ def corpus_layout(
     from msf.pipeline.corpora.layouts import lay_out
 
     with user_errors():
+        out = required_out(renamed(out, old_positional(ctx), "the output folder as an argument", "--out DIR"))
         lay_out(demo, out, kind)
     ERR.print(f"{kind} layout -> {escape(str(out))} (use --corpus {kind}:{escape(str(out))})")
 
@@ -496,35 +605,44 @@ TRAIN_SET_HELP = ("train.KEY=VALUE for any training setting (hidden, lr, batch_s
 
 @app.command()
 def train(
-    features: Path = typer.Option(..., help="Cache directory with the extracted features."),
-    out: Path = typer.Option(..., help="Run directory (resumed when it holds the same run)."),
-    name: Optional[str] = typer.Option(None, help="The cache's feature set to train on (default: default)."),
-    sources: Optional[str] = typer.Option(None, help="Comma-separated: audio, gs, les, es, prosody (pitch, loudness "
+    features: Path = typer.Option(..., metavar="DIR", help="Cache directory with the extracted features."),
+    out: Path = typer.Option(..., metavar="DIR", help="Run directory (resumed when it holds the same run)."),
+    name: Optional[str] = typer.Option(None, metavar="NAME",
+                                       help="The cache's feature set to train on (default: default)."),
+    sources: Optional[str] = typer.Option(None, metavar="A,B,...",
+                                          help="Comma-separated: audio, gs, les, es, prosody (pitch, loudness "
                                           "and rate relative to the speaker, from emphasis). Default "
                                           "audio,gs,les,es,prosody."),
-    fusion: Optional[str] = typer.Option(None, help="fm-moe (default) or concat."),
-    fold: int = typer.Option(None, help="IEMOCAP leave-one-session-out fold (1-5)."),
-    folds: Optional[str] = typer.Option(None, help="`all` (or e.g. 1,3): every IEMOCAP fold in OUT/fold-K, then "
+    fusion: Optional[str] = typer.Option(None, metavar="fm-moe|concat", help="fm-moe (default) or concat."),
+    fold: int = typer.Option(None, metavar="K", help="IEMOCAP leave-one-session-out fold (1-5)."),
+    folds: Optional[str] = typer.Option(None, metavar="all|K,K,...",
+                                        help="`all` (or e.g. 1,3): every IEMOCAP fold in OUT/fold-K, then "
                                         "OUT/folds.json (mean, sd and pooled CCC over folds)."),
-    corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
-    device: Optional[str] = typer.Option(None, help="cpu (default), cuda, cuda:N or mps."),
-    seed: Optional[int] = typer.Option(None),
-    epochs: Optional[int] = typer.Option(None, help="Default 60."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
+                                         help="A manifest to take labels and splits from (matched by id)."),
+    corpus_old: Optional[str] = typer.Option(None, "--corpus", hidden=True),
+    device: Optional[str] = typer.Option(None, metavar="DEVICE", help="cpu (default), cuda, cuda:N or mps."),
+    seed: Optional[int] = typer.Option(None, metavar="S",
+                                       help="Training seed (default 0): initial weights, batch order, dropout."),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help="Default 60."),
     speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm/--no-speaker-norm", help="Standardise the "
                                                 "acoustic frames per speaker (on by default; population statistics for "
                                                 "speakers without enough audio)."),
-    preset: Optional[str] = typer.Option(None, help="msf (the default settings) or paper (the model as the paper "
+    preset: Optional[str] = typer.Option(None, metavar="msf|paper",
+                                         help="msf (the default settings) or paper (the model as the paper "
                                          "describes it; docs/trainer.md)."),
-    average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
-    max_batch_frames: Optional[int] = typer.Option(None, help="At most this many padded frames (utterances x the "
+    average_epochs: Optional[float] = typer.Option(None, metavar="EPOCHS", help=AVERAGE_HELP),
+    max_batch_frames: Optional[int] = typer.Option(None, metavar="N",
+                                                   help="At most this many padded frames (utterances x the "
                                                               "longest) per batch; 0: no bound (default 32000)."),
     bucket: Optional[bool] = typer.Option(None, "--bucket", help="Training batches of similar lengths (less padding; "
                                           "off by default: it cost CCC on the demo, docs/trainer.md)."),
-    layers: Optional[str] = typer.Option(None, help="Hidden states of the cached frames to train on, e.g. 6,12 "
+    layers: Optional[str] = typer.Option(None, metavar="L,L,...",
+                                         help="Hidden states of the cached frames to train on, e.g. 6,12 "
                                          "(a cache extracted with acoustic.layers=\"all\"; nothing re-extracted)."),
     require_full_coverage: Optional[bool] = typer.Option(None, "--require-full-coverage", help="Fail before "
                                                          "training when a scored split lost a labelled utterance."),
-    set_: List[str] = typer.Option([], "--set", help=TRAIN_SET_HELP),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=TRAIN_SET_HELP),
 ) -> None:
     """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves, usage statistics and
     RUN/dropped.csv (what was not trained or scored on, and why)."""
@@ -533,7 +651,7 @@ def train(
 
     with user_errors():
         cfg = TrainConfig(features=features, **train_settings(
-            set_, preset=preset, name=name, labels=corpus, sources=sources, fusion=fusion, fold=fold, device=device, seed=seed,
+            set_, preset=preset, name=name, labels=renamed(labels, corpus_old, "--corpus", "--labels"), sources=sources, fusion=fusion, fold=fold, device=device, seed=seed,
             epochs=epochs, speaker_norm=speaker_norm, bucket=bucket, average_epochs=average_epochs,
             max_batch_frames=max_batch_frames, layers=parse_layers(layers), require_full_coverage=require_full_coverage))
         if folds is None:
@@ -549,11 +667,13 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Option(..., help="Run directory."),
-    features: Path = typer.Option(..., help="Cache directory to evaluate on."),
-    name: Optional[str] = typer.Option(None, help="Feature set (default: the run's)."),
-    corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
-    device: str = typer.Option("cpu"),
+    run: Path = typer.Option(..., metavar="DIR", help="Run directory."),
+    features: Path = typer.Option(..., metavar="DIR", help="Cache directory to evaluate on."),
+    name: Optional[str] = typer.Option(None, metavar="NAME", help="Feature set (default: the run's)."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
+                                         help="A manifest to take labels and splits from (matched by id)."),
+    corpus_old: Optional[str] = typer.Option(None, "--corpus", hidden=True),
+    device: str = typer.Option("cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps."),
 ) -> None:
     """CCC of a trained run on the dev and test utterances of a cache. Features made with other
     settings than the run's (another aligner, say) are allowed, and named on stderr."""
@@ -563,9 +683,10 @@ def evaluate(
     from msf.trainer.train import evaluate as run_eval, load_run
 
     with user_errors():
+        labels = renamed(labels, corpus_old, "--corpus", "--labels")
         model, cfg = load_run(run, device)
         sources = parse_sources(cfg.sources)
-        data = FeatureSet(features, sources, cfg.fold, name or cfg.name, corpus or cfg.labels,
+        data = FeatureSet(features, sources, cfg.fold, name or cfg.name, labels or cfg.labels,
                           speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
                           max_seconds=cfg.max_seconds)
         changes = settings_changes(MsfConfig.model_validate_json((run / "extraction.json").read_text()),
@@ -580,20 +701,28 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: Optional[List[Path]] = typer.Argument(None, help="Audio files, folders of audio, or manifests (.csv/"
+    inputs: Optional[List[Path]] = typer.Argument(None, metavar="AUDIO...", help="Audio files, folders of audio, or manifests (.csv/"
                                                   ".jsonl: id, audio, optional speaker, transcript, gender)."),
-    run: Path = typer.Option(..., help="Run directory."),
-    features: Optional[Path] = typer.Option(None, help="Predict a split of this cache instead of audio files "
+    run: Path = typer.Option(..., metavar="DIR", help="Run directory."),
+    features: Optional[Path] = typer.Option(None, metavar="DIR",
+                                            help="Predict a split of this cache instead of audio files "
                                             "(with --split and --out)."),
-    split: Optional[str] = typer.Option(None, help="With --features: the split (test, test2, test3, ...)."),
-    transcript: str = typer.Option(None, help="The words spoken in the one file given (else Whisper transcribes)."),
-    device: str = typer.Option("cpu"),
-    out: Optional[Path] = typer.Option(None, help="Write one row per file as it is predicted (.csv or .jsonl)."),
-    cache: Optional[Path] = typer.Option(None, help="Keep the extracted features here: a rerun (after a crash, or "
-                                         "with another run's model) recomputes nothing it holds."),
-    set_: List[str] = typer.Option([], "--set", help="STAGE.KEY=VALUE for settings that cannot change a result "
+    split: Optional[str] = typer.Option(None, metavar="SPLIT",
+                                        help="With --features: the split (test, test2, test3, ...)."),
+    transcript: str = typer.Option(None, metavar="TEXT",
+                                   help="The words spoken in the one file given (else Whisper transcribes)."),
+    device: str = typer.Option("cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps."),
+    out: Optional[Path] = typer.Option(None, metavar="FILE",
+                                       help="Write one row per file as it is predicted (.csv or .jsonl)."),
+    keep_features: Optional[Path] = typer.Option(None, metavar="DIR",
+                                                 help="Keep the features extracted from the audio in this "
+                                                 "cache: a rerun (after a crash, or with another run's model) "
+                                                 "recomputes nothing it holds."),
+    cache_old: Optional[Path] = typer.Option(None, "--cache", hidden=True),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="STAGE.KEY=VALUE for settings that cannot change a result "
                                    "(e.g. acoustic.device=cuda)."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Valence, arousal and dominance for new audio, through the same stages as the run's features. Each
     file's prediction depends on that file alone (and the speaker and transcript given)."""
@@ -608,48 +737,60 @@ def predict(
             return
         if not inputs:
             raise UsageError("give audio files, folders or manifests to predict (or --features CACHE --split S)")
-        results = run_predict(inputs, run, transcript, device, progress=not as_json, cache=cache, out=out,
+        keep = renamed(keep_features, cache_old, "--cache", "--keep-features")
+        results = run_predict(inputs, run, transcript, device, progress=not as_json, cache=keep, out=out,
                               settings=parse_volatile(set_))
+    errors = sum("error" in r for r in results)
     if as_json:
         print(json.dumps(results))
-        return
-    if out is not None and len(results) > 20:
-        OUT.print(f"{len(results)} predictions in {out} ({sum('error' in r for r in results)} with an error)")
-        return
-    table = Table("audio", *TARGETS, title=f"predictions of {run}")
-    for r in results:
-        table.add_row(r["audio"], *([f"{r[t]:.2f}" for t in TARGETS] if "error" not in r
-                                    else [r["error"], "", ""]))
-    OUT.print(table)
+    elif out is not None and len(results) > 20:
+        OUT.print(f"{len(results)} predictions in {out} ({errors} with an error)")
+    else:
+        table = Table("audio", *TARGETS, title=f"predictions of {run}")
+        for r in results:
+            table.add_row(r["audio"], *([f"{r[t]:.2f}" for t in TARGETS] if "error" not in r
+                                        else [r["error"], "", ""]))
+        OUT.print(table)
+    if errors:
+        ERR.print(f"[yellow]finished with failures[/]: {errors} of {len(results)} file(s) have no prediction "
+                  "(their `error` says why)", highlight=False)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 
 
 @app.command()
 def ablate(
-    features: Path = typer.Option(..., help="Cache directory with the extracted features."),
-    out: Path = typer.Option(..., help="Directory for the variants' runs and ablation.json."),
-    name: Optional[str] = typer.Option(None, help="The cache's feature set (default: default)."),
-    corpus: Optional[str] = typer.Option(None, help="A manifest to take labels and splits from (matched by id)."),
-    fold: int = typer.Option(None, help="IEMOCAP fold."),
-    folds: Optional[str] = typer.Option(None, help="`all` (or e.g. 1,3): the ablation of every IEMOCAP fold in "
+    features: Path = typer.Option(..., metavar="DIR", help="Cache directory with the extracted features."),
+    out: Path = typer.Option(..., metavar="DIR", help="Directory for the variants' runs and ablation.json."),
+    name: Optional[str] = typer.Option(None, metavar="NAME", help="The cache's feature set (default: default)."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
+                                         help="A manifest to take labels and splits from (matched by id)."),
+    corpus_old: Optional[str] = typer.Option(None, "--corpus", hidden=True),
+    fold: int = typer.Option(None, metavar="K", help="IEMOCAP fold."),
+    folds: Optional[str] = typer.Option(None, metavar="all|K,K,...",
+                                        help="`all` (or e.g. 1,3): the ablation of every IEMOCAP fold in "
                                         "OUT/fold-K, then OUT/folds.json and a table (mean ± sd, pooled CCC)."),
-    device: Optional[str] = typer.Option(None, help="cpu (default), cuda, cuda:N or mps."),
-    seed: int = typer.Option(0, help="First training seed."),
-    seeds: int = typer.Option(3, help="Seeds per variant; the table gives their mean."),
-    variants: Optional[str] = typer.Option(None, help="Some of the variants, e.g. audio,full,concat (default: all "
+    device: Optional[str] = typer.Option(None, metavar="DEVICE", help="cpu (default), cuda, cuda:N or mps."),
+    seed: int = typer.Option(0, metavar="S", help="First training seed."),
+    seeds: int = typer.Option(3, metavar="N", help="Seeds per variant; the table gives their mean and their ensemble."),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help="Epochs per run (default 60)."),
+    variants: Optional[str] = typer.Option(None, metavar="A,B,...",
+                                           help="Some of the variants, e.g. audio,full,concat (default: all "
                                            "five)."),
     prosody: Optional[bool] = typer.Option(None, "--prosody/--no-prosody", help="Add the speaker-relative prosody "
                                            "source to every variant (on with msf's settings, off with the paper's)."),
     speaker_norm: Optional[bool] = typer.Option(None, "--speaker-norm/--no-speaker-norm", help="Standardise the "
                                                 "acoustic frames per speaker (on by default; docs/trainer.md)."),
-    preset: Optional[str] = typer.Option(None, help="msf (the default settings) or paper (the model as the paper "
+    preset: Optional[str] = typer.Option(None, metavar="msf|paper",
+                                         help="msf (the default settings) or paper (the model as the paper "
                                          "describes it; docs/trainer.md)."),
-    average_epochs: Optional[float] = typer.Option(None, help=AVERAGE_HELP),
-    layers: Optional[str] = typer.Option(None, help="Hidden states of the cached frames to train on, e.g. 6,12."),
+    average_epochs: Optional[float] = typer.Option(None, metavar="EPOCHS", help=AVERAGE_HELP),
+    layers: Optional[str] = typer.Option(None, metavar="L,L,...",
+                                         help="Hidden states of the cached frames to train on, e.g. 6,12."),
     require_full_coverage: Optional[bool] = typer.Option(None, "--require-full-coverage", help="Fail before "
                                                          "training when a scored split lost a labelled utterance."),
-    set_: List[str] = typer.Option([], "--set", help=TRAIN_SET_HELP),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=TRAIN_SET_HELP),
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
     from msf.trainer.ablate import ablate as run_ablation, chosen_variants, tables
@@ -657,29 +798,31 @@ def ablate(
     from msf.trainer.train import train_settings
 
     with user_errors():
-        options = train_settings(set_, preset=preset, fold=fold, device=device, name=name, labels=corpus,
+        options = train_settings(set_, preset=preset, fold=fold, device=device, name=name, epochs=epochs,
+                                 labels=renamed(labels, corpus_old, "--corpus", "--labels"),
                                  speaker_norm=speaker_norm, average_epochs=average_epochs,
                                  layers=parse_layers(layers), require_full_coverage=require_full_coverage)
         chosen = chosen_variants(None if variants is None else [v.strip() for v in variants.split(",")])
         if folds is None:
-            OUT.print(tables(run_ablation(features, out, seeds=seeds, seed=seed, prosody=prosody, variants=chosen,
-                                          **options)))
+            print_markdown_tables(tables(run_ablation(features, out, seeds=seeds, seed=seed, prosody=prosody,
+                                                      variants=chosen, **options)))
             return
         if fold is not None:
             raise UsageError("--fold ablates one fold, --folds several: give one of them")
         require_sessions(features, options.get("name", "default"))
         summary = ablate_folds(parse_folds(folds), out, lambda k, o: run_ablation(
             features, o, seeds=seeds, seed=seed, prosody=prosody, variants=chosen, **{**options, "fold": k}))
-    OUT.print(folds_table(summary))
+    print_markdown_tables(folds_table(summary))
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Output directory."),
-    n: int = typer.Option(300, help="Utterances in the demo corpus."),
-    seed: int = typer.Option(0),
-    workers: int = typer.Option(2, help="Local Dask workers for extraction."),
-    alignment: str = typer.Option("automatic", help="automatic (PocketSphinx forced alignment) or provided "
+    out: Path = typer.Option(Path("runs/demo"), metavar="DIR", help="Output directory."),
+    n: int = typer.Option(300, metavar="N", help="Utterances in the demo corpus."),
+    seed: int = typer.Option(0, metavar="S", help="Corpus seed: the same seed gives byte-identical audio."),
+    workers: int = typer.Option(2, metavar="N", help="Local Dask workers for extraction."),
+    alignment: str = typer.Option("automatic", metavar="automatic|provided",
+                                  help="automatic (PocketSphinx forced alignment) or provided "
                                                     "(the synthesiser's word times: the upper bound)."),
 ) -> None:
     """The whole product on a synthetic corpus: build it, extract with the offline profile, report."""
@@ -721,14 +864,14 @@ def main() -> None:
     except KeyboardInterrupt:
         _interrupted()
     except SystemExit as e:
-        if e.code == 130:  # typer turns Ctrl-C into a silent exit 130
+        if e.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
             _interrupted()
         raise
 
 
 def _interrupted() -> None:
     ERR.print("interrupted; everything committed so far is kept and the next run resumes from it")
-    sys.exit(130)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ FILE_EXTRAS = frozenset({"truth", "wdseg", "alignment"})
 # Speaker ids that name nobody (MSP-Podcast's "Unknown", empty cells): such utterances never form one
 # speaker group, each is a group of its own (speaker statistics over strangers would mix people).
 TARGETS = ("valence", "arousal", "dominance")
+# An undeclared label scale is inferred (CorpusBuilder._refuse_off_scale), once a target has this many
+# labelled rows, as the narrowest of the rating scales of the field that holds its 1st to 99th percentile.
+MIN_ROWS_FOR_SCALE = 20
+RATING_SCALES = ((0.0, 1.0), (-1.0, 1.0), (1.0, 5.0), (1.0, 7.0), (1.0, 9.0), (0.0, 10.0), (0.0, 100.0))
 UNKNOWN_SPEAKERS = frozenset({"", "unknown", "none", "nan", "n/a", "na", "-", "?"})
 
 
@@ -109,11 +113,11 @@ class Corpus:
     where: dict[str, str] = field(default_factory=dict)  # utterance id -> file:row
 
     def missing_audio(self, audio_hashes: dict[str, str]) -> None:
-        """Report audio files a content-hash pass found missing (when the reader did not look)."""
+        """Report audio files a content-hash pass found missing (when the reader did not look), by
+        utterance id: a rerun that takes the corpus from the cache's records says it the same way."""
         for u in self.utterances:
             if audio_hashes.get(u.audio) == "missing":
-                self.problems.append(CorpusProblem(self.where.get(u.id, u.id), f"audio file not found: {u.audio}",
-                                                   dropped=False))
+                self.problems.append(CorpusProblem(u.id, f"audio file not found: {u.audio}", dropped=False))
 
     def by_id(self) -> dict[str, Utterance]:
         return {u.id: u for u in self.utterances}
@@ -198,7 +202,40 @@ class CorpusBuilder:
         self.problem(where, f"audio file not found: {audio}", dropped=False)
 
     def build(self, name: str, spec: str) -> Corpus:
+        if self.label_range is None:
+            self._refuse_off_scale()
         return Corpus(name, spec, self.utterances, self.problems, self.label_range, self.where)
+
+    def _refuse_off_scale(self) -> None:
+        """A manifest that declares no scale (`label_range`) is checked against the scale its labels are
+        on: the narrowest rating scale of the field (1-5, 1-7, 1-9, 0-1, -1..1, 0-10, 0-100) that holds
+        each target's 1st to 99th percentile (the outermost row on each side left out, so one typo
+        cannot widen it). A label outside it is refused with its line (a 9.5 among ratings of 1 to 7
+        skews every CCC it enters); genuine ratings lie on their scale. A corpus on another scale, or
+        whose labels crowd one part of a wider one, declares it with `label_range`."""
+        import numpy as np
+
+        refused: set[str] = set()
+        for name in sorted({k for u in self.utterances for k in u.targets}):
+            values = np.array([u.targets[name] for u in self.utterances if name in u.targets])
+            if len(values) < MIN_ROWS_FOR_SCALE:
+                continue
+            lo = float(np.percentile(values, 1, method="higher"))
+            hi = float(np.percentile(values, 99, method="lower"))
+            scale = next(((a, b) for a, b in sorted(RATING_SCALES, key=lambda s: s[1] - s[0]) if a <= lo and hi <= b),
+                         None)
+            if scale is None:
+                continue
+            for u in self.utterances:
+                v = u.targets.get(name)
+                if v is not None and not (scale[0] <= v <= scale[1]):
+                    refused.add(u.id)
+                    self.problem(self.where.get(u.id, u.id),
+                                 f"{name} label {v:g} is off the {scale[0]:g}-{scale[1]:g} scale the rest of the corpus "
+                                 f"is on ({lo:g} to {hi:g} for 98 % of its rows): a typo? If the scale is wider, "
+                                 "declare it (label_range=[LO,HI] in msf.toml, or --set 'label_range=[1,9]')")
+        if refused:
+            self.utterances = [u for u in self.utterances if u.id not in refused]
 
 
 def corpus_digest(spec: str, label_range: tuple[float, float] | None = None) -> str | None:
@@ -256,7 +293,7 @@ def corpus_source(spec: str) -> tuple[str, Path]:
         path = Path(rest).expanduser()
         if not path.is_dir():
             raise CorpusError(f"no {kind} corpus at {path}: the folder does not exist" + (
-                f" (build one with `msf corpus demo {path}`)" if kind == "demo" else ""))
+                f" (build one with `msf corpus demo --out {path}`)" if kind == "demo" else ""))
         return kind, path
     path = Path(spec).expanduser()
     if path.suffix.lower() not in (".csv", ".jsonl"):

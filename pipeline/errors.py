@@ -3,6 +3,15 @@ model). The CLI shows these as `error: ...` with exit 2; anything else is a bug 
 
 from __future__ import annotations
 
+# The exit status of every `msf` command (README, "Exit status"): a script tells a clean run from a partial one.
+EXIT_OK = 0
+EXIT_BUG = 1  # an internal error: a bug in msf, reported with its traceback
+EXIT_USAGE = 2  # msf's own error: a wrong option, an unusable corpus, a model missing; nothing was run
+# finished, but some utterances failed (extract: recorded, `msf status --failed`, retried next run;
+# predict: rows with an `error`) or damaged entries were found and dropped (cache verify)
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C: everything committed so far is kept
+
 
 class MsfError(Exception):
     """A problem the user can fix, explained in the message; never a bug in msf."""

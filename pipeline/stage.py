@@ -49,6 +49,18 @@ class Egress:
             return False
 
 
+@dataclass(frozen=True)
+class ModelNeed:
+    """A model a stage loads, as its settings name it: what `msf extract --dry-run` lists as present or
+    missing, and what a run checks for all at once before any work (nothing is loaded to check)."""
+
+    param: str  # the --set key that names it, e.g. "acoustic.model"
+    model: str
+    kind: str  # "transformers" or "whisper" (a CTranslate2 Whisper directory or faster-whisper name)
+    offline: str  # what `--profile offline` uses instead, said in the remedy
+    when: str = ""  # "" = loaded by every run of the stage; else when it is loaded (not a blocker)
+
+
 # A dimension named by one of these varies per utterance (frames, words, phones): a collate pads it.
 VARYING_DIMS = frozenset({"T", "W", "P"})
 
@@ -77,7 +89,16 @@ class StageParams(BaseModel):
 
 
 class UtteranceError(Exception):
-    """One utterance cannot be processed by a stage; the message is recorded and shown to the user."""
+    """One utterance cannot be processed by a stage; the message is recorded and shown to the user,
+    with the failure's kind (index.Failure)."""
+
+    kind = "bad input"
+
+
+class EndpointFailure(UtteranceError):
+    """An LLM endpoint gave no usable answer for one utterance (timeouts, errors, unusable text)."""
+
+    kind = "endpoint"
 
 
 @dataclass
@@ -151,6 +172,10 @@ class Stage(ABC):
     def preflight(self) -> None:
         """Settings this stage cannot run with, raised as one UsageError before any stage of the run
         computes anything (a run that would stop at this stage stops before the first)."""
+
+    def models(self) -> list[ModelNeed]:
+        """The models this stage would load with its settings (none by default)."""
+        return []
 
     def egress(self) -> Egress | None:
         """Where this stage sends an utterance's words or audio, or None when nothing leaves."""

@@ -11,6 +11,7 @@ from conftest import write_manifest
 from typer.testing import CliRunner
 
 from msf.cli import _path_problem, app
+from msf.pipeline.errors import EXIT_PARTIAL
 from msf.pipeline.cache.lock import CacheLock
 
 runner = CliRunner()
@@ -26,7 +27,7 @@ def test_extract_status_show_json(tmp_path: Path) -> None:
     (tmp_path / "c" / "wavs" / "u0005.wav").write_bytes(b"")
     cache = str(tmp_path / "cache")
     code, out, _ = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "audio", "--json")
-    assert code == 0
+    assert code == EXIT_PARTIAL  # finished, one utterance failed
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stages"]["audio"]["computed"] == 5 and summary["stages"]["audio"]["failed"] == 1
     assert set(summary["stages"]["audio"]) == {"computed", "reused", "failed", "seconds"}
@@ -40,7 +41,8 @@ def test_extract_status_show_json(tmp_path: Path) -> None:
     assert counts["bytes"] > 0 and counts["bytes_all"] == counts["bytes"]
     code, out, _ = invoke("status", "--cache", cache, "--failed", "--json")
     failed = json.loads(out)["failed"]
-    assert failed == [{"utterance": "u0005", "stage": "audio", "error": failed[0]["error"]}]
+    assert failed == [{"utterance": "u0005", "stage": "audio", "kind": "bad input", "error": failed[0]["error"],
+                       "blocked": []}]
     assert "empty (0 bytes)" in failed[0]["error"]
     code, out, _ = invoke("status", "--cache", cache, "--failed")
     assert code == 0 and "u0005" in out and "empty" in out
@@ -88,7 +90,7 @@ def test_clear_errors(tmp_path: Path) -> None:
     empty.write_text("id,audio,transcript,speaker,split,valence,arousal,dominance\n")
     code, _, err = invoke("extract", "--corpus", str(empty), "--cache", str(tmp_path / "e"), "--profile", "offline")
     assert code == 2 and "has no usable utterances (no rows)" in err
-    for spec, says in [("demo:/no/such/dir", "msf corpus demo /no/such/dir"),
+    for spec, says in [("demo:/no/such/dir", "msf corpus demo --out /no/such/dir"),
                        (str(tmp_path / "typo.csv"), "manifest not found"), ("mps-podcast:/data", "unknown corpus spec")]:
         code, _, err = invoke("extract", "--corpus", spec, "--cache", str(tmp_path / "d"), "--profile", "offline")
         assert code == 2 and says in err
@@ -97,10 +99,10 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert code == 2 and "no msf cache" in err
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "m"), "--stage", "align",
                           "--set", "align.model=/no/such/model")
-    assert code == 2 and "align model '/no/such/model' cannot be loaded offline" in err and "Traceback" not in err
+    assert code == 2 and "model '/no/such/model' (align.model): not on this machine" in err and "Traceback" not in err
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(corpus), "--stage", "audio")
     assert code == 2 and f"cannot create the folder {corpus}: a file stands where a folder is needed" in err
-    code, _, err = invoke("corpus", "demo", str(corpus / "sub"), "--n", "1")
+    code, _, err = invoke("corpus", "demo", "--out", str(corpus / "sub"), "--n", "1")
     assert code == 2 and "a file stands where a folder is needed (Not a directory)" in err
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", str(tmp_path / "g"), "--stage", "acoustic",
                           "--set", "acoustic.device=gpu")
@@ -128,19 +130,21 @@ def test_a_run_that_stops_before_committing_anything_leaves_the_feature_set_as_i
     cache = str(tmp_path / "cache")
     assert invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "audio")[0] == 0
     before = json.loads(invoke("status", "--cache", cache, "--json")[1])
-    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align",
-                          "--set", "align.model=/no/such/model")
+    (tmp_path / "broken").mkdir()  # looks like a CTranslate2 model, does not load: found by the run itself
+    (tmp_path / "broken" / "model.bin").write_bytes(b"not a model")
+    broken = ("--set", f"align.model={tmp_path / 'broken'}", "--set", "align.backend=whisper")
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align", *broken)
     assert code == 2 and "cannot be loaded offline" in err  # audio was fresh: nothing was committed
     assert json.loads(invoke("status", "--cache", cache, "--json")[1])["stages"] == before["stages"]
     code, out, _ = invoke("cache", "gc", "--cache", cache)
     assert code == 0 and "would remove 0 entries" in out
-    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align",
-                          "--set", "align.model=/no/such/model", "--set", "audio.min_contrast_db=3")
+    code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align", *broken,
+                          "--set", "audio.min_contrast_db=3")
     assert code == 2  # this time the audio stage committed its new entries first: the new settings stand
     after = json.loads(invoke("status", "--cache", cache, "--json")[1])["stages"]
     assert after["audio"]["fresh"] == 2 and after["align"]["missing"] == 2
     code, _, err = invoke("extract", "--corpus", str(corpus), "--cache", cache, "--stage", "align", "--name", "new",
-                          "--set", "align.model=/no/such/model")
+                          *broken)
     assert code == 2 and "no feature set 'new'" in invoke("status", "--cache", cache, "--name", "new")[2]
 
 
@@ -165,7 +169,7 @@ def test_cache_verify_compact_gc(tmp_path: Path) -> None:
     shards[0].write_bytes(shards[0].read_bytes()[:500])
     code, out, _ = invoke("cache", "verify", "--cache", str(cache), "--json")
     report = json.loads(out)
-    assert code == 1 and list(report["bad"]["audio"]) == [shards[0].name]
+    assert code == EXIT_PARTIAL and list(report["bad"]["audio"]) == [shards[0].name]
     hit = report["bad"]["audio"][shards[0].name]
     code, out, _ = invoke("extract", "--corpus", str(corpus), "--cache", str(cache), "--stage", "audio", "--json")
     assert json.loads(out.splitlines()[-1])["stages"]["audio"]["computed"] == len(hit)

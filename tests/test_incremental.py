@@ -85,10 +85,13 @@ def test_bad_files_are_recorded_and_retried_while_the_rest_completes(tmp_path: P
     cache = tmp_path / "cache"
     assert run(corpus, cache) == {"audio": 3, "toy_energy": 3, "toy_summary": 3}
     ex = Extraction(load_config(None, [], corpus=str(corpus), cache=cache, plugins=["toy_stages"]))
-    failures = {(f.stage, f.utt): f.error for f in ex.store.index.failures()}
-    assert "not a readable audio file" in failures[("audio", "u0002")]
-    assert "audio file not found" in failures[("audio", "u0004")]
-    assert failures[("toy_energy", "u0002")].startswith("upstream stage 'audio' failed: not a readable")
+    failures = {(f.stage, f.utt): f for f in ex.store.index.failures()}
+    assert "not a readable audio file" in failures[("audio", "u0002")].error
+    assert failures[("audio", "u0002")].kind == failures[("audio", "u0004")].kind == "bad input"
+    assert "audio file not found" in failures[("audio", "u0004")].error
+    blocked = failures[("toy_energy", "u0002")]  # blocked upstream: a kind and a cause, the root's words once
+    assert (blocked.kind, blocked.cause, blocked.error) == ("upstream", "audio", failures[("audio", "u0002")].error)
+    assert blocked.message().startswith("upstream stage 'audio' failed: not a readable")
     assert counts(ex.status(STAGES)["audio"]) == {"total": 5, "fresh": 3, "stale": 0, "missing": 0, "failed": 2}
     ex.close()
     write_tone(tmp_path / "c" / "wavs" / "u0004.wav", seed=4)  # fixed: retried and completed next run

@@ -108,4 +108,4 @@ def test_a_long_file_is_predicted_window_by_window_as_evaluation_scores_it(tmp_p
     assert r.exit_code == 0, r.output
     (row,) = json.loads(r.stdout.strip().splitlines()[-1])
     for t in ("valence", "arousal", "dominance"):
-        assert abs(row[t] - float(scored[f"pred_{t}"])) < 2e-4, (row, scored)
+        assert abs(row[t] - float(scored[t])) < 2e-4, (row, scored)

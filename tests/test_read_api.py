@@ -167,7 +167,7 @@ def test_export_writes_one_npy_per_utterance_and_field_and_resumes(demo_features
     from msf.cli import app
 
     out = tmp_path / "npy"
-    args = ["export", "--features", str(demo_features), "--format", "npy", str(out), "--fields",
+    args = ["export", "--features", str(demo_features), "--format", "npy", "--out", str(out), "--fields",
             "acoustic.frames,global.embedding"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -186,8 +186,8 @@ def test_export_writes_one_npy_per_utterance_and_field_and_resumes(demo_features
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and "1 written, 159 kept" in res.output, res.output
     assert one.stat().st_mtime_ns == before
-    res = CliRunner().invoke(app, ["export", "--features", str(demo_features), "--format", "npy", str(out),
+    res = CliRunner().invoke(app, ["export", "--features", str(demo_features), "--format", "npy", "--out", str(out),
                                    "--fields", "align.words"])
     assert res.exit_code == 2 and "export writes numeric array fields" in res.output
-    res = CliRunner().invoke(app, ["export", "--features", str(demo_features), "--format", "parquet", str(out)])
+    res = CliRunner().invoke(app, ["export", "--features", str(demo_features), "--format", "parquet", "--out", str(out)])
     assert res.exit_code == 2 and "--format npy" in res.output

@@ -293,7 +293,8 @@ def test_describe_with_a_local_model_that_is_not_there_fails_with_one_message(tm
                                  "--profile", "offline", "--stage", "describe", "--set", "align.backend=provided",
                                  "--set", "describe.backend=local", "--set", f"describe.model={tmp_path / 'no-such-model'}"])
     assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "describe model" in r.stderr and "cannot be loaded offline" in r.stderr and "no-such-model" in r.stderr
+    assert "(describe.model): not on this machine" in r.stderr and "no-such-model" in r.stderr
+    assert "--profile offline: the knowledge describer" in " ".join(r.stderr.split())
 
 
 def test_the_text_encoder_in_half_precision_is_within_the_documented_tolerance() -> None:

@@ -122,7 +122,7 @@ def test_a_prediction_does_not_depend_on_the_files_beside_it(demo_features: Path
     for name, company in (("alone", []), ("five", others[:5]), ("fifty", others)):
         manifest = _manifest(demo_corpus, tmp_path / f"{name}.csv", [{**target, "speaker": ""}, *company])
         res = CliRunner().invoke(app, ["predict", str(manifest), "--run", str(run), "--json",
-                                       "--cache", str(tmp_path / f"cache-{name}"),
+                                       "--keep-features", str(tmp_path / f"cache-{name}"),
                                        "--out", str(tmp_path / f"{name}.jsonl")])
         assert res.exit_code == 0, res.output
         got = {r["id"]: r for r in json.loads(res.stdout.strip().splitlines()[-1])}

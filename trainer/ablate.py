@@ -12,6 +12,7 @@ from typing import Any
 
 from msf.pipeline.errors import UsageError
 from msf.trainer.data import FeatureSet, parse_sources, scored_splits
+from msf.trainer.model import CCC_COLUMNS
 from msf.trainer.train import TrainConfig, train
 
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -21,7 +22,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "full": ("audio,gs,les,es", "fm-moe"),
     "concat": ("audio,gs,les,es", "concat"),
 }
-COLUMNS = ("ccc_valence", "ccc_arousal", "ccc_dominance", "ccc_mean")
+COLUMNS = CCC_COLUMNS
 
 
 def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True,
@@ -83,12 +84,12 @@ def add_uncertainty(results: dict[str, dict[str, Any]], out: Path, split: str, s
     """Each variant's bootstrap 95 % interval of its `split` CCC (`ci95`), its paired bootstrap test
     against audio (`vs_audio`), full's against concat (`vs_concat`), and with several seeds the CCC of
     the seeds' averaged predictions (`seed_ensemble`, with its own `ci95`): trainer/bootstrap.py."""
-    from msf.trainer.bootstrap import interval, paired, read_predictions, resample_index, resampled, seed_ensemble
+    from msf.trainer.bootstrap import interval, paired, stacked_predictions, resample_index, resampled, seed_ensemble
 
     stats = {}
     index = None
     for name in results:
-        preds, gold = read_predictions([out / name / f"seed-{k}" for k in seeds], split)
+        preds, gold = stacked_predictions([out / name / f"seed-{k}" for k in seeds], split)
         index = resample_index(len(gold)) if index is None else index
         stats[name] = resampled(preds, gold, index)
         results[name]["ci95"] = interval(stats[name])
@@ -111,7 +112,8 @@ def tables(results: dict[str, dict[str, Any]]) -> str:
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean CCC over training seeds per column, and each seed's."""
-    out: dict[str, Any] = {c: round(float(sum(r[c] for r in runs) / len(runs)), 4) for c in COLUMNS}
+    out: dict[str, Any] = {c: None if any(r[c] is None for r in runs)  # too few utterances: not defined
+                           else round(float(sum(r[c] for r in runs) / len(runs)), 4) for c in COLUMNS}
     out["runs"] = [{c: r[c] for c in COLUMNS} for r in runs]
     return out
 
@@ -124,14 +126,17 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     spread = all(len(v.get("runs", [])) > 1 for v in results.values())
     boot = all("ci95" in v for v in results.values())
     ensemble = all("seed_ensemble" in v for v in results.values())
-    head, rule = "| variant | CCC valence | CCC arousal | CCC dominance | CCC mean |", "|---|---|---|---|---|"
-    head += " CCC mean, sd over seeds |" if spread else ""
-    head += " CCC mean, 95% CI | p vs audio |" if boot else ""
-    head += " seed ensemble CCC mean, 95% CI |" if ensemble else ""
+    # short headers (the figures are all CCC): the table fits a terminal, and the table a report
+    head, rule = "| variant | valence | arousal | dominance | CCC mean |", "|---|---|---|---|---|"
+    head += " sd over seeds |" if spread else ""
+    head += " 95% CI | p vs audio |" if boot else ""
+    head += " seed ensemble, 95% CI |" if ensemble else ""
     lines = [head, rule + "---|" * (spread + 2 * boot + ensemble)]
     for k, v in results.items():
-        row = f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in COLUMNS) + " |"
-        if spread:
+        row = f"| {k} | " + " | ".join("n/a" if v[c] is None else f"{v[c]:.3f}" for c in COLUMNS) + " |"
+        if spread and v["ccc_mean"] is None:
+            row += " n/a |"
+        elif spread:
             row += f" {statistics.stdev(r['ccc_mean'] for r in v['runs']):.3f} |"
         if boot:
             lo, hi = v["ci95"]["ccc_mean"]

@@ -10,26 +10,25 @@ scipy.stats.bootstrap takes without resampling each seed apart."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from msf.pipeline.corpus import TARGETS
+from msf.trainer.model import CCC_COLUMNS
+from msf.trainer.train import read_predictions
 
 RESAMPLES = 1000
-COLUMNS = tuple(f"ccc_{t}" for t in TARGETS) + ("ccc_mean",)
+COLUMNS = CCC_COLUMNS
 
 
-def read_predictions(runs: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
+def stacked_predictions(runs: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
     """Seeds x N x 3 predictions and N x 3 gold of one split, utterances in one order (by id)."""
     preds, gold = [], None
     for run in runs:
-        rows = sorted((r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == split),
-                      key=lambda r: r["id"])
-        preds.append([[float(r[f"pred_{t}"]) for t in TARGETS] for r in rows])
-        g = np.array([[float(r[t]) for t in TARGETS] for r in rows])
+        rows = sorted((r for r in read_predictions(run / "predictions.csv") if r.split == split), key=lambda r: r.id)
+        preds.append([r.pred for r in rows])
+        g = np.array([r.gold for r in rows])
         if gold is not None and (g.shape != gold.shape or not np.allclose(g, gold)):
             raise ValueError(f"the runs {runs[0]} and {run} were scored on different {split} utterances")
         gold = g

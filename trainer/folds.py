@@ -4,22 +4,20 @@ the CCC of the pooled test predictions of all folds (each utterance is in exactl
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from msf.pipeline.cache.view import CacheView
 from msf.pipeline.corpora.iemocap import SESSIONS
 from msf.pipeline.errors import UsageError
-from msf.pipeline.corpus import TARGETS
-from msf.trainer.model import ccc
+from msf.trainer.model import CCC_COLUMNS, ccc_scores
+from msf.trainer.train import read_predictions
 
-COLUMNS = tuple(f"ccc_{t}" for t in TARGETS) + ("ccc_mean",)
+COLUMNS = CCC_COLUMNS
 
 
 def parse_folds(spec: str) -> list[int]:
@@ -49,15 +47,13 @@ def pooled(prediction_files: list[Path], split: str = "test") -> dict[str, float
     """CCC of the predictions of `split` of several runs taken together (each utterance once)."""
     pred, gold, seen = [], [], set()
     for path in prediction_files:
-        for row in csv.DictReader(open(path)):
-            if row["split"] != split or row["id"] in seen or not row[TARGETS[0]]:
+        for row in read_predictions(path):
+            if row.split != split or row.id in seen or row.gold is None:
                 continue
-            seen.add(row["id"])
-            pred.append([float(row[f"pred_{t}"]) for t in TARGETS])
-            gold.append([float(row[t]) for t in TARGETS])
-    c = ccc(torch.tensor(pred), torch.tensor(gold)).numpy()
-    return {**{f"ccc_{t}": round(float(v), 4) for t, v in zip(TARGETS, c)}, "ccc_mean": round(float(c.mean()), 4),
-            "n": len(pred)}
+            seen.add(row.id)
+            pred.append(row.pred)
+            gold.append(row.gold)
+    return {**ccc_scores(pred, gold), "n": len(pred)}
 
 
 def spread(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -210,6 +211,21 @@ class MsfSer(nn.Module):
         if "router" in aux:
             out = out + balance_weight * load_balance(aux["router"].float())
         return out
+
+
+# The CCC figures every table and JSON of msf gives, in this order.
+CCC_COLUMNS = (*(f"ccc_{t}" for t in TARGETS), "ccc_mean")
+# Fewer utterances give no CCC: with one the variances are 0, with two any two distinct predictions score +-1.
+MIN_CCC_UTTERANCES = 3
+
+
+def ccc_scores(pred: "np.ndarray | list", gold: "np.ndarray | list") -> dict[str, float | None]:
+    """CCC per target and their mean, rounded as every report shows them; None (not defined) when
+    there are fewer than MIN_CCC_UTTERANCES utterances."""
+    if len(pred) < MIN_CCC_UTTERANCES:
+        return dict.fromkeys(CCC_COLUMNS)
+    c = ccc(torch.as_tensor(pred), torch.as_tensor(gold)).numpy()
+    return {**{f"ccc_{t}": round(float(v), 4) for t, v in zip(TARGETS, c)}, "ccc_mean": round(float(c.mean()), 4)}
 
 
 def ccc(pred: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:

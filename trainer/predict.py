@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.view import CacheView
@@ -34,7 +33,7 @@ from msf.pipeline.progress import STDERR
 from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
 from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, crop_frames, evaluation_windows, make_batch,
                               source_matrix, source_present)
-from msf.trainer.train import MAX_BATCH_FRAMES, load_run, to_tensors
+from msf.trainer.train import MAX_BATCH_FRAMES, host_casts, infer, load_run
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
 READ_AHEAD = 64  # files whose features are read together, then cut into batches bounded by frames
@@ -153,9 +152,7 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
         failed: dict[str, dict[str, str]] = {}  # utterance -> stage -> the root cause's message
         for stage in ex.plan(needed).order:
             for f in ex.failures(stage).values():
-                causes = failed.setdefault(f.utt, {})
-                causes[stage] = next(iter(causes.values())) if f.error.startswith("upstream stage") and causes \
-                    else f"{f.stage}: {f.error}"
+                failed.setdefault(f.utt, {})[stage] = f"{f.root}: {f.error}"  # blocked upstream: its root cause
         rows = {u.id: {"id": u.id, "audio": shown.get(u.id, u.audio), "speaker": u.speaker} for u in corpus.utterances}
         for u in corpus.utterances:  # no acoustic features: no prediction; a text-side failure: masked
             causes = failed.get(u.id, {})
@@ -183,20 +180,15 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
                 windows = [(k, a, b) for k in range(len(chunk)) for a, b in evaluation_windows(len(frames[k]), crop)]
                 owner = np.array([k for k, _, _ in windows])
                 pieces = [frames[k] if b < 0 else frames[k][a:b] for k, a, b in windows]
-                total = np.zeros((len(chunk), len(TARGETS)), np.float64)
-                for g in batch_groups(np.arange(len(windows)), 64, training=False,
-                                      lengths=np.array([len(f) for f in pieces]), max_frames=MAX_BATCH_FRAMES):
-                    ks = owner[g]
-                    b = make_batch([pieces[i] for i in g], {s: v[ks] for s, v in vectors.items()},
-                                   {s: m[ks] for s, m in masks.items()}, np.zeros((len(g), 3), np.float32),
-                                   [chunk[k].id for k in ks])
-                    frames_t, lens, vecs, mask_t, _ = to_tensors(b, device)
-                    with torch.inference_mode():
-                        pred, _ = model(frames_t, lens, vecs, mask_t)
-                    np.add.at(total, ks, pred.float().cpu().numpy())
-                mean = total / np.bincount(owner, minlength=len(chunk))[:, None]
-                for k, p in enumerate(mean):
-                    rows[chunk[k].id].update({t: round(float(v), 4) for t, v in zip(TARGETS, p)})
+                groups = batch_groups(np.arange(len(windows)), 64, training=False,
+                                      lengths=np.array([len(f) for f in pieces]), max_frames=MAX_BATCH_FRAMES)
+                batches = (make_batch([pieces[i] for i in g], {s: v[owner[g]] for s, v in vectors.items()},
+                                      {s: m[owner[g]] for s, m in masks.items()},
+                                      np.zeros((len(g), len(TARGETS)), np.float32), [chunk[k].id for k in owner[g]],
+                                      cast=host_casts(device)) for g in groups)
+                ids, pred, _, _ = infer(model, batches, device)  # the loop evaluation runs, windows averaged
+                for uid, p in zip(ids, pred):
+                    rows[uid].update({t: round(float(v), 4) for t, v in zip(TARGETS, p)})
                 writer.write([rows[u.id] for u in chunk])
     return [rows[u.id] for u in corpus.utterances]
 

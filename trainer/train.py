@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from msf.pipeline.run.faults import fault_point
 from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.progress import STDERR
 from msf.trainer.data import Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
-from msf.trainer.model import MsfSer, ModelConfig, ccc
+from msf.trainer.model import MIN_CCC_UTTERANCES, MsfSer, ModelConfig, ccc_scores
 
 
 # Padded frames (utterances x the longest) a batch may hold: 32 utterances of 20 s at 50 frames/s.
@@ -181,15 +181,17 @@ def to_tensors(b: Batch, device: str) -> tuple[torch.Tensor, ...]:
             torch.from_numpy(b.labels).to(device))
 
 
-def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64,
-                  max_frames: int = MAX_BATCH_FRAMES) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Predictions, gold labels and auxiliaries of a split's utterances in its (sorted id) order; an
-    utterance evaluated window by window (FeatureSet.batches, max_seconds) gets the mean of its windows'."""
+def infer(model: MsfSer, batches: Iterable[Batch], device: str
+          ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The one inference loop: evaluation, `msf predict` on files and `msf predict --features` all run
+    their batches through it (inference mode; bfloat16 autocast on CUDA, as in training). Returns one
+    row per utterance, in the order first seen: ids, predictions, gold labels, auxiliaries; an utterance
+    given as several windows (rows sharing its id) gets the mean of its windows'."""
     model.eval()
     ids: list[str] = []
     preds, golds, aux_all = [], [], {}
     with torch.inference_mode():
-        for b in data.batches(split, batch_size, shuffle=False, max_frames=max_frames, cast=host_casts(device)):
+        for b in batches:
             frames, lengths, vectors, masks, labels = to_tensors(b, device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 p, aux = model(frames, lengths, vectors, masks)
@@ -209,20 +211,52 @@ def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batc
             total = np.zeros((len(order), *v.shape[1:]), np.float64)
             np.add.at(total, owner, v)
             rows[k] = (total / counts.reshape(-1, *[1] * (v.ndim - 1))).astype(v.dtype)
-    return rows.pop("pred"), rows.pop("gold"), rows
+        ids = [ids[i] for i in order]
+    return ids, rows.pop("pred"), rows.pop("gold"), rows
+
+
+def predict_split(model: MsfSer, data: FeatureSet, split: str, device: str, batch_size: int = 64,
+                  max_frames: int = MAX_BATCH_FRAMES) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Predictions, gold labels and auxiliaries of a split's utterances in its (sorted id) order
+    (`infer`; windows per FeatureSet.batches and max_seconds)."""
+    ids, pred, gold, aux = infer(model, data.batches(split, batch_size, shuffle=False, max_frames=max_frames,
+                                                     cast=host_casts(device)), device)
+    assert ids == data.splits[split].ids, "batches of an unshuffled split come in its order"
+    return pred, gold, aux
 
 
 def evaluate(model: MsfSer, data: FeatureSet, split: str, device: str) -> Evaluation:
     pred, gold, aux = predict_split(model, data, split, device)
-    c = ccc(torch.from_numpy(pred), torch.from_numpy(gold)).numpy()
-    out = {f"ccc_{t}": round(float(v), 4) for t, v in zip(TARGETS, c)}
-    out["ccc_mean"] = round(float(c.mean()), 4)
+    out = ccc_scores(pred, gold)
     gates = {s: round(float(g), 4) for s, g in zip(model.text, aux["gates"].mean(0))} if "gates" in aux else {}
     router = aux["router"].mean(0).round(4).tolist() if "router" in aux else []
     return Evaluation(out, gates, router, pred, gold)
 
 
-PREDICTION_COLUMNS = ("id", "speaker", "split", *(f"pred_{t}" for t in TARGETS), *TARGETS)
+# The one prediction schema, wherever a table of predictions is written (a run's predictions.csv, `msf
+# predict`): a target's name is the prediction, `gold_<target>` its label.
+PREDICTION_COLUMNS = ("id", "speaker", "split", *TARGETS, *(f"gold_{t}" for t in TARGETS))
+
+
+@dataclass
+class PredictionRow:
+    id: str
+    split: str
+    pred: list[float]
+    gold: list[float] | None  # None: unlabelled
+
+
+def read_predictions(path: Path) -> list[PredictionRow]:
+    """A prediction table; also those written before the schema above (`pred_<target>` the prediction,
+    `<target>` the label)."""
+    import csv
+
+    rows = list(csv.DictReader(open(path)))
+    old = bool(rows) and f"pred_{TARGETS[0]}" in rows[0]
+    pred = [f"pred_{t}" for t in TARGETS] if old else list(TARGETS)
+    gold = list(TARGETS) if old else [f"gold_{t}" for t in TARGETS]
+    return [PredictionRow(r["id"], r["split"], [float(r[c]) for c in pred],
+                          [float(r[c]) for c in gold] if r[gold[0]] else None) for r in rows]
 
 
 def split_predictions(data: FeatureSet, split: str, pred: np.ndarray, gold: np.ndarray) -> list[tuple]:
@@ -291,12 +325,17 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
     last = out / "last.pt"
     if (out / "config.json").exists() and last.exists():
         before = json.loads((out / "config.json").read_text())
-        if before != resolved:
-            differ = [f"{k}: {before.get(k)!r} there, {resolved.get(k)!r} now"
-                      for k in sorted(set(before) | set(resolved)) if before.get(k) != resolved.get(k)]
-            raise UsageError(f"{out} holds a run with other settings ({'; '.join(differ)}); a run resumes only "
-                             "with the settings it was started with (its schedule, early stopping and weight "
-                             "averaging are over them), so choose another --out or delete it")
+        keys = [k for k in sorted(set(before) | set(resolved)) if before.get(k) != resolved.get(k)]
+        if keys == ["epochs"] and resolved["epochs"] > before["epochs"]:
+            # Nothing in training depends on the number of epochs but when it stops (constant learning
+            # rate; the weight average's horizon and early stopping count in epochs done): going on from
+            # the last checkpoint trains what a run started with the larger number would have.
+            STDERR.print(f"continuing {out} to {resolved['epochs']} epochs (it was started for {before['epochs']})")
+        elif keys:
+            differ = [f"{k}: {before.get(k)!r} there, {resolved.get(k)!r} now" for k in keys]
+            raise UsageError(f"{out} holds a run with other settings ({'; '.join(differ)}); a run resumes only with "
+                             "the settings it was started with (only a larger --epochs continues it), so choose "
+                             "another --out or delete it")
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
     seed_everything(cfg.seed, cfg.threads)
     data = data or FeatureSet(cfg.features, sources, cfg.fold, cfg.name, cfg.labels, cfg.in_memory,
@@ -306,6 +345,9 @@ def _train(cfg: TrainConfig, out: Path, sources: tuple[str, ...], progress: bool
         raise UsageError("the feature set given was loaded with speaker_norm="
                          f"{bool(data.speaker_stats)}, the run asks for {cfg.speaker_norm}")
     report_coverage(data, out, cfg.require_full_coverage)
+    if len(data.splits["dev"].ids) < MIN_CCC_UTTERANCES:  # dev's CCC chooses the epoch kept
+        raise UsageError(f"the dev split has {len(data.splits['dev'].ids)} utterance(s): its CCC, which chooses the "
+                         f"epoch kept, is not defined on fewer than {MIN_CCC_UTTERANCES}; give dev more utterances")
     (out / "extraction.json").write_text(data.extraction)
     data.baseline().save(out)  # `msf predict` puts new audio against the same population
     mcfg = ModelConfig(tuple(data.frame_shape), {s: d for s, d in data.vector_dims.items()}, sources, cfg.fusion,
@@ -416,6 +458,9 @@ def finish(model: MsfSer, data: FeatureSet, digest: str, device: str, out: Path,
     for split in scored_splits(data.splits):
         ev = evaluate(model, data, split, device)
         metrics[split] = {**ev.ccc, "n": len(data.splits[split].ids)}
+        if ev.ccc["ccc_mean"] is None:
+            STDERR.print(f"[yellow]warning:[/] split {split!r} has {len(data.splits[split].ids)} utterance(s): CCC is "
+                         f"not defined on fewer than {MIN_CCC_UTTERANCES}; metrics.json gives null, not a score")
         usage[split] = {"gates": ev.gates, "router": dict(zip(TARGETS, ev.router))}
         predictions += split_predictions(data, split, ev.pred, ev.gold)
     write_predictions(out / "predictions.csv", predictions)

@@ -7,7 +7,7 @@ import numpy as np
 
 from msf.pipeline.audio_io import TARGET_SR, chunk_bounds
 from msf.pipeline.backends.device import place
-from msf.pipeline.backends.model_loading import load_transformers
+from msf.pipeline.backends.model_loading import OFFLINE_CTC, load_transformers
 from msf.pipeline.corpora.alignment_files import WordTimes
 from msf.pipeline.stage import UtteranceError
 
@@ -25,7 +25,7 @@ class CtcAligner:
     def __init__(self, model: str, device: str):
         import transformers
 
-        self.model, source = load_transformers(model, "AutoModelForCTC", "align.ctc_model", offline=None)
+        self.model, source = load_transformers(model, "AutoModelForCTC", "align.ctc_model", offline=OFFLINE_CTC)
         place(self.model, device, "align.device")
         self.device = device
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)

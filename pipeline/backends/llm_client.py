@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from msf.pipeline.backends.model_loading import ModelUnavailable
-from msf.pipeline.stage import UtteranceError
+from msf.pipeline.stage import EndpointFailure
 
 MIN_WORDS = 3
 
@@ -96,7 +96,7 @@ class ChatEndpoint:
         self.answers = answers
 
     def complete_all(self, prompts: list[str], audio: list[bytes] | None = None) -> list[str | Exception]:
-        """One accepted answer, or the UtteranceError that explains its failure, per prompt; with
+        """One accepted answer, or the EndpointFailure that explains its failure, per prompt; with
         `audio`, each prompt is sent with its WAV."""
         return asyncio.run(self._all(prompts, audio))
 
@@ -133,16 +133,16 @@ class ChatEndpoint:
                 raise ModelUnavailable(f"describe endpoint {self.base_url} refused model {self.model!r}: "
                                        f"HTTP {e.status_code}") from None
             except openai.APITimeoutError:
-                return UtteranceError(f"LLM endpoint timed out ({self.timeout_s:g} s per request, "
+                return EndpointFailure(f"LLM endpoint timed out ({self.timeout_s:g} s per request, "
                                       f"{self.max_retries + 1} attempts)")
             except openai.APIConnectionError as e:
-                return UtteranceError(f"LLM endpoint unreachable after {self.max_retries + 1} attempts: {e}")
+                return EndpointFailure(f"LLM endpoint unreachable after {self.max_retries + 1} attempts: {e}")
             except openai.APIStatusError as e:
-                return UtteranceError(f"LLM endpoint answered HTTP {e.status_code} after {self.max_retries + 1} attempts")
+                return EndpointFailure(f"LLM endpoint answered HTTP {e.status_code} after {self.max_retries + 1} attempts")
             except (ValueError, TypeError, AttributeError, IndexError, openai.APIResponseValidationError) as e:
                 last = str(e) or type(e).__name__  # malformed body or unusable answer: ask again
                 continue
             if self.answers:
                 self.answers.put(self.model, prompt, text, audio)
             return text
-        return UtteranceError(f"LLM endpoint gave no usable answer in {self.max_retries + 1} attempts (last: {last})")
+        return EndpointFailure(f"LLM endpoint gave no usable answer in {self.max_retries + 1} attempts (last: {last})")

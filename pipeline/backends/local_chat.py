@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from msf.pipeline.backends.llm_client import AnswerCache, check_answer, split_cached
 from msf.pipeline.backends.device import place
-from msf.pipeline.backends.model_loading import load_transformers
+from msf.pipeline.backends.model_loading import OFFLINE_DESCRIBER, load_transformers
 from msf.pipeline.stage import UtteranceError
 
 
@@ -29,9 +29,9 @@ class LocalChatModel:
     def _load(self) -> None:
         if self.lm is not None:
             return
-        self.tokenizer = load_transformers(self.model_id, "AutoTokenizer", "describe.model", offline=None,
+        self.tokenizer = load_transformers(self.model_id, "AutoTokenizer", "describe.model", offline=OFFLINE_DESCRIBER,
                                            weights=False)[0]
-        self.lm = load_transformers(self.model_id, "AutoModelForCausalLM", "describe.model", offline=None)[0]
+        self.lm = load_transformers(self.model_id, "AutoModelForCausalLM", "describe.model", offline=OFFLINE_DESCRIBER)[0]
         place(self.lm, self.device, "describe.local_device")
         self.tokenizer.padding_side = "left"  # type: ignore[attr-defined]  # generation continues at the right end
         if self.tokenizer.pad_token is None:  # type: ignore[attr-defined]

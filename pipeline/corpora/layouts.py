@@ -1,6 +1,6 @@
 """The demo corpus laid out exactly as MSP-Podcast and IEMOCAP ship, to run the paper's protocol (Test1
 and Test2, five sessions, unknown speakers, long turns, IEMOCAP's non-speech markers) without them:
-`msf corpus layout DEMO OUT --as msp-podcast|iemocap`, the tests and bench/paper_protocol.py.
+`msf corpus layout DEMO --out OUT --as msp-podcast|iemocap`, the tests and bench/paper_protocol.py.
 
 MSP-Podcast: `Audios/`, `Transcripts/` (one `.txt` per segment, one of them missing),
 `Labels/labels_consensus.csv` (`FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set`; the
@@ -34,7 +34,7 @@ EMO_CLASSES = ("N", "H", "S", "A")
 def _rows(demo: Path) -> list[dict[str, str]]:
     manifest = demo / "manifest.csv"
     if not manifest.is_file():
-        raise UsageError(f"no demo corpus at {demo}: build one with `msf corpus demo {demo}`")
+        raise UsageError(f"no demo corpus at {demo}: build one with `msf corpus demo --out {demo}`")
     return list(csv.DictReader(open(manifest, encoding="utf-8")))
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from msf.pipeline.corpus import Corpus, Utterance
+from msf.pipeline.errors import MsfError
 from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.stage import Stage, stage_class
 
@@ -79,6 +80,7 @@ class Estimate:
     declared_bytes: float | None  # from the declared shape alone, before compression
     why: dict[str, int]
     sends: Sends | None = None  # words or audio this stage would send to an endpoint
+    blocked: str | None = None  # why the stage cannot run as set (a model missing, ...), else None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"to_compute": self.to_compute, "reused": self.reused, "bytes": _round(self.bytes),
@@ -86,6 +88,8 @@ class Estimate:
                "audio_seconds": round(self.audio_seconds, 1), "why": self.why}
         if self.sends is not None:
             out["sends"] = self.sends.to_dict()
+        if self.blocked is not None:
+            out["blocked"] = self.blocked
         return out
 
 
@@ -213,7 +217,10 @@ def estimate_stage(stage: Stage, to_compute: list[float], reused: int, why: dict
     kept two cores busy per entry takes the same time on one worker or two of a 2-core machine."""
     declared = None
     if to_compute:
-        per = stage.declared_bytes(float(np.mean(to_compute)))
+        try:  # the shape comes from the model's config: a model not on this machine leaves it unknown
+            per = stage.declared_bytes(float(np.mean(to_compute)))
+        except MsfError:
+            per = None
         if per is not None:
             declared = float(sum(stage.declared_bytes(d) or 0.0 for d in to_compute))  # type: ignore[misc]
     nbytes = seconds = None

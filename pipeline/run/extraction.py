@@ -30,6 +30,7 @@ from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.cache.planning import (Plan, Source, completion_keys, reasons, rows_digest,
                                    sources_from_corpus, stage_state, status_of)
 from msf.pipeline.progress import progress_bar
+from msf.pipeline.run.requirements import Requirement, blocked_stages, require_all, requirements
 from msf.pipeline.run.tasks import TaskPlanner
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.stage import load_plugins, stage_class, stage_order
@@ -68,10 +69,8 @@ def human_bytes(n: float) -> str:
 
 def preflight(config: MsfConfig, stages: list[str]) -> None:
     """Stop before anything is computed (or a cache created) when a stage of this run cannot run with
-    its settings: e.g. `describe` with no endpoint named."""
-    for name in stage_order(stages):
-        cls = stage_class(name)
-        cls(config.params_for(cls)).preflight()
+    its settings or lacks a model: everything missing in one message (run/requirements.py)."""
+    require_all(config, stages)
 
 
 def remote_tainted(plan: Plan) -> set[str]:
@@ -286,15 +285,15 @@ class Extraction:
         """Per stage: what would be computed and why, and its estimated bytes and wall time. Computes
         and writes nothing in the cache (open it with `dry_run=True`), and sends nothing off this
         machine: stages that would are not calibrated (their time is unknown), only counted."""
-        preflight(self.config, stages)
         plan = self.plan(stages)
+        blocked = blocked_stages(self.requirements(stages), plan.order)  # listed, not calibrated
         planner = self.planner(plan)
         work = {name: planner.work(name) for name in plan.order}
         need = {u for w in work.values() for u in w.compute}
         durations = audio_durations(plan.sources[u].utt.audio for u in need)
         costs: dict[str, StageCost] = {}
         remote = remote_tainted(plan)
-        busy = [n for n in plan.order if work[n].compute and n not in remote]
+        busy = [n for n in plan.order if work[n].compute and n not in remote and n not in blocked]
         if calibrate > 0 and busy:
             utts = [plan.sources[u].utt for u in need]
             costs = calibrate_stages(self._calibration_extraction, pick_for_calibration(utts, durations, calibrate),
@@ -308,12 +307,17 @@ class Extraction:
             out[name] = estimate_stage(stage, [durations[plan.sources[u].utt.audio] for u in us],
                                        len(w.state.fresh) - w.recomputed, why, costs.get(name), len(w.tasks),
                                        self.config.workers, None if self.config.scheduler else os.cpu_count())
+            out[name].blocked = blocked.get(name)
             egress = stage.egress()
             if egress is not None:
                 audio = (None if egress.max_audio_s is None
                          else sum(min(durations[plan.sources[u].utt.audio], egress.max_audio_s) for u in us))
                 out[name].sends = Sends(egress.host, len(us), audio, egress.loopback)
         return out
+
+    def requirements(self, stages: list[str]) -> list[Requirement]:
+        """Every model and setting the stages need, present or missing (nothing loaded)."""
+        return requirements(self.config, stages)
 
     def _calibration_extraction(self, root: Path, corpus: Corpus, executor: Executor) -> "Extraction":
         return Extraction(self.config.model_copy(update={"cache": root, "name": "calibration", "shard_size": 1,
@@ -402,10 +406,11 @@ class Extraction:
                 if isinstance(res, MsfError):  # no model, a bad setting: one clear error, not N failures
                     raise res
                 if isinstance(res, BaseException):  # a crashed task fails its items, not the run
-                    res = TaskResult(failed=[(u, f"task failed: {describe_error(res)}") for u in group])
+                    res = TaskResult(failed=[(u, f"task failed: {describe_error(res)}", "task") for u in group])
                 index.commit([plan.entry(name, u, res.shard, row, checksum, size)  # type: ignore[arg-type]
                               for u, row, checksum, size in res.done],
-                             [Failure(name, u, sp.fingerprints[u], err, time.time()) for u, err in res.failed])
+                             [Failure(name, u, sp.fingerprints[u], err, time.time(), kind)
+                              for u, err, kind in res.failed])
                 fault_point("commit")
                 if res.shard:
                     shards.add(res.shard)

@@ -94,7 +94,7 @@ class TaskPlanner:
         cls = plan[name].stage
         located = {up: index.locations(up) for up in cls.needs}
         shards = {up: self.store.shard_names(up) for up in cls.needs}
-        errors = {up: {(f.utt, f.fingerprint): f.error for f in index.failures(up)} for up in cls.needs}
+        errors = {up: {(f.utt, f.fingerprint): f for f in index.failures(up)} for up in cls.needs}
         found: dict[str, dict[str, Location]] = {}
         blocked: list[Failure] = []
         for uid in utts:
@@ -102,9 +102,10 @@ class TaskPlanner:
             for up in needs_for(cls, plan.sources[uid].utt):
                 loc = located[up].get((uid, plan[up].fingerprints[uid]))
                 if loc is None or loc[0] not in shards[up]:
-                    why = errors[up].get((uid, plan[up].fingerprints[uid]), "no fresh entry")
+                    root = errors[up].get((uid, plan[up].fingerprints[uid]))  # its root cause, said once
                     blocked.append(Failure(name, uid, plan[name].fingerprints[uid],
-                                           f"upstream stage {up!r} failed: {why}", time.time()))
+                                           root.error if root else "no fresh entry", time.time(), "upstream",
+                                           root.root if root else up))
                     break
                 where[up] = loc
             else:

@@ -39,11 +39,20 @@ class TaskItem:
 class TaskResult:
     shard: str | None = None
     done: list[tuple[str, int, str, int]] = field(default_factory=list)  # utt, row, checksum, bytes
-    failed: list[tuple[str, str]] = field(default_factory=list)  # utt, error
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # utt, error, kind (index.Failure)
 
 
 def describe_error(e: BaseException) -> str:
     return str(e) if isinstance(e, (UtteranceError, MsfError)) else f"{type(e).__name__}: {e}"
+
+
+def failure_kind(e: BaseException) -> str:
+    """The kind of failure an exception a stage returned or raised for one utterance stands for."""
+    from msf.pipeline.audio_io import AudioError
+
+    if isinstance(e, UtteranceError):
+        return e.kind
+    return "bad input" if isinstance(e, AudioError) else "error"
 
 
 def stage_instance(name: str, params: dict[str, Any], root: str) -> Stage:
@@ -173,7 +182,7 @@ def _compute_task(root: str, stage_name: str, params: dict[str, Any], items: lis
         inputs = {s: upstream[(s, ti.utt["id"])] for s in ti.upstream}
         bad = next((r for r in inputs.values() if isinstance(r, Exception)), None)
         if bad is not None:
-            result.failed.append((ti.utt["id"], f"cannot read upstream entry: {describe_error(bad)}"))
+            result.failed.append((ti.utt["id"], f"cannot read upstream entry: {describe_error(bad)}", "cache"))
             continue
         prepared.append((ti, Item(Utterance.from_dict(ti.utt), inputs, ti.audio_hash)))  # type: ignore[arg-type]
     ok_ids: list[str] = []
@@ -189,12 +198,12 @@ def _compute_task(root: str, stage_name: str, params: dict[str, Any], items: lis
             it.__dict__.pop("waveform", None)
         for (ti, _), out in zip(chunk, outputs):
             if isinstance(out, BaseException):
-                result.failed.append((ti.utt["id"], describe_error(out)))
+                result.failed.append((ti.utt["id"], describe_error(out), failure_kind(out)))
                 continue
             try:
                 out = normalise(out)
             except ShardFormatError as e:
-                result.failed.append((ti.utt["id"], f"stage {stage_name} returned {e}"))
+                result.failed.append((ti.utt["id"], f"stage {stage_name} returned {e}", "error"))
                 continue
             ok_ids.append(ti.utt["id"])
             ok_records.append(out)

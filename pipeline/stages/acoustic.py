@@ -12,12 +12,12 @@ import numpy as np
 from msf.pipeline.audio_io import TARGET_SR as SR, chunk_bounds
 from msf.pipeline.backends.device import (ComputeType, Device, Precision, place, precision_fingerprint,
                                   resolve_compute_type, torch_dtype)
-from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, load_transformers, load_whisper, transformers_config,
-                                        whisper_dims)
+from msf.pipeline.backends.model_loading import (BUNDLED_TINY_EN, OFFLINE_ACOUSTIC, load_transformers, load_whisper,
+                                                 transformers_config, whisper_dims)
 from msf.pipeline.backends.whisper_windows import WhisperWindow, group_by_window, padded_features, window_fingerprint
 from msf.pipeline.errors import UsageError
 from msf.pipeline.quantized import quantize
-from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.stage import Item, ModelNeed, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 
 
@@ -57,7 +57,7 @@ class TransformersEncoder(_Encoder):
         import transformers
 
         self.model, source = load_transformers(p.model, "AutoModel", "acoustic.model",
-                                               offline="the Whisper tiny.en encoder bundled with msf")
+                                               offline=OFFLINE_ACOUSTIC)
         place(self.model, p.device, "acoustic.device")
         self.dtype = torch_dtype(p.precision, p.device)
         self.model.to(self.dtype)  # type: ignore[attr-defined]
@@ -184,6 +184,11 @@ class AcousticStage(Stage):
         out = window_fingerprint(out, runs_whisper=p.backend == "whisper")
         return precision_fingerprint(out, p.precision, p.device)
 
+    def models(self) -> list[ModelNeed]:
+        p: AcousticParams = self.params  # type: ignore[assignment]
+        kind = "whisper" if p.backend == "whisper" else "transformers"
+        return [ModelNeed("acoustic.model", p.model, kind, OFFLINE_ACOUSTIC)]
+
     def declared_bytes(self, seconds: float) -> float | None:
         """frames x layers x width x dtype size, from the model's config (or model.bin for Whisper)."""
         p: AcousticParams = self.params  # type: ignore[assignment]
@@ -191,7 +196,7 @@ class AcousticStage(Stage):
             width, rate = whisper_dims(p.model)
             layers = 1
         else:
-            cfg = transformers_config(p.model, "acoustic.model")
+            cfg = transformers_config(p.model, "acoustic.model", OFFLINE_ACOUSTIC)
             width, rate = cfg.hidden_size, SR / float(np.prod(cfg.conv_stride))
             layers = cfg.num_hidden_layers + 1 if p.layers == "all" else len(p.layers)
         frames = np.ceil(seconds * rate)

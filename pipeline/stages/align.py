@@ -16,9 +16,9 @@ from pydantic import Field
 from msf.pipeline.backends.device import ComputeType, Device, resolve_compute_type
 from msf.pipeline.aligners import Aligner
 from msf.pipeline.corpora.alignment_files import AlignmentFileError, WordTimes, read_provided, transcript_words
-from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN
+from msf.pipeline.backends.model_loading import BUNDLED_TINY_EN, OFFLINE_CTC, OFFLINE_WHISPER
 from msf.pipeline.backends.whisper_windows import WhisperWindow, window_fingerprint
-from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.stage import Item, ModelNeed, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 
 class AlignParams(StageParams):
@@ -108,6 +108,19 @@ class AlignStage(Stage):
         # one at a time: the fingerprints of before. Batched words are nearly always the same (a beam
         # can turn on the last bits of a batched matrix product: 3 of 300 demo files), so a batch is its own entry.
         return out if batch == 1 else {**out, "asr_batch": batch}
+
+    def models(self) -> list[ModelNeed]:
+        """Whisper always for backend=whisper; for the others only when an utterance has no transcript
+        (ASR) or sphinx refuses one (its second opinion), so then it does not stop a run before it starts."""
+        p: AlignParams = self.params  # type: ignore[assignment]
+        if p.backend == "provided":
+            return []
+        when = "" if p.backend == "whisper" else "for utterances without a transcript" + (
+            " and as sphinx's second opinion" if p.backend == "sphinx" else "")
+        out = [ModelNeed("align.model", p.model, "whisper", OFFLINE_WHISPER, when)]
+        if p.backend == "ctc":
+            out.append(ModelNeed("align.ctc_model", p.ctc_model, "transformers", OFFLINE_CTC))
+        return out
 
     def setup(self) -> None:
         p: AlignParams = self.params  # type: ignore[assignment]

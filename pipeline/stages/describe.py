@@ -24,9 +24,9 @@ from msf.pipeline.errors import UsageError
 from msf.pipeline.backends.knowledge_describer import KnowledgeDescriber
 from msf.pipeline.backends.llm_client import AnswerCache, ChatEndpoint
 from msf.pipeline.backends.local_chat import LocalChatModel
-from msf.pipeline.backends.model_loading import BUNDLED_SMOLLM2
+from msf.pipeline.backends.model_loading import BUNDLED_SMOLLM2, OFFLINE_DESCRIBER
 from msf.pipeline.speaker_baseline import MIN_SPEAKER_UTTERANCES
-from msf.pipeline.stage import Egress, Item, OutputField, Record, Stage, StageParams, UtteranceError, register
+from msf.pipeline.stage import Egress, Item, ModelNeed, OutputField, Record, Stage, StageParams, UtteranceError, register
 from msf.pipeline.stages.global_semantics import transcript_of
 
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
@@ -167,6 +167,10 @@ class DescribeStage(Stage):
         p: DescribeParams = self.params  # type: ignore[assignment]
         if p.backend == "openai" and not p.base_url.strip():
             raise UsageError(NO_ENDPOINT)
+
+    def models(self) -> list[ModelNeed]:
+        p: DescribeParams = self.params  # type: ignore[assignment]
+        return [ModelNeed("describe.model", p.model, "transformers", OFFLINE_DESCRIBER)] if p.backend == "local" else []
 
     def egress(self) -> Egress | None:
         p: DescribeParams = self.params  # type: ignore[assignment]

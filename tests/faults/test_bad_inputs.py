@@ -86,19 +86,20 @@ def test_bad_inputs_are_recorded_and_the_rest_completes(demo_corpus: Path, tmp_p
     res = cli.invoke(app, ["extract", "--corpus", str(manifest), "--cache", str(cache), "--profile", "offline",
                            "--set", "label_range=[1,7]", "--stage", "align", "--stage", "acoustic",
                            "--workers", "2", "--json"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 3, res.output  # finished, some utterances failed
     assert "Traceback" not in res.output
     res = cli.invoke(app, ["status", "--cache", str(cache), "--failed", "--json"])
     status = json.loads(res.stdout.strip().splitlines()[-1])
     failed = {(f["utterance"], f["stage"]): f["error"] for f in status["failed"]}
+    blocked = {(f["utterance"], f["stage"]): f["blocked"] for f in status["failed"]}
     for utt, expect in EXPECTED.items():
         if expect is None:
             assert not [k for k in failed if k[0] == utt], (utt, failed)
             continue
         stage, words = expect
         assert words in failed.get((utt, stage), ""), (utt, failed)
-        if stage == "audio":  # what needs the audio says why it could not run
-            assert failed[(utt, "acoustic")].startswith("upstream stage 'audio' failed: ")
+        if stage == "audio":  # the root cause once, with the stages it blocked
+            assert sorted(blocked[(utt, "audio")]) == ["acoustic", "align"] and (utt, "acoustic") not in failed
     assert not [k for k in failed if not k[0].startswith("bad_")]  # every good utterance completed
     problems = " | ".join(status["corpus_problems"])
     assert "valence label 9.5 is outside the corpus scale [1, 7]" in problems and "duplicate utterance id" in problems
