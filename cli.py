@@ -667,7 +667,8 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Option(..., metavar="DIR", help="Run directory."),
+    run: List[Path] = typer.Option(..., metavar="DIR", help="Run directory; several (repeat --run), or an "
+                                   "ensemble folder (msf ensemble): their predictions averaged per target."),
     features: Path = typer.Option(..., metavar="DIR", help="Cache directory to evaluate on."),
     name: Optional[str] = typer.Option(None, metavar="NAME", help="Feature set (default: the run's)."),
     labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
@@ -675,15 +676,24 @@ def evaluate(
     corpus_old: Optional[str] = typer.Option(None, "--corpus", hidden=True),
     device: str = typer.Option("cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps."),
 ) -> None:
-    """CCC of a trained run on the dev and test utterances of a cache. Features made with other
-    settings than the run's (another aligner, say) are allowed, and named on stderr."""
+    """CCC of a trained run (or an ensemble of runs) on the dev and test utterances of a cache. Features
+    made with other settings than the run's (another aligner, say) are allowed, and named on stderr."""
     from msf.pipeline.config import MsfConfig
     from msf.pipeline.cache.planning import settings_changes
     from msf.trainer.data import STAGE_OF, FeatureSet, parse_sources, scored_splits
     from msf.trainer.train import evaluate as run_eval, load_run
 
+    from msf.trainer.ensemble import as_ensemble, fold_ensembles, score, score_folds
+
     with user_errors():
         labels = renamed(labels, corpus_old, "--corpus", "--labels")
+        if len(run) > 1 or not (run[0] / "config.json").is_file():  # an ensemble: runs, or an ensemble folder
+            folds = fold_ensembles(run)
+            result = score_folds(folds, features, device, name, labels) if folds else \
+                score(as_ensemble(run), features, device, name, labels)
+            print(json.dumps(result))
+            return
+        run = run[0]
         model, cfg = load_run(run, device)
         sources = parse_sources(cfg.sources)
         data = FeatureSet(features, sources, cfg.fold, name or cfg.name, labels or cfg.labels,
@@ -703,7 +713,8 @@ def evaluate(
 def predict(
     inputs: Optional[List[Path]] = typer.Argument(None, metavar="AUDIO...", help="Audio files, folders of audio, or manifests (.csv/"
                                                   ".jsonl: id, audio, optional speaker, transcript, gender)."),
-    run: Path = typer.Option(..., metavar="DIR", help="Run directory."),
+    run: List[Path] = typer.Option(..., metavar="DIR", help="Run directory; several (repeat --run), or an "
+                                   "ensemble folder (msf ensemble): their predictions averaged per target."),
     features: Optional[Path] = typer.Option(None, metavar="DIR",
                                             help="Predict a split of this cache instead of audio files "
                                             "(with --split and --out)."),
@@ -726,27 +737,35 @@ def predict(
 ) -> None:
     """Valence, arousal and dominance for new audio, through the same stages as the run's features. Each
     file's prediction depends on that file alone (and the speaker and transcript given)."""
-    from msf.trainer.predict import parse_volatile, predict as run_predict, predict_cached
+    from msf.trainer.ensemble import as_ensemble
+    from msf.trainer.predict import (parse_volatile, predict as run_predict, predict_cached, predict_cached_ensemble,
+                                     predict_ensemble)
 
     with user_errors():
+        ensemble = as_ensemble(run) if len(run) > 1 or not (run[0] / "config.json").is_file() else None
         if features is not None:
             if inputs or split is None or out is None:
                 raise UsageError("--features predicts a split of a cache: give --split and --out, and no audio")
-            n = predict_cached(run, features, split, out, device=device)
+            n = predict_cached_ensemble(ensemble, features, split, out, device) if ensemble else \
+                predict_cached(run[0], features, split, out, device=device)
             ERR.print(f"{n} predictions of {split} -> {escape(str(out))}")
             return
         if not inputs:
             raise UsageError("give audio files, folders or manifests to predict (or --features CACHE --split S)")
         keep = renamed(keep_features, cache_old, "--cache", "--keep-features")
-        results = run_predict(inputs, run, transcript, device, progress=not as_json, cache=keep, out=out,
-                              settings=parse_volatile(set_))
+        if ensemble is not None:
+            results = predict_ensemble(inputs, ensemble, transcript, device, progress=not as_json, cache=keep,
+                                       out=out, settings=parse_volatile(set_))
+        else:
+            results = run_predict(inputs, run[0], transcript, device, progress=not as_json, cache=keep, out=out,
+                                  settings=parse_volatile(set_))
     errors = sum("error" in r for r in results)
     if as_json:
         print(json.dumps(results))
     elif out is not None and len(results) > 20:
         OUT.print(f"{len(results)} predictions in {out} ({errors} with an error)")
     else:
-        table = Table("audio", *TARGETS, title=f"predictions of {run}")
+        table = Table("audio", *TARGETS, title=f"predictions of {', '.join(map(str, run))}")
         for r in results:
             table.add_row(r["audio"], *([f"{r[t]:.2f}" for t in TARGETS] if "error" not in r
                                         else [r["error"], "", ""]))
@@ -813,6 +832,31 @@ def ablate(
         summary = ablate_folds(parse_folds(folds), out, lambda k, o: run_ablation(
             features, o, seeds=seeds, seed=seed, prosody=prosody, variants=chosen, **{**options, "fold": k}))
     print_markdown_tables(folds_table(summary))
+
+
+@app.command()
+def ensemble(
+    run: List[Path] = typer.Option(..., metavar="DIR", help="A member run (repeat --run for each); runs trained "
+                                   "with --folds make an ensemble per fold."),
+    out: Path = typer.Option(..., metavar="DIR", help="The ensemble folder to write (then `--run DIR` in predict "
+                                                   "and evaluate)."),
+    weights: str = typer.Option("equal", metavar="equal|dev", help="equal: the members averaged; dev: per target, "
+                                "non-negative weights summing to one fitted on the dev split of --features (the "
+                                "test split is never read to choose them)."),
+    features: Optional[Path] = typer.Option(None, metavar="DIR", help="A cache to fit dev weights on and to score "
+                                            "the ensemble on (OUT/metrics.json, OUT/predictions.csv)."),
+    name: Optional[str] = typer.Option(None, metavar="NAME", help="The cache's feature set (default: each run's)."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
+                                         help="A manifest to take labels and splits from (matched by id)."),
+    device: str = typer.Option("cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps."),
+) -> None:
+    """Several trained runs as one predictor: OUT records its members by path and fingerprint (a member
+    changed or missing is refused by name) and their weights; predict and evaluate take it as one --run."""
+    from msf.trainer.ensemble import make_ensemble
+
+    with user_errors():
+        result = make_ensemble(run, out, weights, features, device, name, labels)
+    print(json.dumps(result))
 
 
 @app.command()

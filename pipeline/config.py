@@ -92,6 +92,16 @@ def parse_value(raw: str) -> Any:
     return raw
 
 
+def parse_set(item: str, form: str) -> tuple[str, str, Any]:
+    """One `--set` item as (section, key, value): `emphasis.threshold=0.6` is ("emphasis", "threshold",
+    0.6), `workers=2` is ("", "workers", 2). `form` says what the command takes, in the error."""
+    key, eq, raw = item.partition("=")
+    section, dot, name = key.partition(".")
+    if not eq or not key or (dot and not (section and name)):
+        raise ConfigError(f"--set expects {form}, got {item!r}")
+    return (section, name, parse_value(raw)) if dot else ("", key, parse_value(raw))
+
+
 def load_config(
     path: Path | None = None,
     sets: list[str] = (),  # type: ignore[assignment]
@@ -119,14 +129,11 @@ def load_config(
             data.setdefault("stages", {}).setdefault(stage, {}).update(values)
         data.update(toml)
     for item in sets:
-        key, eq, raw = item.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--set expects STAGE.KEY=VALUE or KEY=VALUE, got {item!r}")
-        if "." in key:
-            stage, _, name = key.partition(".")
-            data.setdefault("stages", {}).setdefault(stage, {})[name] = parse_value(raw)
+        stage, name, value = parse_set(item, "STAGE.KEY=VALUE or KEY=VALUE")
+        if stage:
+            data.setdefault("stages", {}).setdefault(stage, {})[name] = value
         else:
-            data[key] = parse_value(raw)
+            data[name] = value
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         config = MsfConfig(**data)

@@ -86,9 +86,14 @@ def target_names(utterances: Iterable[Utterance]) -> list[str]:
     return [*TARGETS, *sorted(other)]
 
 
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, tuples as lists: equal values always serialise, and hash, equal (the
+    recorded row here, fingerprints in the cache)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _json(d: dict[str, Any]) -> str:
-    # canonical (sorted keys, no spaces): the recorded row, and so the rows digest, is the same every run
-    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str) if d else "{}"
+    return canonical_json(d) if d else "{}"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msf.pipeline.audio_io import TARGET_SR
 from msf.pipeline.stage import Record
 from msf.pipeline.stages.emphasis import Contours, EmphasisParams
 
@@ -23,7 +24,7 @@ def draw_emphasis(wave: np.ndarray | None, align: Record, emphasis: Record, para
     ref = float(emphasis["speaker_f0_hz"])
     if wave is not None:
         c = Contours(wave, params.pitch_floor, params.pitch_ceiling)
-        ax_w.plot(np.arange(len(wave)) / 16000, wave, lw=0.4, color="0.3")
+        ax_w.plot(np.arange(len(wave)) / TARGET_SR, wave, lw=0.4, color="0.3")
         ax_f.plot(c.f0_t, c.f0, ".", ms=2.5, color="tab:blue")
         ax_i.plot(c.int_t, c.intensity, lw=1, color="tab:orange")
     else:  # the cached word-level prosody: F0 mean re the speaker, intensity mean re the utterance

@@ -100,6 +100,16 @@ def test_five_folds_in_one_command(shaped: dict[str, Path], tmp_path: Path) -> N
         assert cfg["fold"] == k and cfg["fold_dev"] == "speaker"
     means = summary["mean"]
     assert set(means) == {"ccc_valence", "ccc_arousal", "ccc_dominance", "ccc_mean"} and "sd" in summary
+    # an ensemble per fold (here of the folds' runs with themselves: the runs' own figures), pooled over folds
+    ens = tmp_path / "ensemble"
+    res = CliRunner().invoke(app, ["ensemble", "--run", str(out), "--run", str(out), "--out", str(ens),
+                                   "--features", str(shaped["iemocap-cache"])])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.parent.name for p in ens.glob("fold-*/ensemble.json")) == [f"fold-{k}" for k in range(1, 6)]
+    pooled = json.loads((ens / "folds.json").read_text())["pooled"]
+    assert pooled == summary["pooled"]
+    res = CliRunner().invoke(app, ["evaluate", "--run", str(ens), "--features", str(shaped["iemocap-cache"])])
+    assert res.exit_code == 0 and json.loads(res.stdout)["pooled"] == pooled
     for bad, says in ((["--folds", "6"], "IEMOCAP folds are 1..5"), (["--folds", "all", "--fold", "2"],
                                                                      "give one of them")):
         res = CliRunner().invoke(app, ["train", "--features", str(shaped["iemocap-cache"]), "--out",

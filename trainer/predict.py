@@ -18,7 +18,7 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_grou
 from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, crop_frames, evaluation_windows, make_batch,
                               source_matrix, source_present)
 from msf.trainer.train import MAX_BATCH_FRAMES, host_casts, infer, load_run
+
+if TYPE_CHECKING:
+    from msf.trainer.ensemble import Ensemble
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
 READ_AHEAD = 64  # files whose features are read together, then cut into batches bounded by frames
@@ -196,21 +199,21 @@ def predict(inputs: list[Path], run: Path, transcript: str | None = None, device
 def parse_volatile(sets: list[str]) -> dict[str, dict[str, Any]]:
     """--set STAGE.KEY=VALUE for `predict`: only settings a stage declares cannot change its results
     (devices, batch sizes); any other would make features unlike the ones the model was trained on."""
-    from msf.pipeline.config import parse_value
+    from msf.pipeline.config import parse_set
     from msf.pipeline.stage import stage_class
 
     out: dict[str, dict[str, Any]] = {}
     for item in sets:
-        key, eq, raw = item.partition("=")
-        stage, dot, name = key.partition(".")
-        if not (eq and dot and stage and name):
+        stage, name, value = parse_set(item, "STAGE.KEY=VALUE")
+        if not stage:
             raise UsageError(f"--set expects STAGE.KEY=VALUE, got {item!r}")
+        key = f"{stage}.{name}"
         cls = stage_class(stage)
         if name not in cls.volatile:
             allowed = ", ".join(sorted(cls.volatile)) or "none"
             raise UsageError(f"--set {key}: predict takes only settings that cannot change a result, so the "
                              f"features match the run's; for {stage!r}: {allowed}")
-        out.setdefault(stage, {})[name] = parse_value(raw)
+        out.setdefault(stage, {})[name] = value
     return out
 
 
@@ -260,3 +263,53 @@ def predict_cached(run: Path, features: Path, split: str, out: Path, name: str |
         STDERR.print(f"{len(lost)} utterance(s) of {split} not predicted: " + ", ".join(
             f"{uid} ({why})" for uid, _, why in lost[:5]) + (" ..." if len(lost) > 5 else ""))
     return len(pred)
+
+
+def predict_ensemble(inputs: list[Path], ensemble: "Ensemble", transcript: str | None = None, device: str = "cpu",
+                     progress: bool = True, cache: Path | None = None, out: Path | None = None,
+                     settings: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The members' predictions of the files combined with the ensemble's weights, rows in the inputs'
+    order (written to `out` once every member has predicted). The members share one feature cache, so a
+    stage with the same settings in several of them is extracted once (found by its fingerprint)."""
+    with ExitStack() as stack:
+        root = cache if cache is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="msf-predict-")))
+        per_member = [predict(inputs, run, transcript, device, progress, cache=root, settings=settings)
+                      for run in ensemble.members]
+    weights = ensemble.weight_matrix()
+    rows = []
+    for k, first in enumerate(per_member[0]):
+        of_file = [member[k] for member in per_member]
+        row = {c: first[c] for c in ("id", "audio", "speaker")}
+        errors = [r["error"] for r in of_file if "error" in r]
+        if errors:  # a member without features for the file: no ensemble prediction for it
+            row["error"] = errors[0]
+        else:
+            row.update({t: round(float(sum(weights[i, j] * r[t] for i, r in enumerate(of_file))), 4)
+                        for j, t in enumerate(TARGETS)})
+        masked = list(dict.fromkeys(r["masked"] for r in of_file if r.get("masked")))
+        if masked:
+            row["masked"] = "; ".join(masked)
+        rows.append(row)
+    writer = RowWriter(out)
+    try:
+        writer.write(rows)
+    finally:
+        writer.close()
+    return rows
+
+
+def predict_cached_ensemble(ensemble: "Ensemble", features: Path, split: str, out: Path, device: str = "cpu") -> int:
+    """`msf predict --features CACHE --split S --out FILE` with several runs: their combined predictions of
+    every utterance of split S every member has, in the one prediction table."""
+    from msf.trainer.ensemble import member_predictions
+    from msf.trainer.train import write_predictions
+
+    if out.suffix.lower() != ".csv":
+        raise UsageError(f"--out {out}: predictions are written as .csv")
+    rows = member_predictions(ensemble, features, [split], device)
+    if split not in rows:
+        raise UsageError(f"no split {split!r} with usable utterances in {features} for every member")
+    r = rows[split]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(out, list(zip(r.ids, r.speakers, [split] * len(r.ids), ensemble.combine(r.preds), r.gold)))
+    return len(r.ids)

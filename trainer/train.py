@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from msf.pipeline.backends.device import Device, place, require_device
 from msf.pipeline.corpus import TARGETS
 from msf.pipeline.errors import NotFound, UsageError
-from msf.pipeline.run.faults import fault_point
+from msf.pipeline.faults import fault_point
 from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.progress import STDERR
 from msf.trainer.data import Batch, FeatureSet, batch_groups, epoch_order, parse_sources, scored_splits
@@ -116,7 +116,7 @@ def train_settings(sets: list[str] = (), toml: Path | None = None, preset: str |
     command line (None: not given). Unknown keys are refused by TrainConfig."""
     import tomllib
 
-    from msf.pipeline.config import CONFIG_FILE, parse_value
+    from msf.pipeline.config import CONFIG_FILE, parse_set
 
     out: dict[str, Any] = {}
     path = toml if toml is not None else Path(CONFIG_FILE)
@@ -126,10 +126,10 @@ def train_settings(sets: list[str] = (), toml: Path | None = None, preset: str |
         except tomllib.TOMLDecodeError as e:
             raise UsageError(f"{path}: {e}") from None
     for item in sets:
-        key, eq, raw = item.partition("=")
-        if not eq or not key.startswith("train.") or len(key) <= 6:
+        section, name, value = parse_set(item, "train.KEY=VALUE here")
+        if section != "train":
             raise UsageError(f"--set expects train.KEY=VALUE here, got {item!r}")
-        out[key[6:]] = parse_value(raw)
+        out[name] = value
     out.update({k: v for k, v in given.items() if v is not None})
     name = preset or out.pop("preset", None) or "msf"
     out.pop("preset", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from msf.pipeline.audio_io import TARGET_SR
 from msf.pipeline.corpora.alignment_files import WordTimes, clean_word
 from msf.pipeline.backends.device import require_device
 from msf.pipeline.backends.model_loading import ModelUnavailable
@@ -31,7 +32,7 @@ class WhisperxAligner:
                                    "use align.backend=ctc with a local wav2vec2-CTC model") from None
 
     def align(self, audio: np.ndarray, words: list[str]) -> WordTimes:
-        seg = [{"text": " ".join(words), "start": 0.0, "end": len(audio) / 16000}]
+        seg = [{"text": " ".join(words), "start": 0.0, "end": len(audio) / TARGET_SR}]
         res = self.whisperx.align(seg, self.model, self.meta, audio, self.device)
         ws = [w for w in res.get("word_segments", []) if clean_word(w.get("word", ""))]
         if [clean_word(w["word"]) for w in ws] != words or any("start" not in w for w in ws):

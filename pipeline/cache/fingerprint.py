@@ -12,16 +12,11 @@ content hash, never its path: a moved corpus keeps its fingerprints.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from msf.pipeline.corpus import canonical_json  # noqa: F401 - fingerprints' serialiser, re-exported
 from msf.pipeline.stage import Stage, StageParams
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no whitespace, tuples as lists: equal values always hash equal."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def digest(text: str) -> str:

@@ -27,6 +27,14 @@ from msf.pipeline.config import ConfigError
 from msf.pipeline.corpus import Utterance
 from msf.pipeline.errors import CacheDamaged
 
+INDEX_FILE = "index.sqlite"
+
+
+def index_path(cache: Path) -> Path:
+    """Where a cache's index is: the file whose presence makes a folder a cache."""
+    return Path(cache) / INDEX_FILE
+
+
 # 3: failures kept per fingerprint, like entries; 4: labels as named targets (one JSON column), not three;
 # 5: a failure's kind and, for one blocked upstream, the stage where it began (its cause)
 SCHEMA_VERSION = "5"
@@ -165,7 +173,7 @@ class CacheIndex:
     def __init__(self, root: Path, readonly: bool = False):
         """`readonly` (a dry run): SQLite refuses every write, and a cache that does not exist yet is
         an empty index in memory, so nothing is created on disk."""
-        self.path = root / "index.sqlite"
+        self.path = index_path(root)
         self.commits = 0  # shards' results committed through this index object (Extraction.run reads it)
         try:
             self._open(root, readonly)

@@ -26,7 +26,7 @@ import numpy as np
 from msf.pipeline.cache.index import CacheIndex, Entry
 from msf.pipeline.errors import CacheDamaged
 from msf.pipeline.quantized import decode_record, decoded
-from msf.pipeline.run.faults import fault_point
+from msf.pipeline.faults import fault_point
 from msf.pipeline.stage import Record
 
 FORMAT = "msf-shard-1"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.fingerprint import params_digest
-from msf.pipeline.cache.index import CacheIndex, Entry, Failure
+from msf.pipeline.cache.index import CacheIndex, Entry, Failure, index_path
 from msf.pipeline.cache.planning import (Plan, Source, StageState, completion_keys, reasons, rows_digest,
                                          sources_from_cache, sources_from_corpus, stage_state, status_of)
 from msf.pipeline.cache.shard_store import ShardStore
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torch is imported by `dataset()` only: `msf status` stays q
 
 
 def require_cache(cache: Path) -> None:
-    if not (Path(cache) / "index.sqlite").is_file():
+    if not index_path(cache).is_file():
         raise ConfigError(f"no msf cache at {cache} (run `msf extract --cache {cache}` first)")
 
 

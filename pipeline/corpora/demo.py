@@ -24,12 +24,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from msf.pipeline.audio_io import TARGET_SR as SAMPLE_RATE
 from msf.pipeline.corpora import manifest
 from msf.pipeline.corpora.espeak import espeak
 from msf.pipeline.corpus import Corpus, CorpusError
 from msf.pipeline.errors import UsageError
 
-SAMPLE_RATE = 16_000
 PUNCT = ".,?!"
 BLOCK = 16  # utterances per fresh eSpeak process; part of the corpus definition (see build_demo_corpus)
 

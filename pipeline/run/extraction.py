@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from msf.pipeline.cache.index import FeatureSetRecord, Failure
+from msf.pipeline.cache.index import INDEX_FILE, FeatureSetRecord, Failure, index_path
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.cache.view import CacheView, recorded_corpus
 from msf.pipeline.corpus import Corpus, corpus_digest, corpus_source, load_corpus
@@ -24,7 +24,7 @@ from msf.pipeline.errors import MsfError, UsageError
 from msf.pipeline.run.estimate import (Estimate, Sends, StageCost, audio_durations, calibrate as calibrate_stages,
                                    estimate_stage, pick_for_calibration)
 from msf.pipeline.run.executors import DaskExecutor, Executor
-from msf.pipeline.run.faults import fault_point
+from msf.pipeline.faults import fault_point
 from msf.pipeline.cache.fingerprint import params_digest
 from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.cache.planning import (Plan, Source, completion_keys, reasons, rows_digest,
@@ -87,7 +87,7 @@ def remote_tainted(plan: Plan) -> set[str]:
 
 def _recorded_corpus_hint(config: MsfConfig) -> str:
     """What the feature set was last extracted from, to suggest when a rerun names no corpus."""
-    if config.cache is None or not (config.cache / "index.sqlite").is_file():
+    if config.cache is None or not index_path(config.cache).is_file():
         return ""
     store = ShardStore(config.cache, readonly=True)
     try:
@@ -115,7 +115,7 @@ class Extraction:
         self.root = config.cache_dir()
         # a cache this extraction creates is removed again if the run stops before anything is in it
         # (a manifest refused as not UTF-8, empty, ...): an empty cache left behind would look like one
-        self._created = not dry_run and not (self.root / "index.sqlite").exists()
+        self._created = not dry_run and not index_path(self.root).exists()
         self._removed = False
         self.store = ShardStore(self.root, readonly=dry_run)
         self.executor: Executor = executor or DaskExecutor(config.workers, config.scheduler)
@@ -237,7 +237,7 @@ class Extraction:
 
         if not self._created or not self.store.index.is_empty():
             return
-        ours = {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal", ".lock"}
+        ours = {INDEX_FILE, *(f"{INDEX_FILE}{x}" for x in ("-wal", "-shm", "-journal")), ".lock"}
         if all(p.name in ours or (p.is_dir() and not any(p.iterdir())) for p in self.root.iterdir()):
             self.store.close()
             shutil.rmtree(self.root, ignore_errors=True)

@@ -19,10 +19,10 @@ from typing import Literal
 
 import numpy as np
 
+from msf.pipeline.audio_io import TARGET_SR as SR
 from msf.pipeline.speaker_baseline import Reference, has_speaker_baseline
 from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
-SR = 16_000
 FRAME_S = 0.01
 FEATURES = ("f0_mean_st", "f0_max_st", "f0_range_st", "intensity_mean_db", "intensity_max_db", "duration_norm",
             "vowel_s")
