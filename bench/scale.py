@@ -11,6 +11,7 @@ Figures (each command a fresh process, wall time from process start to exit):
   peak RSS       the largest of the three processes                (target < 1 GB)
 
     python bench/scale.py [--n 100000] [--msp-n 300000] [--only msp] [--workers 2] [--out DIR]
+    python bench/scale.py --breakdown [--msp-n 100000]   # the driver's memory per step, per 100k utterances
 
 Last stdout line: one JSON object (n, first_run_s, overhead_ms_per_entry, noop_rerun_s, status_s, peak_rss_mb,
 and msp300k_first_run_s, msp300k_noop_rerun_s, msp300k_status_s, msp300k_peak_rss_mb).
@@ -123,6 +124,34 @@ def measure(spec: str, cache: Path, last_stage: str, workers: int) -> dict[str, 
             "peak": max(first_rss, noop_rss, status_rss)}
 
 
+def driver_breakdown(msp: Path, n: int) -> dict[str, float]:
+    """Where the driver's memory goes before any task runs (a fresh process: `--breakdown`): MB of RSS
+    added by the parsed corpus, the content-hash pass and the plan of eight stages, per 100k utterances."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(HERE)!r})
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+from pathlib import Path
+import tempfile
+from msf.pipeline.config import MsfConfig
+from msf.pipeline.run.executors import InProcessExecutor
+from msf.pipeline.run.extraction import Extraction
+out = {{"imports": rss()}}
+ex = Extraction(MsfConfig(corpus="msp-podcast:{msp}", cache=Path(tempfile.mkdtemp()), plugins=["scale_stages"]),
+                executor=InProcessExecutor())
+steps = [("corpus", lambda: ex.corpus), ("hash pass", lambda: ex.sources), ("plan, 8 stages", lambda: ex.plan(["scale_g"]))]
+for name, step in steps:
+    before = rss()
+    step()
+    out[name] = rss() - before
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return {k: round(v * (100_000 / n if k != "imports" else 1), 1) for k, v in out.items()}
+
+
 def table(title: str, m: dict[str, float]) -> None:
     print(title)
     print(f"{'':<16}{'seconds':>10}{'peak RSS MB':>13}{'target':>12}")
@@ -141,9 +170,17 @@ def main() -> None:
     ap.add_argument("--only", choices=["msp"], help="run only the MSP-Podcast-shaped row")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, help="keep the corpora (and reuse them) here")
+    ap.add_argument("--breakdown", action="store_true", help="only: the driver's memory per step, per 100k "
+                    "utterances, on the MSP-Podcast-shaped corpus of --msp-n")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-scale-"))
     res: dict = {"workers": args.workers}
+    if args.breakdown:
+        per = driver_breakdown(build_msp(root / "msp", args.msp_n), args.msp_n)
+        print(f"driver RSS before any task, MB per 100k utterances ({args.msp_n:,} measured): "
+              + ", ".join(f"{k} {v:g}" for k, v in per.items() if k != "imports") + f"; imports {per['imports']:g} MB")
+        print(json.dumps({f"breakdown_{k.split(',')[0].replace(' ', '_')}_mb_per_100k": v for k, v in per.items()}))
+        return
     if not args.only:
         t0 = time.perf_counter()
         manifest = build(root / "corpus", args.n)
@@ -159,7 +196,7 @@ def main() -> None:
     msp = build_msp(root / "msp", args.msp_n)
     print(f"MSP-Podcast-shaped corpus: {args.msp_n} utterances in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     m = measure(f"msp-podcast:{msp}", root / "cache-msp", "scale_g", args.workers)
-    key = f"msp{args.msp_n // 1000}k"
+    key = f"msp{args.msp_n // 1_000_000}m" if args.msp_n % 1_000_000 == 0 else f"msp{args.msp_n // 1000}k"
     table(f"{args.msp_n:,} utterances (MSP-Podcast layout, msp-podcast: reader) x {len(MSP_STAGES)} stages = "
           f"{m['entries']:,} entries", m)
     res |= {f"{key}_entries": m["entries"], f"{key}_first_run_s": round(m["first_s"], 2),

@@ -124,9 +124,6 @@ class Corpus:
             if audio_hashes.get(u.audio) == "missing":
                 self.problems.append(CorpusProblem(u.id, f"audio file not found: {u.audio}", dropped=False))
 
-    def by_id(self) -> dict[str, Utterance]:
-        return {u.id: u for u in self.utterances}
-
 
 class CorpusBuilder:
     """Collects rows, refusing duplicates and unparsable labels with a specific message per row."""

@@ -121,11 +121,27 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_features(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo corpus extracted with the offline profile (its provided alignment): a real cache."""
     from msf.pipeline.config import MsfConfig
+    from msf.pipeline.run.executors import InProcessExecutor  # a real cache; Dask runs: test_execution.py
     from msf.pipeline.run.extraction import Extraction
 
     cache = tmp_path_factory.mktemp("demo-features") / "cache"
     ex = Extraction(MsfConfig(corpus=f"demo:{demo_corpus}", cache=cache, profile="offline", workers=2,
-                              stages={"align": {"backend": "provided"}}))
+                              stages={"align": {"backend": "provided"}}), executor=InProcessExecutor())
     ex.run(["acoustic", "global", "local", "extended"], progress=False)
     ex.close()
     return cache
+
+
+@pytest.fixture(scope="session")
+def audio_run(demo_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An audio-only run without speaker standardisation: a file's prediction then depends on its own
+    frames alone, as a cached utterance's does."""
+    from typer.testing import CliRunner
+
+    from msf.cli import app
+
+    run = tmp_path_factory.mktemp("audio-run") / "run"
+    r = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(run), "--sources", "audio",
+                                 "--epochs", "2", "--no-speaker-norm", "--set", "train.hidden=16"])
+    assert r.exit_code == 0, r.output
+    return run

@@ -134,12 +134,12 @@ def test_iemocap_layout_and_folds(tmp_path: Path) -> None:
     _iemocap(tmp_path / "IEMOCAP")
     c = load_corpus(f"iemocap:{tmp_path / 'IEMOCAP'}")
     assert len(c.utterances) == 10 and not c.problems
-    u = c.by_id()["Ses01F_impro01_M001"]
+    u = {x.id: x for x in c.utterances}["Ses01F_impro01_M001"]
     assert u.labels == (2.5, 3.0, 3.5)
     assert u.speaker == "Ses01M" and u.transcript == "Excuse me number 1."
     assert u.extra["session"] == "1" and u.extra["wdseg"].endswith("Ses01F_impro01_M001.wdseg")
     assert u.split == "test"  # fold 1 by default
-    assert u.extra["gender"] == "male" and c.by_id()["Ses01F_impro01_F000"].extra["gender"] == "female"
+    assert u.extra["gender"] == "male" and {x.id: x for x in c.utterances}["Ses01F_impro01_F000"].extra["gender"] == "female"
     for fold in range(1, 6):
         # four sessions train; dev is one speaker of session fold+1 (F in odd folds, M in even ones)
         got = refold(c.utterances, fold)

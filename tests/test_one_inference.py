@@ -15,17 +15,6 @@ from msf.cli import app
 from msf.pipeline.corpus import TARGETS
 
 
-@pytest.fixture(scope="module")
-def audio_run(demo_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An audio-only run without speaker standardisation: a file's prediction then depends on its own
-    frames alone, as a cached utterance's does."""
-    run = tmp_path_factory.mktemp("one-inference") / "run"
-    r = CliRunner().invoke(app, ["train", "--features", str(demo_features), "--out", str(run), "--sources", "audio",
-                                 "--epochs", "2", "--no-speaker-norm", "--set", "train.hidden=16"])
-    assert r.exit_code == 0, r.output
-    return run
-
-
 def test_predict_on_a_cached_split_is_the_run_s_evaluation(audio_run: Path, demo_features: Path,
                                                            tmp_path: Path) -> None:
     out = tmp_path / "test.csv"

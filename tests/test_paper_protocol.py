@@ -21,9 +21,11 @@ FAST = ["--epochs", "3", "--set", "train.hidden=16", "--set", "train.patience=10
 
 def _extract(spec: str, cache: Path) -> None:
     from msf.pipeline.config import MsfConfig
+    from msf.pipeline.run.executors import InProcessExecutor
     from msf.pipeline.run.extraction import Extraction
 
-    ex = Extraction(MsfConfig(corpus=spec, cache=cache, profile="offline", workers=2))
+    # in this process: the layouts are what is tested here; Dask runs are tested in test_execution.py
+    ex = Extraction(MsfConfig(corpus=spec, cache=cache, profile="offline", workers=2), executor=InProcessExecutor())
     ex.run(STAGES, progress=False)
     ex.close()
 

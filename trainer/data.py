@@ -169,10 +169,7 @@ def _skip_reason(why: str) -> str:
 
 def crop_frames(view: CacheView, ids: list[str], max_seconds: float | None) -> int | None:
     """`max_seconds` in frames of the cached acoustic features (their `frame_rate`); None: no window."""
-    if not max_seconds:
-        return None
-    rate = float(view.records("acoustic", ids[:1])[ids[0]]["frame_rate"]) if ids else 50.0
-    return max(1, int(round(max_seconds * rate)))
+    return view.frames_in(max_seconds, "acoustic", ids) if max_seconds else None
 
 
 def evaluation_windows(frames: int, crop: int | None) -> list[tuple[int, int]]:

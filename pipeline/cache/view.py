@@ -282,6 +282,12 @@ class CacheView:
         return ArrayColumn([(self.store.shard_path(stage, fresh[u].shard), fresh[u].row) for u in ids], name,
                            select, squeeze=select is not None and len(select) == 1)
 
+    def frames_in(self, seconds: float, stage: str, ids: list[str]) -> int | None:
+        """`seconds` in frames of a stage's frame axis (the `frame_rate` its records hold), at least one;
+        None when there is nothing to read it from."""
+        rate = self.records(stage, ids[:1])[ids[0]].get("frame_rate") if ids else None
+        return max(1, int(round(seconds * float(rate)))) if rate else None
+
     def dataset(self, split: str, fields: Sequence[str], layers: Sequence[int] | None = None,
                 max_seconds: float | None = None) -> CacheDataset:
         """A torch Dataset of the split's utterances that have a fresh entry for every field's stage
@@ -306,8 +312,7 @@ class CacheView:
             if spec[f].shape and spec[f].dtype not in ("str", "unknown"):
                 arrays[f] = self.column(f, ids, layers if f == "acoustic.frames" else None)
                 if max_seconds is not None and spec[f].shape[0] == "T":
-                    rate = self.records(stage, ids[:1])[ids[0]].get("frame_rate") if ids else None
-                    max_frames[f] = int(round(max_seconds * float(rate))) if rate else None
+                    max_frames[f] = self.frames_in(max_seconds, stage, ids)
             else:
                 recs = self.records(stage, ids)
                 values[f] = [recs[u][name] for u in ids]
