@@ -16,7 +16,7 @@ import torch
 
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.fingerprint import canonical_json, digest
-from msf.pipeline.cache.view import CacheView
+from msf.pipeline.cache.view import NEW_UTTERANCE, NOT_EXTRACTED, CacheView
 from msf.pipeline.corpus import Utterance, load_corpus
 from msf.pipeline.errors import UsageError
 from msf.pipeline.quantized import decoded, is_quantized
@@ -159,10 +159,10 @@ def scored_splits(splits: dict[str, "Split"]) -> list[str]:
     return [name for name, s in splits.items() if name != "train" and s.ids]
 
 
-def _skip_reason(why: str) -> str:
-    if why.startswith("failed"):
+def _skip_reason(why: str, failed: bool) -> str:
+    if failed:
         return "failed extraction"
-    if why in ("new utterance", "not extracted yet"):
+    if why in (NEW_UTTERANCE, NOT_EXTRACTED):
         return "not extracted"
     return f"stale ({why}): rerun msf extract"
 
@@ -217,14 +217,16 @@ class FeatureSet:
             fresh = view.fresh(stages)
             # the reasons (a pass over the index per stage) only for stages with something not fresh
             why = {st: view.why_not_fresh(st) for st in stages if any(u.id not in fresh[st] for u in utts)}
+            failures = view.failures() if why else []
+            failed = {st: {f.utt for f in failures if f.stage == st} for st in why}
             self.dropped: list[tuple[str, str, str]] = []  # (id, split, reason)
             keep: list[Utterance] = []
             for u in sorted(utts, key=lambda u: u.id):
                 reason = ("not in the label manifest" if u.id in unlabelled
                           else "no labels" if u.labels is None and not predicting
                           else "no split" if not u.split
-                          else next((_skip_reason(why[st][u.id]) for st in stages if u.id not in fresh[st]
-                                     and (st == "acoustic" or not why[st][u.id].startswith("failed"))), None))
+                          else next((_skip_reason(why[st][u.id], u.id in failed[st]) for st in stages
+                                     if u.id not in fresh[st] and (st == "acoustic" or u.id not in failed[st])), None))
                 if reason:
                     self.dropped.append((u.id, u.split, reason))
                 else:

@@ -150,6 +150,11 @@ class Plan:
                      p.audio, p.fields, p.upstream, p.group)
 
 
+# The reasons of an entry with nothing stored for it (`reasons`): the utterance is new to the cache, or
+# known (an upstream stage has it) and this stage has not run on it yet.
+NEW_UTTERANCE, NOT_EXTRACTED = "new utterance", "not extracted yet"
+
+
 @dataclass
 class StageState:
     """Where each utterance of one stage stands now."""
@@ -225,7 +230,7 @@ def reasons(plan: Plan, index: CacheIndex, stage: str, state: StageState) -> dic
         root = plan.order[0]
         known = {u for u, _ in index.stored(root)} if stage != root else set()
         for uid in state.missing:
-            out.setdefault("not extracted yet" if uid in known else "new utterance", []).append(uid)
+            out.setdefault(NOT_EXTRACTED if uid in known else NEW_UTTERANCE, []).append(uid)
     if state.failed:
         out["failed (msf status --failed lists the errors)"] = list(state.failed)
     return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))

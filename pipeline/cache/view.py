@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.fingerprint import params_digest
 from msf.pipeline.cache.index import CacheIndex, Entry, Failure, index_path
-from msf.pipeline.cache.planning import (Plan, Source, StageState, completion_keys, reasons, rows_digest,
-                                         sources_from_cache, sources_from_corpus, stage_state, status_of)
+from msf.pipeline.cache.planning import (NEW_UTTERANCE, NOT_EXTRACTED, Plan, Source, StageState,  # noqa: F401
+                                         completion_keys, reasons, rows_digest, sources_from_cache,
+                                         sources_from_corpus, stage_state, status_of)
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, CorpusProblem, Utterance, corpus_source, target_names
