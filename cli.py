@@ -261,29 +261,6 @@ def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) ->
                          "computing anything" if not as_json else str(MissingRequirements(missing)))
 
 
-def _view(cache: Path, name: str, config: Optional[Path] = None, sets: List[str] = (), corpus: Optional[str] = None):  # type: ignore[assignment]
-    """The named feature set of a cache, as recorded; or compared with the settings of --config FILE,
-    --set overrides and a --corpus given now (each over the recorded settings)."""
-    from msf.pipeline.cache.view import CacheView, open_store, recorded_corpus
-    from msf.pipeline.config import MsfConfig, load_config
-    from msf.pipeline.corpus import corpus_digest, load_corpus
-
-    store = open_store(cache, readonly=True)  # status, show, inspect: they read, never write
-    try:
-        record = store.index.feature_set(name)
-        cfg = source = None
-        if record is not None and (config or sets or corpus):
-            base = MsfConfig.model_validate_json(record.config).model_dump(mode="json", exclude_none=True)
-            cfg = load_config(config, list(sets), base=base, read_cwd=False, corpus=corpus)
-            if corpus:  # parsed again only when its inputs changed since the set's extraction
-                source = recorded_corpus(store.index, cfg, corpus_digest(cfg.corpus, cfg.label_range)) or load_corpus(
-                    cfg.corpus, cfg.label_range)  # type: ignore[arg-type]
-        return CacheView(cache, name, config=cfg, corpus=source, store=store, owns_store=True)
-    except BaseException:
-        store.close()
-        raise
-
-
 @app.command()
 def status(
     cache: Path = typer.Option(Path("cache"), metavar="DIR", help="Cache directory."),
@@ -300,10 +277,11 @@ def status(
     """How much of each stage of a feature set is fresh, stale, missing or failed, and the bytes it takes.
     Needs only the cache; --config/--set/--corpus compare it with other settings or a changed corpus."""
     from msf.pipeline.cache.index import root_causes
+    from msf.pipeline.cache.view import open_view
     from msf.pipeline.run.extraction import human_bytes
 
     with user_errors():
-        view = _view(cache, name, config, set_, corpus)
+        view = open_view(cache, name, config, set_, corpus)
         try:
             counts = view.status(why=why)
             failures = view.failures() if failed else []
@@ -361,8 +339,10 @@ def show(
 ) -> None:
     """One cached entry (the feature set's, else the newest): arrays as shape and dtype, scalars and
     strings as values."""
+    from msf.pipeline.cache.view import open_view
+
     with user_errors():
-        view = _view(cache, name)
+        view = open_view(cache, name)
         try:
             rec, stale = view.read(stage, utt)
         finally:
@@ -391,13 +371,14 @@ def inspect(
     Without the audio (a copied cache), the words and their cached prosody only."""
     import os
 
+    from msf.pipeline.cache.view import open_view
     from msf.pipeline.emphasis_figure import draw_emphasis
     from msf.pipeline.errors import NotFound
     from msf.pipeline.stages.emphasis import EmphasisStage
 
     with user_errors():
         _check_figure_path(out, utt)
-        view = _view(cache, name)
+        view = open_view(cache, name)
         try:
             u = next((u for u in view.utterances if u.id == utt), None)
             if u is None:
@@ -430,18 +411,11 @@ def _check_figure_path(out: Path, utt: str) -> None:
 
 @contextmanager
 def _locked_store(cache: Path) -> Iterator[Any]:
-    """The cache's ShardStore, under the writer lock, with user errors made clear."""
-    from msf.pipeline.cache.view import open_store
-    from msf.pipeline.cache.lock import CacheLock
+    """The cache's store under the writer lock (`locked_store`), with user errors made clear."""
+    from msf.pipeline.cache.view import locked_store
 
-    with user_errors():
-        open_store(cache).close()
-        with CacheLock(cache):
-            store = open_store(cache)
-            try:
-                yield store
-            finally:
-                store.close()
+    with user_errors(), locked_store(cache) as store:
+        yield store
 
 
 @cache_app.command("verify")
@@ -646,7 +620,7 @@ def train(
 ) -> None:
     """Train the MSF-SER model on cached features; writes RUN/metrics.json, curves, usage statistics and
     RUN/dropped.csv (what was not trained or scored on, and why)."""
-    from msf.trainer.folds import parse_folds, require_sessions, train_folds
+    from msf.trainer.folds import chosen_folds, train_folds
     from msf.trainer.train import TrainConfig, train as run_training, train_settings
 
     with user_errors():
@@ -657,10 +631,7 @@ def train(
         if folds is None:
             print(json.dumps(run_training(cfg, out)))
             return
-        if fold is not None:
-            raise UsageError("--fold trains one fold, --folds several: give one of them")
-        chosen = parse_folds(folds)
-        require_sessions(features, cfg.name)
+        chosen = chosen_folds(folds, fold, features, cfg.name, "trains")
         summary = train_folds(chosen, out, lambda k, o: run_training(cfg.model_copy(update={"fold": k}), o))
     print(json.dumps(summary))
 
@@ -813,7 +784,7 @@ def ablate(
 ) -> None:
     """The five variants (audio, audio+gs, audio+gs+les, full, concat): ablation.json and a table."""
     from msf.trainer.ablate import ablate as run_ablation, chosen_variants, tables
-    from msf.trainer.folds import ablate_folds, folds_table, parse_folds, require_sessions
+    from msf.trainer.folds import ablate_folds, chosen_folds, folds_table
     from msf.trainer.train import train_settings
 
     with user_errors():
@@ -826,10 +797,8 @@ def ablate(
             print_markdown_tables(tables(run_ablation(features, out, seeds=seeds, seed=seed, prosody=prosody,
                                                       variants=chosen, **options)))
             return
-        if fold is not None:
-            raise UsageError("--fold ablates one fold, --folds several: give one of them")
-        require_sessions(features, options.get("name", "default"))
-        summary = ablate_folds(parse_folds(folds), out, lambda k, o: run_ablation(
+        chosen_k = chosen_folds(folds, fold, features, options.get("name", "default"), "ablates")
+        summary = ablate_folds(chosen_k, out, lambda k, o: run_ablation(
             features, o, seeds=seeds, seed=seed, prosody=prosody, variants=chosen, **{**options, "fold": k}))
     print_markdown_tables(folds_table(summary))
 

@@ -34,6 +34,16 @@ def parse_folds(spec: str) -> list[int]:
     return folds
 
 
+def chosen_folds(spec: str, fold: int | None, features: Path, name: str, verb: str) -> list[int]:
+    """`--folds SPEC` checked: not beside `--fold`, valid folds, a feature set whose utterances name
+    their session. `verb` says what the command does with one fold ("trains", "ablates")."""
+    if fold is not None:
+        raise UsageError(f"--fold {verb} one fold, --folds several: give one of them")
+    folds = parse_folds(spec)
+    require_sessions(features, name)
+    return folds
+
+
 def require_sessions(features: Path, name: str) -> None:
     """`--folds` splits by session: a feature set whose utterances name none is refused up front."""
     with CacheView.open(features, name) as view:

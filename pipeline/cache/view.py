@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.fingerprint import params_digest
@@ -41,6 +42,45 @@ def open_store(cache: Path, readonly: bool = False) -> ShardStore:
     so reading a cache never changes it under another msf reading or writing it."""
     require_cache(cache)
     return ShardStore(Path(cache), readonly=readonly)
+
+
+def open_view(cache: Path, name: str = "default", config: Path | None = None, sets: Sequence[str] = (),
+              corpus: str | None = None) -> "CacheView":
+    """The named feature set of a cache, read-only (status, show, inspect read, never write): as
+    recorded, or compared with the settings of an msf.toml (`config`), `--set` overrides and a corpus
+    given now (each over the recorded settings; the corpus parsed again only when its inputs changed)."""
+    from msf.pipeline.config import load_config
+    from msf.pipeline.corpus import corpus_digest, load_corpus
+
+    store = open_store(cache, readonly=True)
+    try:
+        record = store.index.feature_set(name)
+        cfg = source = None
+        if record is not None and (config or sets or corpus):
+            base = MsfConfig.model_validate_json(record.config).model_dump(mode="json", exclude_none=True)
+            cfg = load_config(config, list(sets), base=base, read_cwd=False, corpus=corpus)
+            if corpus:
+                source = recorded_corpus(store.index, cfg, corpus_digest(cfg.corpus, cfg.label_range)) or load_corpus(
+                    cfg.corpus, cfg.label_range)  # type: ignore[arg-type]
+        return CacheView(cache, name, config=cfg, corpus=source, store=store, owns_store=True)
+    except BaseException:
+        store.close()
+        raise
+
+
+@contextmanager
+def locked_store(cache: Path) -> Iterator[ShardStore]:
+    """The cache's store under the writer lock, for the commands that change a cache (verify, compact,
+    gc, forget); the cache is checked to be one (and migrated) before the lock is taken."""
+    from msf.pipeline.cache.lock import CacheLock
+
+    open_store(cache).close()
+    with CacheLock(cache):
+        store = open_store(cache)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def recorded_corpus(index: CacheIndex, config: MsfConfig, digest_now: str | None) -> Corpus | None:
