@@ -88,15 +88,21 @@ def read_textgrid(path: Path) -> WordTimes:
     return WordTimes(words, start, end, [1.0] * len(words), "provided:textgrid")
 
 
-@lru_cache(maxsize=8)
-def _truth_file(path: str) -> dict[str, list[dict]]:
+def truth_file(path: str) -> dict[str, list[dict]]:
+    """A demo corpus's truth.jsonl: each utterance's spoken words with the synthesiser's times and
+    emphasis flags."""
     with open(path, encoding="utf-8") as f:
         return {r["id"]: r["words"] for r in (json.loads(line) for line in f if line.strip())}
 
 
+@lru_cache(maxsize=8)  # the aligner reads one utterance at a time from the same file
+def _truth_cached(path: str) -> dict[str, list[dict]]:
+    return truth_file(path)
+
+
 def read_truth(path: str, utt_id: str) -> WordTimes:
     """The demo corpus's truth.jsonl: the words the synthesiser spoke, with its own word times."""
-    words = _truth_file(path).get(utt_id)
+    words = _truth_cached(path).get(utt_id)
     if words is None:
         raise AlignmentFileError(f"no entry for {utt_id} in {path}")
     return WordTimes([w["word"] for w in words], [w["start"] for w in words], [w["end"] for w in words],

@@ -26,6 +26,7 @@ import soxr
 
 from msf.pipeline.audio_io import TARGET_SR as SAMPLE_RATE
 from msf.pipeline.corpora import manifest
+from msf.pipeline.corpora.alignment_files import truth_file
 from msf.pipeline.corpora.espeak import espeak
 from msf.pipeline.corpus import Corpus, CorpusError
 from msf.pipeline.errors import UsageError
@@ -258,8 +259,7 @@ def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
 
 def read_truth(root: Path) -> dict[str, list[dict]]:
     """Each utterance's spoken words with the synthesiser's times and emphasis flags."""
-    with open(Path(root) / "truth.jsonl", encoding="utf-8") as f:
-        return {t["id"]: t["words"] for t in map(json.loads, f)}
+    return truth_file(str(Path(root) / "truth.jsonl"))
 
 
 def score_against_truth(align: dict[str, dict], emphasis: dict[str, dict], failed: set[str],
