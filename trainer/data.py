@@ -17,7 +17,7 @@ import torch
 from msf.pipeline.cache.columns import ArrayColumn
 from msf.pipeline.cache.fingerprint import canonical_json, digest
 from msf.pipeline.cache.view import NEW_UTTERANCE, NOT_EXTRACTED, CacheView
-from msf.pipeline.corpus import Utterance, load_corpus
+from msf.pipeline.corpus import TARGETS, Utterance, load_corpus
 from msf.pipeline.errors import UsageError
 from msf.pipeline.quantized import decoded, is_quantized
 from msf.pipeline.speaker_baseline import (ANY_GENDER, FrameStats, PopulationBaseline, RunBaseline, baseline_groups,
@@ -253,7 +253,8 @@ class FeatureSet:
                 us = [u for u in keep if u.split == split]
                 self.splits[split] = Split(
                     ids=[u.id for u in us],
-                    labels=np.array([u.labels or (np.nan,) * 3 for u in us], np.float32).reshape(-1, 3),
+                    labels=np.array([u.labels or (np.nan,) * len(TARGETS) for u in us],
+                                    np.float32).reshape(-1, len(TARGETS)),
                     vectors={s: source_matrix(s, us, records[STAGE_OF[s]], self.population)
                              for s in sources if s != "audio"},
                     masks={s: np.array([source_present(s, records[STAGE_OF[s]].get(u.id)) for u in us], bool)

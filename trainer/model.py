@@ -128,7 +128,7 @@ class MoEHead(nn.Module):
             # mood) reaches the predictions directly, read from each source's projection: through FiLM
             # alone it had to be re-encoded into the acoustic vector, and the gated mix scales each
             # source by its gate (docs/trainer.md).
-            self.text_head = nn.Linear(h * len(text), 3)
+            self.text_head = nn.Linear(h * len(text), len(TARGETS))
             self.register_buffer("text_mask", torch.tensor(self.reads_text, dtype=torch.float32), persistent=False)
 
     def forward(self, a_raw: torch.Tensor, a_mod: torch.Tensor, t: torch.Tensor | None,
@@ -171,7 +171,7 @@ class MsfSer(nn.Module):
                                    for s in self.text})
         if cfg.fusion == "concat":
             self.concat = nn.Sequential(nn.Linear(h * (1 + len(self.text)), h), nn.GELU(), nn.Dropout(cfg.dropout),
-                                        nn.Linear(h, 3))
+                                        nn.Linear(h, len(TARGETS)))
             return
         self.fusion = GatedFiLM(h, len(self.text)) if self.text else None
         self.moe = MoEHead(cfg, self.text)

@@ -274,7 +274,7 @@ def write_predictions(path: Path, rows: list[tuple]) -> None:
         w.writerow(PREDICTION_COLUMNS)
         for uid, speaker, split, pred, gold in rows:
             w.writerow([uid, speaker, split, *(f"{v:.4f}" for v in pred),
-                        *(("",) * 3 if gold is None or np.isnan(gold).any() else (f"{v:g}" for v in gold))])
+                        *(("",) * len(TARGETS) if gold is None or np.isnan(gold).any() else (f"{v:g}" for v in gold))])
 
 
 def weight_average(model: MsfSer, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
