@@ -64,6 +64,26 @@ def completion_keys(rows: str, params: dict[str, str], order: list[str]) -> dict
     return keys
 
 
+def stage_keys(config: MsfConfig, rows: str, stages: list[str]) -> dict[str, str]:
+    """`completion_keys` of `stages` and everything upstream of them under these settings and rows."""
+    order = stage_order(stages)
+    params = {n: params_digest(stage_class(n), config.params_for(stage_class(n))) for n in order}
+    return completion_keys(rows, params, order)
+
+
+def complete_markers(store: ShardStore, keys: dict[str, str]) -> dict[str, tuple[list[str], int, int]] | None:
+    """Each stage's completion marker (shards, entries, bytes) for its key, when every stage has one and
+    its shards are all there; None otherwise (then plan): the cheapest check, shared by the runner and
+    the read API."""
+    out = {}
+    for name, key in keys.items():
+        marker = store.index.completion(name, key)
+        if marker is None or not set(marker[0]) <= store.shard_names(name):
+            return None
+        out[name] = marker
+    return out
+
+
 def sources_from_cache(recorded: Iterable[RecordedUtterance]) -> list[Source]:
     """The utterances as the cache recorded them: no audio needed."""
     return [Source(r.utt, r.audio_hash, r.files) for r in recorded]

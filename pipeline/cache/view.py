@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from msf.pipeline.cache.columns import ArrayColumn
-from msf.pipeline.cache.fingerprint import params_digest
 from msf.pipeline.cache.index import CacheIndex, Entry, Failure, index_path
 from msf.pipeline.cache.planning import (NEW_UTTERANCE, NOT_EXTRACTED, Plan, Source, StageState,  # noqa: F401
-                                         completion_keys, reasons, rows_digest, sources_from_cache,
-                                         sources_from_corpus, stage_state, status_of)
+                                         complete_markers, reasons, rows_digest, sources_from_cache,
+                                         sources_from_corpus, stage_keys, stage_state, status_of)
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, CorpusProblem, Utterance, corpus_source, target_names
@@ -147,15 +146,7 @@ class CacheView:
 
     def _complete(self) -> dict[str, tuple[list[str], int, int]] | None:
         """The completion markers of every stage, when all of them match (planning.completion_keys)."""
-        order = self.record.stages
-        params = {n: params_digest(stage_class(n), self.config.params_for(stage_class(n))) for n in order}
-        out = {}
-        for name, key in completion_keys(self.rows_digest, params, order).items():
-            marker = self.store.index.completion(name, key)
-            if marker is None or not set(marker[0]) <= self.store.shard_names(name):
-                return None
-            out[name] = marker
-        return out
+        return complete_markers(self.store, stage_keys(self.config, self.rows_digest, self.record.stages))
 
     def close(self) -> None:
         if self._owns_store:

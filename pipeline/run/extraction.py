@@ -25,10 +25,9 @@ from msf.pipeline.run.estimate import (Estimate, Sends, StageCost, audio_duratio
                                    estimate_stage, pick_for_calibration)
 from msf.pipeline.run.executors import DaskExecutor, Executor
 from msf.pipeline.faults import fault_point
-from msf.pipeline.cache.fingerprint import params_digest
 from msf.pipeline.cache.lock import CacheLock
-from msf.pipeline.cache.planning import (Plan, Source, completion_keys, reasons, rows_digest,
-                                   sources_from_corpus, stage_state, status_of)
+from msf.pipeline.cache.planning import (Plan, Source, complete_markers, reasons, rows_digest, sources_from_corpus,
+                                         stage_keys, stage_state, status_of)
 from msf.pipeline.progress import progress_bar
 from msf.pipeline.run.requirements import Requirement, blocked_stages, require_all, requirements
 from msf.pipeline.run.tasks import TaskPlanner
@@ -187,17 +186,12 @@ class Extraction:
         return stage_state(self.store.index, self.store.shard_names(stage), self.plan([stage])[stage]).failed
 
     def completion_keys(self, stages: list[str], rows: str | None = None) -> dict[str, str]:
-        order = stage_order(stages)
-        params = {n: params_digest(stage_class(n), self.config.params_for(stage_class(n))) for n in order}
-        return completion_keys(rows or self.rows_digest, params, order)
+        return stage_keys(self.config, rows or self.rows_digest, stages)
 
     def _complete(self, keys: dict[str, str]) -> dict[str, StageReport] | None:
-        """Reports of a run with nothing to do, when every stage's completion marker matches and its
-        shards are there; None otherwise (then plan)."""
-        done = {name: self.store.index.completion(name, key) for name, key in keys.items()}
-        if all(c is not None and set(c[0]) <= self.store.shard_names(name) for name, c in done.items()):
-            return {name: StageReport(reused=c[1]) for name, c in done.items()}  # type: ignore[index]
-        return None
+        """Reports of a run with nothing to do (planning.complete_markers); None otherwise (then plan)."""
+        markers = complete_markers(self.store, keys)
+        return None if markers is None else {name: StageReport(reused=m[1]) for name, m in markers.items()}
 
     def _unchanged(self, stages: list[str]) -> dict[str, StageReport] | None:
         """The cheapest check of all, before the manifest is even parsed: the same manifest bytes and
