@@ -251,12 +251,12 @@ def corpus_digest(spec: str, label_range: tuple[float, float] | None = None) -> 
     from msf import __version__
     from msf.pipeline.corpora import iemocap, msp_podcast
 
-    kind, _, rest = spec.partition(":")
-    inputs = {"msp-podcast": msp_podcast.inputs, "iemocap": iemocap.inputs}.get(kind)
-    path = Path(rest) if inputs or kind == "demo" else Path(spec)
-    path = path / "manifest.csv" if kind == "demo" and rest else path
-    if not inputs and kind != "demo" and path.suffix.lower() not in (".csv", ".jsonl"):
+    try:
+        kind, path = corpus_source(spec)
+    except CorpusError:
         return None
+    inputs = {"msp-podcast": msp_podcast.inputs, "iemocap": iemocap.inputs}.get(kind)
+    path = path / "manifest.csv" if kind == "demo" else path
     h = hashlib.blake2b(f"{__version__}|{spec}|{os.path.abspath(path.expanduser())}|{label_range}|".encode(),
                         digest_size=16)
     try:
