@@ -383,6 +383,12 @@ class VerifyReport:
                 "unreferenced": self.unreferenced}
 
 
+
+def shard_path(root: Path, stage: str, shard: str) -> Path:
+    """Where a stage's shard lives in a cache (the workers, which have no ShardStore, ask here too)."""
+    return Path(root) / stage / shard
+
+
 class ShardStore:
     """The cache directory: `<root>/index.sqlite` and `<root>/<stage>/shard-*.h5`."""
 
@@ -396,7 +402,7 @@ class ShardStore:
         self.index.close()
 
     def shard_path(self, stage: str, shard: str) -> Path:
-        return self.root / stage / shard
+        return shard_path(self.root, stage, shard)
 
     def read(self, entry: Entry, raw: bool = False) -> Record:
         """An entry's record as readers see it, or as stored (`raw`: what checksums and compaction see)."""

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from msf.pipeline.errors import MsfError
 from msf.pipeline.cache.fingerprint import canonical_json
-from msf.pipeline.cache.shard_store import ShardFormatError, ShardReader, normalise, write_shard
+from msf.pipeline.cache.shard_store import ShardFormatError, ShardReader, normalise, shard_path, write_shard
 from msf.pipeline.stage import Item, Record, Stage, UtteranceError, load_plugins, stage_class
 from msf.pipeline.corpus import Utterance
 
@@ -137,7 +137,7 @@ def _upstream_records(root: Path, reader: ShardReader, items: list[TaskItem]) ->
     out: dict[tuple[str, str], Record | Exception] = {}
     for (stage, shard), rows in wanted.items():
         try:
-            records = reader.rows(root / stage / shard, [r for _, r in rows])
+            records = reader.rows(shard_path(root, stage, shard), [r for _, r in rows])
         except Exception as e:  # noqa: BLE001 - an unreadable upstream shard fails only these items
             records = [e] * len(rows)
         out.update({(stage, uid): rec for (uid, _), rec in zip(rows, records)})
