@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from msf.pipeline.aligners import Aligner
-from msf.pipeline.corpora.alignment_files import WordTimes
+from msf.pipeline.corpora.alignment_files import ARPABET_VOWELS, WordTimes
 from msf.pipeline.backends.model_loading import ModelUnavailable
 from msf.pipeline.stage import UtteranceError
 
@@ -46,8 +46,7 @@ IPA_TO_ARPABET = {
     "v": "V", "θ": "TH", "ð": "DH", "s": "S", "z": "Z", "ʃ": "SH", "ʒ": "ZH", "h": "HH", "m": "M", "n": "N",
     "ŋ": "NG", "l": "L", "ɫ": "L", "ɹ": "R", "r": "R", "w": "W", "j": "Y", "ɾ": "T", "ʔ": "T", "x": "K",
 }
-VOWELS = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())
-PHONES = VOWELS | frozenset("B CH D DH F G HH JH K L M N NG P R S SH T TH V W Y Z ZH".split())
+PHONES = ARPABET_VOWELS | frozenset("B CH D DH F G HH JH K L M N NG P R S SH T TH V W Y Z ZH".split())
 NON_WORDS = ("<s>", "</s>", "<sil>", "[NOISE]", "+NSN+", "+SPN+")
 
 

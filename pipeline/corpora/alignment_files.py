@@ -33,6 +33,11 @@ def transcript_words(text: str | None) -> list[str]:
     return [clean_word(t) for t in strip_markers(text or "").split() if clean_word(t)]
 
 
+# The vowels of ARPABET, the phone set of the `align` stage's phones (sphinx's, CMUdict's): a word's
+# syllables are its vowel phones.
+ARPABET_VOWELS = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())
+
+
 @dataclass
 class WordTimes:
     """Words with their times in seconds; phones (ARPABET, with the index of their word) where the

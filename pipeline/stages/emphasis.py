@@ -20,13 +20,13 @@ from typing import Literal
 import numpy as np
 
 from msf.pipeline.audio_io import TARGET_SR as SR
+from msf.pipeline.corpora.alignment_files import ARPABET_VOWELS
 from msf.pipeline.speaker_baseline import Reference, has_speaker_baseline
 from msf.pipeline.stage import Item, OutputField, Record, Stage, StageParams, UtteranceError, register
 
 FRAME_S = 0.01
 FEATURES = ("f0_mean_st", "f0_max_st", "f0_range_st", "intensity_mean_db", "intensity_max_db", "duration_norm",
             "vowel_s")
-VOWEL_PHONES = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())  # ARPABET
 
 
 class EmphasisParams(StageParams):
@@ -67,7 +67,7 @@ def word_vowels(align: Record, n_words: int) -> tuple[list[int], np.ndarray] | N
     count = [0] * n_words
     longest = np.full(n_words, np.nan)
     for ph, w, s, e in zip(phones, align["phone_word"], align["phone_start"], align["phone_end"]):
-        if str(ph) in VOWEL_PHONES:
+        if str(ph) in ARPABET_VOWELS:
             count[int(w)] += 1
             longest[int(w)] = np.fmax(longest[int(w)], float(e - s))
     return [max(1, c) for c in count], longest
