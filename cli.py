@@ -649,12 +649,8 @@ def evaluate(
 ) -> None:
     """CCC of a trained run (or an ensemble of runs) on the dev and test utterances of a cache. Features
     made with other settings than the run's (another aligner, say) are allowed, and named on stderr."""
-    from msf.pipeline.config import MsfConfig
-    from msf.pipeline.cache.planning import settings_changes
-    from msf.trainer.data import STAGE_OF, FeatureSet, parse_sources, scored_splits
-    from msf.trainer.train import evaluate as run_eval, load_run
-
     from msf.trainer.ensemble import as_ensemble, fold_ensembles, score, score_folds
+    from msf.trainer.train import evaluate_run
 
     with user_errors():
         labels = renamed(labels, corpus_old, "--corpus", "--labels")
@@ -662,21 +658,11 @@ def evaluate(
             folds = fold_ensembles(run)
             result = score_folds(folds, features, device, name, labels) if folds else \
                 score(as_ensemble(run), features, device, name, labels)
-            print(json.dumps(result))
-            return
-        run = run[0]
-        model, cfg = load_run(run, device)
-        sources = parse_sources(cfg.sources)
-        data = FeatureSet(features, sources, cfg.fold, name or cfg.name, labels or cfg.labels,
-                          speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
-                          max_seconds=cfg.max_seconds)
-        changes = settings_changes(MsfConfig.model_validate_json((run / "extraction.json").read_text()),
-                                   MsfConfig.model_validate_json(data.extraction), [STAGE_OF[s] for s in sources])
-        if changes:
-            ERR.print("note: these features differ from the run's training features in "
-                      + "; ".join(changes), highlight=False, markup=False)
-        result = {s: {**run_eval(model, data, s, device).ccc, "n": len(data.splits[s].ids)}
-                  for s in scored_splits(data.splits)}
+        else:
+            result, changes = evaluate_run(run[0], features, name, labels, device)
+            if changes:
+                ERR.print("note: these features differ from the run's training features in "
+                          + "; ".join(changes), highlight=False, markup=False)
     print(json.dumps(result))
 
 

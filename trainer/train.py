@@ -500,6 +500,26 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def evaluate_run(run: Path, features: Path, name: str | None = None, labels: str | None = None,
+                 device: str = "cpu") -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`msf evaluate`: a trained run's CCC (with n) on every scored split of a cache, and the settings in
+    which that cache's features differ from the run's training features (allowed, and said)."""
+    from msf.pipeline.cache.planning import settings_changes
+    from msf.pipeline.config import MsfConfig
+    from msf.trainer.data import STAGE_OF
+
+    model, cfg = load_run(run, device)
+    sources = parse_sources(cfg.sources)
+    data = FeatureSet(features, sources, cfg.fold, name or cfg.name, labels or cfg.labels,
+                      speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
+                      max_seconds=cfg.max_seconds)
+    changes = settings_changes(MsfConfig.model_validate_json((run / "extraction.json").read_text()),
+                               MsfConfig.model_validate_json(data.extraction), [STAGE_OF[s] for s in sources])
+    result = {s: {**evaluate(model, data, s, device).ccc, "n": len(data.splits[s].ids)}
+              for s in scored_splits(data.splits)}
+    return result, changes
+
+
 def load_run(run: Path, device: str = "cpu") -> tuple[MsfSer, TrainConfig]:
     if not (run / "config.json").is_file() or not (run / "best.pt").is_file():
         inside = sorted(str(p.parent) for p in run.glob("*/best.pt"))  # `msf ablate`'s variant/seed-K
