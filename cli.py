@@ -369,44 +369,11 @@ def inspect(
 ) -> None:
     """Plot one utterance: waveform, F0 and intensity, word boundaries, emphasised words highlighted.
     Without the audio (a copied cache), the words and their cached prosody only."""
-    import os
-
-    from msf.pipeline.cache.view import open_view
-    from msf.pipeline.emphasis_figure import draw_emphasis
-    from msf.pipeline.errors import NotFound
-    from msf.pipeline.stages.emphasis import EmphasisStage
+    from msf.pipeline.emphasis_figure import inspect_utterance
 
     with user_errors():
-        _check_figure_path(out, utt)
-        view = open_view(cache, name)
-        try:
-            u = next((u for u in view.utterances if u.id == utt), None)
-            if u is None:
-                raise NotFound(f"no utterance {utt!r} in feature set {name!r} of {cache}")
-            (align, _), (emphasis, _) = view.read("align", utt), view.read("emphasis", utt)
-            params = view.config.params_for(EmphasisStage)
-            from msf.pipeline.audio_io import load_waveform
-
-            wave = load_waveform(u.audio) if os.path.isfile(u.audio) else None
-            title = f"{utt}: {align['transcript']}"
-            draw_emphasis(wave, align, emphasis, params, title, out)  # type: ignore[arg-type]
-        finally:
-            view.close()
-    OUT.print(f"wrote {out}" + ("" if wave is not None else " (audio not found: words and cached prosody only)"))
-
-
-def _check_figure_path(out: Path, utt: str) -> None:
-    """matplotlib would write OUT/.png for a folder and PATH.png for a name without a suffix, and
-    raise a bare ValueError for a suffix it cannot write."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
-
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; name the file to write, e.g. {out / (utt + '.png')}")
-    if out.suffix.lstrip(".").lower() not in kinds:
-        raise UsageError(f"--out {out}: the figure is written as .png, .pdf, .svg or another of "
-                         f"{', '.join(sorted(kinds))}; end the name with one")
+        had_audio = inspect_utterance(cache, name, utt, out)
+    OUT.print(f"wrote {out}" + ("" if had_audio else " (audio not found: words and cached prosody only)"))
 
 
 @contextmanager

@@ -4,6 +4,7 @@ the contours: each word's F0 and intensity as a bar over its time span."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,38 @@ def draw_emphasis(wave: np.ndarray | None, align: Record, emphasis: Record, para
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def inspect_utterance(cache: Path, name: str, utt: str, out: Path) -> bool:
+    """`msf inspect`: one utterance's figure from a cache's feature set, written to `out`; whether its
+    audio was there (without it, a copied cache: the words and their cached prosody only)."""
+    from msf.pipeline.audio_io import load_waveform
+    from msf.pipeline.cache.view import open_view
+    from msf.pipeline.errors import NotFound
+    from msf.pipeline.stages.emphasis import EmphasisStage
+
+    check_figure_path(out, utt)
+    with open_view(cache, name) as view:
+        u = next((u for u in view.utterances if u.id == utt), None)
+        if u is None:
+            raise NotFound(f"no utterance {utt!r} in feature set {name!r} of {cache}")
+        (align, _), (emphasis, _) = view.read("align", utt), view.read("emphasis", utt)
+        wave = load_waveform(u.audio) if os.path.isfile(u.audio) else None
+        draw_emphasis(wave, align, emphasis, view.config.params_for(EmphasisStage),  # type: ignore[arg-type]
+                      f"{utt}: {align['transcript']}", out)
+    return wave is not None
+
+
+def check_figure_path(out: Path, utt: str) -> None:
+    """matplotlib would write OUT/.png for a folder and PATH.png for a name without a suffix, and
+    raise a bare ValueError for a suffix it cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from msf.pipeline.errors import UsageError
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name the file to write, e.g. {out / (utt + '.png')}")
+    if out.suffix.lstrip(".").lower() not in kinds:
+        raise UsageError(f"--out {out}: the figure is written as .png, .pdf, .svg or another of "
+                         f"{', '.join(sorted(kinds))}; end the name with one")
