@@ -37,6 +37,10 @@ app.add_typer(corpus_app, name="corpus")
 
 OUT = Console()
 JSON_HELP = "Print the result as one JSON object (the last stdout line)."
+LABELS_HELP = "A manifest to take labels and splits from (matched by id)."
+DEVICE_HELP = "cpu, cuda, cuda:N or mps."
+RUNS_HELP = ("Run directory; several (repeat --run), or an ensemble folder (msf ensemble): their predictions "
+             "averaged per target.")
 ERR = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 
 
@@ -559,10 +563,9 @@ def train(
     folds: Optional[str] = typer.Option(None, metavar="all|K,K,...",
                                         help="`all` (or e.g. 1,3): every IEMOCAP fold in OUT/fold-K, then "
                                         "OUT/folds.json (mean, sd and pooled CCC over folds)."),
-    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
-                                         help="A manifest to take labels and splits from (matched by id)."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST", help=LABELS_HELP),
     corpus_old: Optional[str] = typer.Option(None, "--corpus", hidden=True),
-    device: Optional[str] = typer.Option(None, metavar="DEVICE", help="cpu (default), cuda, cuda:N or mps."),
+    device: Optional[str] = typer.Option(None, metavar="DEVICE", help=f"{DEVICE_HELP} Default: cpu."),
     seed: Optional[int] = typer.Option(None, metavar="S",
                                        help="Training seed (default 0): initial weights, batch order, dropout."),
     epochs: Optional[int] = typer.Option(None, metavar="N", help="Default 60."),
@@ -605,14 +608,12 @@ def train(
 
 @app.command()
 def evaluate(
-    run: List[Path] = typer.Option(..., metavar="DIR", help="Run directory; several (repeat --run), or an "
-                                   "ensemble folder (msf ensemble): their predictions averaged per target."),
+    run: List[Path] = typer.Option(..., metavar="DIR", help=RUNS_HELP),
     features: Path = typer.Option(..., metavar="DIR", help="Cache directory to evaluate on."),
     name: Optional[str] = typer.Option(None, metavar="NAME", help="Feature set (default: the run's)."),
-    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
-                                         help="A manifest to take labels and splits from (matched by id)."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST", help=LABELS_HELP),
     corpus_old: Optional[str] = typer.Option(None, "--corpus", hidden=True),
-    device: str = typer.Option("cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("cpu", metavar="DEVICE", help=DEVICE_HELP),
 ) -> None:
     """CCC of a trained run (or an ensemble of runs) on the dev and test utterances of a cache. Features
     made with other settings than the run's (another aligner, say) are allowed, and named on stderr."""
@@ -637,8 +638,7 @@ def evaluate(
 def predict(
     inputs: Optional[List[Path]] = typer.Argument(None, metavar="AUDIO...", help="Audio files, folders of audio, or manifests (.csv/"
                                                   ".jsonl: id, audio, optional speaker, transcript, gender)."),
-    run: List[Path] = typer.Option(..., metavar="DIR", help="Run directory; several (repeat --run), or an "
-                                   "ensemble folder (msf ensemble): their predictions averaged per target."),
+    run: List[Path] = typer.Option(..., metavar="DIR", help=RUNS_HELP),
     features: Optional[Path] = typer.Option(None, metavar="DIR",
                                             help="Predict a split of this cache instead of audio files "
                                             "(with --split and --out)."),
@@ -646,7 +646,7 @@ def predict(
                                         help="With --features: the split (test, test2, test3, ...)."),
     transcript: str = typer.Option(None, metavar="TEXT",
                                    help="The words spoken in the one file given (else Whisper transcribes)."),
-    device: str = typer.Option("cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("cpu", metavar="DEVICE", help=DEVICE_HELP),
     out: Optional[Path] = typer.Option(None, metavar="FILE",
                                        help="Write one row per file as it is predicted (.csv or .jsonl)."),
     keep_features: Optional[Path] = typer.Option(None, metavar="DIR",
@@ -707,14 +707,13 @@ def ablate(
     features: Path = typer.Option(..., metavar="DIR", help="Cache directory with the extracted features."),
     out: Path = typer.Option(..., metavar="DIR", help="Directory for the variants' runs and ablation.json."),
     name: Optional[str] = typer.Option(None, metavar="NAME", help="The cache's feature set (default: default)."),
-    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
-                                         help="A manifest to take labels and splits from (matched by id)."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST", help=LABELS_HELP),
     corpus_old: Optional[str] = typer.Option(None, "--corpus", hidden=True),
     fold: int = typer.Option(None, metavar="K", help="IEMOCAP fold."),
     folds: Optional[str] = typer.Option(None, metavar="all|K,K,...",
                                         help="`all` (or e.g. 1,3): the ablation of every IEMOCAP fold in "
                                         "OUT/fold-K, then OUT/folds.json and a table (mean ± sd, pooled CCC)."),
-    device: Optional[str] = typer.Option(None, metavar="DEVICE", help="cpu (default), cuda, cuda:N or mps."),
+    device: Optional[str] = typer.Option(None, metavar="DEVICE", help=f"{DEVICE_HELP} Default: cpu."),
     seed: int = typer.Option(0, metavar="S", help="First training seed."),
     seeds: int = typer.Option(3, metavar="N", help="Seeds per variant; the table gives their mean and their ensemble."),
     epochs: Optional[int] = typer.Option(None, metavar="N", help="Epochs per run (default 60)."),
@@ -768,9 +767,8 @@ def ensemble(
     features: Optional[Path] = typer.Option(None, metavar="DIR", help="A cache to fit dev weights on and to score "
                                             "the ensemble on (OUT/metrics.json, OUT/predictions.csv)."),
     name: Optional[str] = typer.Option(None, metavar="NAME", help="The cache's feature set (default: each run's)."),
-    labels: Optional[str] = typer.Option(None, metavar="MANIFEST",
-                                         help="A manifest to take labels and splits from (matched by id)."),
-    device: str = typer.Option("cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps."),
+    labels: Optional[str] = typer.Option(None, metavar="MANIFEST", help=LABELS_HELP),
+    device: str = typer.Option("cpu", metavar="DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Several trained runs as one predictor: OUT records its members by path and fingerprint (a member
     changed or missing is refused by name) and their weights; predict and evaluate take it as one --run."""

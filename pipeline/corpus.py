@@ -26,7 +26,7 @@ TARGETS = ("valence", "arousal", "dominance")
 # An undeclared label scale is inferred (CorpusBuilder._refuse_off_scale), once a target has this many
 # labelled rows, as the narrowest of the rating scales of the field that holds its 1st to 99th percentile.
 MIN_ROWS_FOR_SCALE = 20
-RATING_SCALES = ((0.0, 1.0), (-1.0, 1.0), (1.0, 5.0), (1.0, 7.0), (1.0, 9.0), (0.0, 10.0), (0.0, 100.0))
+RATING_SCALES = ((0.0, 1.0), (-1.0, 1.0), (1.0, 5.0), (1.0, 7.0), (1.0, 9.0), (0.0, 10.0), (0.0, 100.0))  # narrowest first
 UNKNOWN_SPEAKERS = frozenset({"", "unknown", "none", "nan", "n/a", "na", "-", "?"})
 
 
@@ -224,8 +224,7 @@ class CorpusBuilder:
                 continue
             lo = float(np.percentile(values, 1, method="higher"))
             hi = float(np.percentile(values, 99, method="lower"))
-            scale = next(((a, b) for a, b in sorted(RATING_SCALES, key=lambda s: s[1] - s[0]) if a <= lo and hi <= b),
-                         None)
+            scale = next(((a, b) for a, b in RATING_SCALES if a <= lo and hi <= b), None)
             if scale is None:
                 continue
             for u in self.utterances:

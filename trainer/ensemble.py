@@ -110,16 +110,14 @@ def member_predictions(ensemble: Ensemble, features: Path, splits: list[str] | N
                        ) -> dict[str, "SplitPredictions"]:
     """Per split: the utterances every member scored, each member's predictions of them and the gold
     labels (NaN where unlabelled). Each member reads its own sources, layers and fold from the cache."""
-    from msf.trainer.data import FeatureSet, parse_sources, scored_splits
-    from msf.trainer.train import load_run, predict_split
     from msf.pipeline.speaker_baseline import RunBaseline
+    from msf.trainer.data import scored_splits
+    from msf.trainer.train import load_run, predict_split, run_features
 
     per: list[dict[str, dict[str, tuple[np.ndarray, np.ndarray, str]]]] = []
     for run in ensemble.members:
         model, cfg = load_run(run, device)
-        data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, labels or cfg.labels,
-                          speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
-                          run_baseline=RunBaseline.load(run), max_seconds=cfg.max_seconds)
+        data = run_features(cfg, features, name, labels, RunBaseline.load(run))
         wanted = [s for s in (splits or scored_splits(data.splits)) if s in data.splits and data.splits[s].ids]
         rows = {}
         for s in wanted:

@@ -243,15 +243,12 @@ def predict_cached(run: Path, features: Path, split: str, out: Path, name: str |
     split S of a cache (labelled or not, e.g. MSP-Podcast's Test3), with gold labels where known, in the
     run's prediction table; utterances without a speaker baseline against the run's training
     population. Returns the number of rows written."""
-    from msf.trainer.data import FeatureSet, parse_sources
-    from msf.trainer.train import predict_split, split_predictions, write_predictions
+    from msf.trainer.train import predict_split, run_features, split_predictions, write_predictions
 
     if out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: predictions are written as .csv")
     model, cfg = load_run(run, device)
-    data = FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, cfg.labels,
-                      speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
-                      run_baseline=RunBaseline.load(run), max_seconds=cfg.max_seconds)
+    data = run_features(cfg, features, name, run_baseline=RunBaseline.load(run))
     if split not in data.splits or not data.splits[split].ids:
         known = ", ".join(k for k, s in data.splits.items() if s.ids)
         raise UsageError(f"no split {split!r} with usable utterances in {features}; its splits: {known}")

@@ -500,6 +500,16 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def run_features(cfg: TrainConfig, features: Path, name: str | None = None, labels: str | None = None,
+                 run_baseline: Any = None) -> FeatureSet:
+    """What a trained run reads from a cache (its sources, fold, layers, speaker standardisation and
+    windows), from the feature set and labels given or the run's own; `run_baseline` (RunBaseline):
+    utterances without a speaker baseline against the run's training population."""
+    return FeatureSet(features, parse_sources(cfg.sources), cfg.fold, name or cfg.name, labels or cfg.labels,
+                      speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
+                      run_baseline=run_baseline, max_seconds=cfg.max_seconds)
+
+
 def evaluate_run(run: Path, features: Path, name: str | None = None, labels: str | None = None,
                  device: str = "cpu") -> tuple[dict[str, dict[str, Any]], list[str]]:
     """`msf evaluate`: a trained run's CCC (with n) on every scored split of a cache, and the settings in
@@ -509,12 +519,9 @@ def evaluate_run(run: Path, features: Path, name: str | None = None, labels: str
     from msf.trainer.data import STAGE_OF
 
     model, cfg = load_run(run, device)
-    sources = parse_sources(cfg.sources)
-    data = FeatureSet(features, sources, cfg.fold, name or cfg.name, labels or cfg.labels,
-                      speaker_norm=cfg.speaker_norm, layers=cfg.layers, fold_dev=cfg.fold_dev,
-                      max_seconds=cfg.max_seconds)
+    data = run_features(cfg, features, name, labels)
     changes = settings_changes(MsfConfig.model_validate_json((run / "extraction.json").read_text()),
-                               MsfConfig.model_validate_json(data.extraction), [STAGE_OF[s] for s in sources])
+                               MsfConfig.model_validate_json(data.extraction), [STAGE_OF[s] for s in data.sources])
     result = {s: {**evaluate(model, data, s, device).ccc, "n": len(data.splits[s].ids)}
               for s in scored_splits(data.splits)}
     return result, changes

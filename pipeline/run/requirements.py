@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from msf.pipeline.backends.model_loading import model_present, remedy
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.errors import UsageError
-from msf.pipeline.stage import stage_class, stage_order
+from msf.pipeline.stage import ModelNeed, stage_class, stage_order
 
 
 @dataclass(frozen=True)
@@ -46,26 +46,27 @@ class MissingRequirements(UsageError):
 def requirements(config: MsfConfig, stages: list[str]) -> list[Requirement]:
     """Every model and setting that `stages` and everything upstream of them need, with their state.
     A model named by several stages (RoBERTa for GS, LES and ES) is one requirement."""
-    models: dict[tuple[str, str], list] = {}  # (model, kind) -> [params, offline, when, stages]
-    settings: list[Requirement] = []
+    out: list[Requirement] = []
+    needs: dict[tuple[str, str], list[tuple[str, ModelNeed]]] = {}  # (model, kind) -> (stage, need) of each
     for name in stage_order(stages):
         cls = stage_class(name)
         stage = cls(config.params_for(cls))
         try:
             stage.preflight()
         except UsageError as e:
-            message = str(e)
-            settings.append(Requirement(name, f"{name} settings incomplete", (name,), False, message.removeprefix(f"{name}: ")))
+            out.append(Requirement(name, f"{name} settings incomplete", (name,), False,
+                                   str(e).removeprefix(f"{name}: ")))
         for need in stage.models():
-            entry = models.setdefault((need.model, need.kind), [[], need.offline, need.when, []])
-            entry[0].append(need.param)
-            entry[3].append(name)
-            entry[2] = entry[2] and need.when  # needed always by one stage: always
-    out = list(settings)
-    for (model, kind), (params, offline, when, users) in models.items():
+            needs.setdefault((need.model, need.kind), []).append((name, need))
+    for (model, kind), users in needs.items():
+        first = users[0][1]
         present = model_present(model, kind)
-        out.append(Requirement(f"model {model!r} ({', '.join(params)})", f"{model} missing", tuple(users), present,
-                               "" if present else f"not on this machine; {remedy(params[0], offline, kind)}", when))
+        # needed by every run of one of its stages: always; else when the first stage says
+        when = "" if any(not n.when for _, n in users) else first.when
+        out.append(Requirement(f"model {model!r} ({', '.join(n.param for _, n in users)})", f"{model} missing",
+                               tuple(s for s, _ in users), present,
+                               "" if present else f"not on this machine; {remedy(first.param, first.offline, kind)}",
+                               when))
     return out
 
 
