@@ -59,6 +59,9 @@ class MsfConfig(BaseModel):
     workers: int = Field(1, ge=1)
     scheduler: str | None = None
     shard_size: int = Field(256, ge=1)
+    # Utterances the driver plans at a time: a larger corpus runs in chunks of whole speakers, so the
+    # driver's memory does not grow with it (docs/scaling.md); results do not depend on it.
+    chunk_size: int = Field(20_000, ge=1)
     # A generic manifest's label scale, e.g. [1, 7]: rows outside it are refused and reported.
     label_range: tuple[float, float] | None = None
     # Modules that define and register extra stages (imported here and on every worker).

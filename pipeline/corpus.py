@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from msf.pipeline.errors import MsfError
 
@@ -125,16 +125,69 @@ class Corpus:
                 self.problems.append(CorpusProblem(u.id, f"audio file not found: {u.audio}", dropped=False))
 
 
-class CorpusBuilder:
-    """Collects rows, refusing duplicates and unparsable labels with a specific message per row."""
+@dataclass
+class Streaming:
+    """Where a reader hands its utterances, a chunk at a time, instead of building a Corpus: a run over
+    a corpus of a million never holds it whole (pipeline/run/extraction.py)."""
 
-    def __init__(self, label_range: tuple[float, float] | None = None, check_audio: bool = True):
+    take: Callable[[list[Utterance]], None]
+    seen: Callable[[list[str]], set[str]]  # adds a chunk's ids; returns those an earlier chunk had
+    chunk: int = 10_000
+    # the label scale a manifest that declares none is on, inferred by a first pass over its labels
+    scales: dict[str, "InferredScale"] | None = None
+
+
+@dataclass(frozen=True)
+class InferredScale:
+    """The rating scale a target's labels are on (`low`-`high`), from their 1st to 99th percentile."""
+
+    target: str
+    low: float
+    high: float
+    p1: float
+    p99: float
+
+    def refusal(self, value: float) -> str | None:
+        if self.low <= value <= self.high:
+            return None
+        return (f"{self.target} label {value:g} is off the {self.low:g}-{self.high:g} scale the rest of the corpus "
+                f"is on ({self.p1:g} to {self.p99:g} for 98 % of its rows): a typo? If the scale is wider, "
+                "declare it (label_range=[LO,HI] in msf.toml, or --set 'label_range=[1,9]')")
+
+
+def infer_scales(values: dict[str, Sequence[float]]) -> dict[str, InferredScale]:
+    """Per target, the narrowest rating scale of the field (RATING_SCALES) that holds its 1st to 99th
+    percentile (the outermost row on each side left out, so one typo cannot widen it); targets with
+    fewer than MIN_ROWS_FOR_SCALE labels, or on no known scale, are left out."""
+    import numpy as np
+
+    out: dict[str, InferredScale] = {}
+    for name in sorted(values):
+        v = np.asarray(values[name], dtype=float)
+        if len(v) < MIN_ROWS_FOR_SCALE:
+            continue
+        lo = float(np.percentile(v, 1, method="higher"))
+        hi = float(np.percentile(v, 99, method="lower"))
+        scale = next(((a, b) for a, b in RATING_SCALES if a <= lo and hi <= b), None)
+        if scale is not None:
+            out[name] = InferredScale(name, scale[0], scale[1], lo, hi)
+    return out
+
+
+class CorpusBuilder:
+    """Collects rows, refusing duplicates and unparsable labels with a specific message per row. With
+    `stream`, hands them on a chunk at a time (duplicates of an earlier chunk are refused then)."""
+
+    def __init__(self, label_range: tuple[float, float] | None = None, check_audio: bool = True,
+                 stream: Streaming | None = None):
         self.utterances: list[Utterance] = []
         self.problems: list[CorpusProblem] = []
         self.label_range = label_range
         self.check_audio = check_audio
         self.where: dict[str, str] = {}  # utterance id -> file:row, for problems found later
         self._seen: set[str] = set()
+        self.stream = stream
+        self.scales = stream.scales if stream and label_range is None else None
 
     def problem(self, where: str, message: str, dropped: bool = True) -> None:
         self.problems.append(CorpusProblem(where, message, dropped))
@@ -172,6 +225,12 @@ class CorpusBuilder:
         values = self._labels(where, labels)
         if values is None:
             return
+        if self.scales:
+            refused = next((r for k, v in values.items() if k in self.scales
+                            and (r := self.scales[k].refusal(v)) is not None), None)
+            if refused:
+                self.problem(where, refused)
+                return
         audio = str(audio)
         if not os.path.isabs(audio):
             audio = os.path.abspath(audio)
@@ -180,6 +239,19 @@ class CorpusBuilder:
         self._seen.add(utt_id)
         self.where[utt_id] = where
         self.utterances.append(Utterance(utt_id, audio, speaker, split, transcript, values, extra or {}))
+        if self.stream and len(self.utterances) >= self.stream.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the chunk on, less the ids an earlier chunk had."""
+        assert self.stream is not None
+        dups = self.stream.seen([u.id for u in self.utterances])
+        for u in self.utterances:
+            if u.id in dups:
+                self.problem(self.where[u.id], f"duplicate utterance id {u.id!r}")
+        if self.utterances:
+            self.stream.take([u for u in self.utterances if u.id not in dups] if dups else self.utterances)
+        self.utterances, self.where, self._seen = [], {}, set()
 
     def _labels(self, where: str, labels: dict[str, Any]) -> dict[str, float] | None:
         """The labelled targets by name, or None (with the problem recorded) when one is unusable."""
@@ -204,37 +276,27 @@ class CorpusBuilder:
         self.problem(where, f"audio file not found: {audio}", dropped=False)
 
     def build(self, name: str, spec: str) -> Corpus:
-        if self.label_range is None:
+        """The corpus; when streaming, its utterances have gone to the stream and it holds none."""
+        if self.stream:
+            self._flush()
+        elif self.label_range is None:
             self._refuse_off_scale()
         return Corpus(name, spec, self.utterances, self.problems, self.label_range, self.where)
 
     def _refuse_off_scale(self) -> None:
         """A manifest that declares no scale (`label_range`) is checked against the scale its labels are
-        on: the narrowest rating scale of the field (1-5, 1-7, 1-9, 0-1, -1..1, 0-10, 0-100) that holds
-        each target's 1st to 99th percentile (the outermost row on each side left out, so one typo
-        cannot widen it). A label outside it is refused with its line (a 9.5 among ratings of 1 to 7
+        on (`infer_scales`): a label outside it is refused with its line (a 9.5 among ratings of 1 to 7
         skews every CCC it enters); genuine ratings lie on their scale. A corpus on another scale, or
         whose labels crowd one part of a wider one, declares it with `label_range`."""
-        import numpy as np
-
+        scales = infer_scales({name: [u.targets[name] for u in self.utterances if name in u.targets]
+                               for name in {k for u in self.utterances for k in u.targets}})
         refused: set[str] = set()
-        for name in sorted({k for u in self.utterances for k in u.targets}):
-            values = np.array([u.targets[name] for u in self.utterances if name in u.targets])
-            if len(values) < MIN_ROWS_FOR_SCALE:
-                continue
-            lo = float(np.percentile(values, 1, method="higher"))
-            hi = float(np.percentile(values, 99, method="lower"))
-            scale = next(((a, b) for a, b in RATING_SCALES if a <= lo and hi <= b), None)
-            if scale is None:
-                continue
+        for name, scale in scales.items():
             for u in self.utterances:
-                v = u.targets.get(name)
-                if v is not None and not (scale[0] <= v <= scale[1]):
+                why = scale.refusal(u.targets[name]) if name in u.targets else None
+                if why is not None:
                     refused.add(u.id)
-                    self.problem(self.where.get(u.id, u.id),
-                                 f"{name} label {v:g} is off the {scale[0]:g}-{scale[1]:g} scale the rest of the corpus "
-                                 f"is on ({lo:g} to {hi:g} for 98 % of its rows): a typo? If the scale is wider, "
-                                 "declare it (label_range=[LO,HI] in msf.toml, or --set 'label_range=[1,9]')")
+                    self.problem(self.where.get(u.id, u.id), why)
         if refused:
             self.utterances = [u for u in self.utterances if u.id not in refused]
 
@@ -259,9 +321,11 @@ def corpus_digest(spec: str, label_range: tuple[float, float] | None = None) -> 
     h = hashlib.blake2b(f"{__version__}|{spec}|{os.path.abspath(path.expanduser())}|{label_range}|".encode(),
                         digest_size=16)
     try:
-        if inputs:
-            h.update("\n".join(f"{name}\x1f{size}\x1f{mtime_ns}" for name, size, mtime_ns in inputs(path.expanduser()))
-                     .encode())
+        if inputs:  # as a scan yields them: MSP-Podcast's 270k transcripts are never one list
+            sep = b""
+            for name, size, mtime_ns in inputs(path.expanduser()):
+                h.update(sep + f"{name}\x1f{size}\x1f{mtime_ns}".encode())
+                sep = b"\n"
         else:
             h.update(path.expanduser().read_bytes())
     except OSError:
@@ -269,17 +333,20 @@ def corpus_digest(spec: str, label_range: tuple[float, float] | None = None) -> 
     return h.hexdigest()
 
 
-def listing(folder: str, suffix: str) -> list[tuple[str, int, int]]:
+def listing(folder: str, suffix: str) -> Iterator[tuple[str, int, int]]:
     """(path, size, mtime_ns) of the files in `folder` whose names end with `suffix`, in directory
-    order; none when the folder does not exist. One scandir and a stat each: no file is opened (300k
-    transcripts: about 1.1 s). Not sorted (0.3 s more there): an unchanged folder lists in the same
-    order, and a folder that lists otherwise only costs one parse."""
+    order, as the scan yields them; none when the folder does not exist. One scandir and a stat each:
+    no file is opened (300k transcripts: about 1.1 s). Not sorted (0.3 s more there, and a list): an
+    unchanged folder lists in the same order, and a folder that lists otherwise only costs one parse."""
     try:
-        with os.scandir(folder) as it:
-            return [(e.path, st.st_size, st.st_mtime_ns) for e in it
-                    if e.name.endswith(suffix) and (st := e.stat()) is not None]
+        it = os.scandir(folder)
     except FileNotFoundError:
-        return []
+        return
+    with it:
+        for e in it:
+            if e.name.endswith(suffix):
+                st = e.stat()
+                yield e.path, st.st_size, st.st_mtime_ns
 
 
 READERS = ("msp-podcast", "iemocap", "demo")
@@ -307,20 +374,28 @@ def corpus_source(spec: str) -> tuple[str, Path]:
     return "manifest", path
 
 
-def load_corpus(spec: str, label_range: tuple[float, float] | None = None, check_audio: bool = True) -> Corpus:
+def load_corpus(spec: str, label_range: tuple[float, float] | None = None, check_audio: bool = True,
+                stream: Streaming | None = None) -> Corpus:
     """Dispatch on the corpus spec: a manifest path, or `msp-podcast:`, `iemocap:`, `demo:` + path.
     `label_range` declares a generic manifest's label scale (the named corpora know theirs);
-    `check_audio=False` reads labels and splits only (training elsewhere, where the audio is not)."""
+    `check_audio=False` reads labels and splits only (training elsewhere, where the audio is not).
+    `stream`: the utterances go there a chunk at a time, and the corpus returned holds only the
+    problems (the caller counts what it took)."""
     from msf.pipeline.corpora import demo, iemocap, manifest, msp_podcast
 
     kind, path = corpus_source(spec)
     if kind == "manifest":
-        corpus = manifest.read(path, spec, label_range=label_range, check_audio=check_audio)
+        corpus = manifest.read(path, spec, label_range=label_range, check_audio=check_audio, stream=stream)
     else:
         readers = {"msp-podcast": msp_podcast.read, "iemocap": iemocap.read, "demo": demo.read}
-        corpus = readers[kind](path, spec, check_audio=check_audio)
-    if not corpus.utterances:  # nothing to extract or label: say so rather than run on nothing
-        refused = [str(p) for p in corpus.problems]
-        raise CorpusError(f"{spec} has no usable utterances" + (
-            f": all {len(refused)} rows were refused, e.g. {refused[0]}" if refused else " (no rows)"))
+        corpus = readers[kind](path, spec, check_audio=check_audio, stream=stream)
+    if not corpus.utterances and stream is None:
+        no_usable_utterances(corpus)
     return corpus
+
+
+def no_usable_utterances(corpus: Corpus) -> None:
+    """Nothing to extract or label: say so rather than run on nothing."""
+    refused = [str(p) for p in corpus.problems]
+    raise CorpusError(f"{corpus.spec} has no usable utterances" + (
+        f": all {len(refused)} rows were refused, e.g. {refused[0]}" if refused else " (no rows)"))

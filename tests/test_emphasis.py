@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from msf.pipeline.config import load_config
-from msf.pipeline.corpus import Utterance
+from msf.pipeline.corpus import Utterance, load_corpus
 from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.stage import Item
 from msf.pipeline.stages.emphasis import EmphasisParams, EmphasisStage
@@ -117,7 +117,7 @@ def test_a_changed_file_recomputes_its_speakers_entries_only(demo_corpus: Path, 
     shutil.copytree(demo_corpus, corpus)
     ex = _extract(f"demo:{corpus}", tmp_path / "cache", **{"align.backend": "provided"})
     ex.close()
-    utts = ex.corpus.utterances
+    utts = load_corpus(f"demo:{corpus}").utterances
     target = utts[0]
     same_speaker = sum(u.speaker == target.speaker for u in utts)
     x, sr = sf.read(target.audio, dtype="float32")

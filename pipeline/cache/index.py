@@ -12,6 +12,7 @@ Only the driver process writes it; workers only write whole shards.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -163,7 +164,6 @@ class FeatureSetRecord:
     config: str  # MsfConfig JSON
     stages: list[str]
     corpus: str
-    members: list[str]  # utterance ids, in manifest order
     rows_digest: str  # of the members' recorded rows (Source.record), see planning.completion_keys
     corpus_digest: str  # of the manifest the rows came from ("" when the reader has none)
     updated: float
@@ -175,6 +175,7 @@ class CacheIndex:
         an empty index in memory, so nothing is created on disk."""
         self.path = index_path(root)
         self.commits = 0  # shards' results committed through this index object (Extraction.run reads it)
+        self._scoped = ""  # the SQL condition of an open `scope`
         try:
             self._open(root, readonly)
         except sqlite3.DatabaseError as e:  # overwritten, truncated, or not SQLite at all
@@ -273,20 +274,38 @@ class CacheIndex:
             raise
         self.db.execute("COMMIT")
 
+    # -- a chunk of a large corpus at a time ------------------------------------------------
+    @contextmanager
+    def scope(self, utts: Iterable[str]) -> Iterator[None]:
+        """While open, the per-stage reads below (stored, locations, entries, latest, failures) see
+        these utterances only: a run over a corpus of a million plans a chunk at a time, and the
+        driver never holds a stage's million index rows. A TEMP table: nothing is written to the cache."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS scope (utt TEXT PRIMARY KEY)")
+        self.db.execute("DELETE FROM temp.scope")
+        self.db.executemany("INSERT OR IGNORE INTO temp.scope VALUES (?)", ((u,) for u in utts))
+        self._scoped = " AND utt IN (SELECT utt FROM temp.scope)"
+        try:
+            yield
+        finally:
+            self._scoped = ""
+            self.db.execute("DELETE FROM temp.scope")
+
     # -- entries ---------------------------------------------------------------------------
     def stored(self, stage: str) -> dict[tuple[str, str], tuple[str, int]]:
         """(utterance, fingerprint) -> (shard, bytes), for every entry of a stage: the cheap freshness check."""
-        rows = self.db.execute("SELECT utt, fingerprint, shard, bytes FROM entries WHERE stage=?", (stage,))
+        rows = self.db.execute(f"SELECT utt, fingerprint, shard, bytes FROM entries WHERE stage=?{self._scoped}",
+                               (stage,))
         return {(u, fp): (shard, n) for u, fp, shard, n in rows}
 
     def locations(self, stage: str) -> dict[tuple[str, str], tuple[str, int]]:
         """(utterance, fingerprint) -> (shard, row): where a task reads its upstream inputs."""
-        rows = self.db.execute("SELECT utt, fingerprint, shard, row FROM entries WHERE stage=?", (stage,))
+        rows = self.db.execute(f"SELECT utt, fingerprint, shard, row FROM entries WHERE stage=?{self._scoped}",
+                               (stage,))
         return {(u, fp): (shard, r) for u, fp, shard, r in rows}
 
     def entries(self, stage: str, keys: Iterable[tuple[str, str]] | None = None) -> dict[tuple[str, str], Entry]:
         """Entries of a stage by (utterance, fingerprint); all of them, or those of `keys`."""
-        rows = self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE stage=?", (stage,))
+        rows = self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE stage=?{self._scoped}", (stage,))
         out = {(r[1], r[2]): Entry(*r) for r in rows}
         return out if keys is None else {k: out[k] for k in keys if k in out}
 
@@ -297,7 +316,8 @@ class CacheIndex:
 
     def latest(self, stage: str) -> dict[str, Entry]:
         """The most recently computed entry of each utterance (what `--why` compares against)."""
-        rows = self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE stage=? ORDER BY created", (stage,))
+        rows = self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE stage=?{self._scoped} ORDER BY created",
+                               (stage,))
         return {r[1]: Entry(*r) for r in rows}
 
     def stages(self) -> list[str]:
@@ -345,32 +365,121 @@ class CacheIndex:
         columns = FAILURE_COLUMNS if "kind" in {r[1] for r in self.db.execute("PRAGMA table_info(failures)")} \
             else "stage, utt, fingerprint, error, at"
         if stage is None:
-            rows = self.db.execute(f"SELECT {columns} FROM failures ORDER BY stage, utt")
+            rows = self.db.execute(f"SELECT {columns} FROM failures WHERE 1{self._scoped} ORDER BY stage, utt")
         else:
-            rows = self.db.execute(f"SELECT {columns} FROM failures WHERE stage=? ORDER BY utt", (stage,))
+            rows = self.db.execute(f"SELECT {columns} FROM failures WHERE stage=?{self._scoped} ORDER BY utt",
+                                   (stage,))
         return [Failure.from_row(r) for r in rows]
 
     # -- utterances and named feature sets ---------------------------------------------------
     def record_utterances(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        with self.transaction():
-            self.db.executemany("INSERT OR REPLACE INTO utterances VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        """Rows as `Source.record` makes them; only those that differ from the recorded ones are written
+        (a rerun after one edited transcript writes one row, not a million)."""
+        rows = list(rows)
+        known: dict[str, tuple[Any, ...]] = {}
+        for start in range(0, len(rows), 500):
+            ids = [r[0] for r in rows[start : start + 500]]
+            known.update((r[0], r) for r in self.db.execute(
+                f"SELECT * FROM utterances WHERE id IN ({','.join('?' * len(ids))})", ids))
+        changed = [r for r in rows if known.get(r[0]) != tuple(r)]
+        if changed:
+            with self.transaction():
+                self.db.executemany("INSERT OR REPLACE INTO utterances VALUES (?,?,?,?,?,?,?,?,?)", changed)
 
     def utterances(self, ids: Iterable[str] | None = None) -> dict[str, RecordedUtterance]:
-        out: dict[str, RecordedUtterance] = {}
         rows = self.db.execute("SELECT * FROM utterances")
-        for r in map(_named_targets, rows) if self._fixed_labels else rows:
-            out[r[0]] = RecordedUtterance(Utterance.from_row(r), r[7], json.loads(r[8]) if r[8] != "{}" else {})
+        out = {r.utt.id: r for r in map(self._recorded, rows)}
         return out if ids is None else {i: out[i] for i in ids if i in out}
 
-    def record_set(self, s: FeatureSetRecord) -> None:
+    def _recorded(self, r: tuple[Any, ...]) -> RecordedUtterance:
+        if self._fixed_labels:  # read-only over a schema 2/3 index: converted as read
+            r = _named_targets(r)
+        return RecordedUtterance(Utterance.from_row(r), r[7], json.loads(r[8]) if r[8] != "{}" else {})
+
+    def record_set(self, s: FeatureSetRecord, members: Iterable[str] | None = None) -> None:
+        """The set's record; its members are `members`, or, when None, the run's (`add_members`),
+        joined by SQLite so that a million ids never pass through a Python list."""
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO feature_sets VALUES (?,?,?,?,?,?,?,?)",
-                            (s.name, s.config, json.dumps(s.stages), s.corpus, json.dumps(s.members), s.rows_digest,
+                            (s.name, s.config, json.dumps(s.stages), s.corpus,
+                             "[]" if members is None else json.dumps(list(members)), s.rows_digest,
                              s.corpus_digest, s.updated))
+            if members is None:
+                self.db.execute("UPDATE feature_sets SET members = (SELECT json_group_array(utt) FROM "
+                                "(SELECT utt FROM temp.run_members ORDER BY pos)) WHERE name=?", (s.name,))
 
     def feature_set(self, name: str) -> FeatureSetRecord | None:
-        r = self.db.execute("SELECT * FROM feature_sets WHERE name=?", (name,)).fetchone()
-        return FeatureSetRecord(r[0], r[1], json.loads(r[2]), r[3], json.loads(r[4]), r[5], r[6], r[7]) if r else None
+        """The set's record, without its members (`members`, `member_utterances`)."""
+        r = self.db.execute("SELECT name, config, stages, corpus, rows_digest, corpus_digest, updated "
+                            "FROM feature_sets WHERE name=?", (name,)).fetchone()
+        return FeatureSetRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6]) if r else None
+
+    def members(self, name: str) -> list[str]:
+        """The set's utterance ids, in manifest order."""
+        r = self.db.execute("SELECT members FROM feature_sets WHERE name=?", (name,)).fetchone()
+        return json.loads(r[0]) if r else []
+
+    def member_utterances(self, name: str) -> Iterator[RecordedUtterance | str]:
+        """The set's members as recorded, in manifest order, as SQLite yields them (a member with no
+        recorded row: its id)."""
+        rows = self.db.execute("SELECT j.value, u.* FROM feature_sets s, json_each(s.members) j "
+                               "LEFT JOIN utterances u ON u.id = j.value WHERE s.name=? ORDER BY j.key", (name,))
+        return (self._recorded(r[1:]) if r[1] is not None else r[0] for r in rows)
+
+    def save_set(self, name: str) -> None:
+        """Keep the set's record as it is now (in a TEMP table), for `restore_set`."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS saved_sets AS SELECT * FROM feature_sets WHERE 0")
+        self.db.execute("DELETE FROM temp.saved_sets WHERE name=?", (name,))
+        self.db.execute("INSERT INTO temp.saved_sets SELECT * FROM feature_sets WHERE name=?", (name,))
+
+    def restore_set(self, name: str) -> None:
+        """The set's record as `save_set` kept it (none then: none now)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM feature_sets WHERE name=?", (name,))
+            self.db.execute("INSERT INTO feature_sets SELECT * FROM temp.saved_sets WHERE name=?", (name,))
+
+    # -- the utterances of one run, held by SQLite (a TEMP table) rather than by the driver --------
+    def start_members(self) -> None:
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS run_members (pos INTEGER PRIMARY KEY, utt TEXT UNIQUE)")
+        self.db.execute("DELETE FROM temp.run_members")
+
+    def add_members(self, ids: list[str]) -> set[str]:
+        """Append `ids` (distinct) to the run's members; those already there are returned, not added."""
+        dups: set[str] = set()
+        for start in range(0, len(ids), 500):
+            block = ids[start : start + 500]
+            dups.update(r[0] for r in self.db.execute(
+                f"SELECT utt FROM temp.run_members WHERE utt IN ({','.join('?' * len(block))})", block))
+        self.db.executemany("INSERT INTO temp.run_members (utt) VALUES (?)", ((u,) for u in ids if u not in dups))
+        return dups
+
+    def order_members(self, group_by: str | None) -> None:
+        """Number the run's members for `run_rows`: in manifest order, or each group of `group_by` (a
+        recorded column: speaker, split) together, in manifest order within it."""
+        assert group_by in (None, "speaker", "split")
+        order = f"u.{group_by}, m.pos" if group_by else "m.pos"
+        self.db.execute("DROP TABLE IF EXISTS temp.run_order")
+        self.db.execute("CREATE TEMP TABLE run_order (n INTEGER PRIMARY KEY, utt TEXT NOT NULL)")
+        self.db.execute("INSERT INTO temp.run_order (utt) SELECT m.utt FROM temp.run_members m "
+                        f"JOIN utterances u ON u.id = m.utt ORDER BY {order}")
+
+    def run_rows(self, first: int, last: int) -> list[RecordedUtterance]:
+        """Members `first` to `last` (from 1) of the order `order_members` numbered, as recorded; read
+        whole (no cursor stays open while the run commits)."""
+        rows = self.db.execute("SELECT u.* FROM temp.run_order o JOIN utterances u ON u.id = o.utt "
+                               "WHERE o.n BETWEEN ? AND ? ORDER BY o.n", (first, last)).fetchall()
+        return [self._recorded(r) for r in rows]
+
+    def members_from_set(self, name: str) -> None:
+        """The run's members are the set's recorded ones (a corpus unchanged since its last extraction)."""
+        self.start_members()
+        self.db.execute("INSERT INTO temp.run_members (utt) SELECT j.value FROM feature_sets s, json_each(s.members) j "
+                        "WHERE s.name=? ORDER BY j.key", (name,))
+
+    def run_member_count(self, recorded: bool = False) -> int:
+        """The run's members (`recorded`: those with a recorded row)."""
+        join = " JOIN utterances u ON u.id = m.utt" if recorded else ""
+        return self.db.execute(f"SELECT COUNT(*) FROM temp.run_members m{join}").fetchone()[0]
 
     def feature_sets(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM feature_sets ORDER BY name")]
@@ -407,7 +516,8 @@ class CacheIndex:
         """Content hashes, re-reading a file only when its size or mtime changed since last time;
         "missing" for a file that is not there. New files are read by a few threads (reads and
         blake2b release the GIL): a first run over a large corpus is I/O, not Python."""
-        known = {p: (size, mtime, h) for p, size, mtime, h in self.db.execute("SELECT * FROM file_hashes")}
+        paths = list(dict.fromkeys(paths))
+        known = self._known_hashes(paths)
         out: dict[str, str] = {}
         todo: list[tuple[str, int, int]] = []
         stat = os.stat
@@ -445,23 +555,33 @@ class CacheIndex:
                         progress(len(block))
         return out
 
-    def is_empty(self) -> bool:
-        """Nothing recorded yet: no entry, failure, utterance, feature set or file hash."""
+    def _known_hashes(self, paths: list[str]) -> dict[str, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, hash) of those of `paths` hashed before: looked up in blocks, never
+        the whole table (a million rows would be the driver's largest object)."""
+        known: dict[str, tuple[int, int, str]] = {}
+        for start in range(0, len(paths), 500):
+            block = paths[start : start + 500]
+            rows = self.db.execute(f"SELECT * FROM file_hashes WHERE path IN ({','.join('?' * len(block))})", block)
+            known.update((p, (size, mtime, h)) for p, size, mtime, h in rows)
+        return known
+
+    def is_empty(self, ignore: Iterable[str] = ()) -> bool:
+        """Nothing recorded yet: no entry, failure, utterance, feature set or file hash (but `ignore`'s)."""
         return not any(self.db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
-                       for t in ("entries", "failures", "utterances", "feature_sets", "file_hashes"))
+                       for t in ("entries", "failures", "utterances", "feature_sets", "file_hashes") if t not in ignore)
 
     def recorded_files_unchanged(self) -> bool:
         """Whether every file the recorded utterances name (audio, provided alignments) still has the
         size and mtime it had when hashed: one stat each, no read."""
         from msf.pipeline.corpus import FILE_EXTRAS
 
-        rows = self.db.execute("SELECT u.audio, f.size, f.mtime_ns FROM utterances u "
-                               "LEFT JOIN file_hashes f ON f.path = u.audio").fetchall()
         extras = {p for (e,) in self.db.execute("SELECT DISTINCT extra FROM utterances") if e != "{}"
                   for k, p in json.loads(e).items() if k in FILE_EXTRAS}
-        for p in extras:
-            r = self.db.execute("SELECT path, size, mtime_ns FROM file_hashes WHERE path=?", (p,)).fetchone()
-            rows.append(r if r else (p, None, None))
+        known = self._known_hashes(sorted(extras))
+        rows = itertools.chain(  # a cursor: a million rows are stat-ed as they come, never held
+            self.db.execute("SELECT u.audio, f.size, f.mtime_ns FROM utterances u "
+                            "LEFT JOIN file_hashes f ON f.path = u.audio"),
+            ((p, *known[p][:2]) if p in known else (p, None, None) for p in extras))
         stat = os.stat
         for path, size, mtime in rows:
             try:
@@ -472,8 +592,9 @@ class CacheIndex:
                 return False
         return True
 
-    def file_sizes(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in self.db.execute("SELECT path, size FROM file_hashes")}
+    def file_sizes(self, paths: Iterable[str]) -> dict[str, int]:
+        """Bytes of those of `paths` hashed before."""
+        return {p: k[0] for p, k in self._known_hashes(list(dict.fromkeys(paths))).items()}
 
 
 def _named_targets(row: tuple[Any, ...]) -> tuple[Any, ...]:

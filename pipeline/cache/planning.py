@@ -9,15 +9,16 @@ several variants of a stage live side by side and returning to a setting finds i
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from msf.pipeline.cache.fingerprint import (Parts, canonical_json, digest, fingerprint_for, join_parts, params_digest,
                                             split_parts)
 from msf.pipeline.cache.index import CacheIndex, Entry, Failure, RecordedUtterance
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.config import MsfConfig
-from msf.pipeline.corpus import FILE_EXTRAS, Corpus, Utterance
+from msf.pipeline.corpus import FILE_EXTRAS, Utterance
 from msf.pipeline.stage import Stage, StageParams, needs_for, stage_class, stage_order
 
 
@@ -34,20 +35,74 @@ class Source:
         return (*self.utt.to_row(), self.audio_hash, canonical_json(self.files) if self.files else "{}")
 
 
-def sources_from_corpus(corpus: Corpus, index: CacheIndex, progress: Callable[[int], None] | None = None) -> list[Source]:
+def sources_from_corpus(utterances: list[Utterance], index: CacheIndex,
+                        progress: Callable[[int], None] | None = None) -> list[Source]:
     """Hashes the audio (and provided alignment files) by content, re-reading a file only when its
     size or mtime changed since the cache last saw it."""
-    paths = [u.audio for u in corpus.utterances]
-    with_files = [u for u in corpus.utterances if u.extra and not FILE_EXTRAS.isdisjoint(u.extra)]
+    paths = [u.audio for u in utterances]
+    with_files = [u for u in utterances if u.extra and not FILE_EXTRAS.isdisjoint(u.extra)]
     paths += [u.extra[k] for u in with_files for k in FILE_EXTRAS if k in u.extra]
     hashes = index.file_hashes(paths, progress)
     files = {u.id: {k: hashes[u.extra[k]] for k in FILE_EXTRAS if k in u.extra} for u in with_files}
-    return [Source(u, hashes[u.audio], files.get(u.id, {})) for u in corpus.utterances]
+    return [Source(u, hashes[u.audio], files.get(u.id, {})) for u in utterances]
 
 
-def rows_digest(sources: list[Source]) -> str:
-    """Everything a fingerprint can take from the corpus: each utterance's recorded row and hashes."""
-    return digest("\n".join("\x1f".join(map(str, s.record())) for s in sources))
+class RowsDigest:
+    """Everything a fingerprint can take from the corpus, each utterance's recorded row and hashes,
+    digested as the rows come (a chunk at a time): equal to `rows_digest` of them all."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.blake2b(digest_size=16)
+        self._first = True
+
+    def update(self, sources: Iterable[Source]) -> None:
+        for s in sources:
+            self._h.update(("" if self._first else "\n").encode() + "\x1f".join(map(str, s.record())).encode())
+            self._first = False
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def rows_digest(sources: Iterable[Source]) -> str:
+    h = RowsDigest()
+    h.update(sources)
+    return h.hexdigest()
+
+
+def run_chunks(index: CacheIndex, size: int, group_by: str | None) -> Iterator[list[Source]]:
+    """The run's members (CacheIndex.add_members) as sources, at most `size` at a time, each chunk
+    ending where a `group_by` group ends (a group stage's group is planned and computed whole; an
+    unknown speaker is a group of its own); a group larger than `size` is a chunk of its own. A corpus
+    that fits in one chunk keeps its manifest order."""
+    n = index.run_member_count()
+    group_by = group_by if n > size else None
+    index.order_members(group_by)
+    pending: list[Source] = []
+    for first in range(1, n + 1, size):
+        pending += [Source(r.utt, r.audio_hash, r.files) for r in index.run_rows(first, first + size - 1)]
+        more = first + size <= n
+        while len(pending) > size or (pending and not more):
+            cut = _chunk_end(pending, size, group_by, more)
+            if cut is None:  # a group that may go on in the rows not read yet
+                break
+            yield pending[:cut]
+            pending = pending[cut:]
+
+
+def _chunk_end(pending: list[Source], size: int, group_by: str | None, more: bool) -> int | None:
+    """Where the next chunk of `pending` ends: at the last group's end within `size`, else at the end of
+    the first group (larger than `size`); None when that group may go on (`more` rows to read)."""
+    if len(pending) <= size and not more:
+        return len(pending)
+    if group_by is None:
+        return size
+    keys = [s.utt.group_key(group_by) for s in pending]
+    ends = [i for i in range(1, len(keys)) if keys[i - 1] != keys[i]]  # a group ends before i
+    within = [i for i in ends if i <= size]
+    if within:
+        return within[-1]
+    return ends[0] if ends else (None if more else len(pending))
 
 
 def completion_keys(rows: str, params: dict[str, str], order: list[str]) -> dict[str, str]:

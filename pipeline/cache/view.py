@@ -82,25 +82,37 @@ def locked_store(cache: Path) -> Iterator[ShardStore]:
             store.close()
 
 
-def recorded_corpus(index: CacheIndex, config: MsfConfig, digest_now: str | None) -> Corpus | None:
-    """The corpus as the feature set's last extraction recorded it, when the corpus's inputs (its
-    `corpus_digest`: the manifest's bytes, or every label and transcript file's size and mtime) are
-    unchanged since; None otherwise (then the reader parses it). The rows the reader refused then are
-    refused again; missing audio is found again by the content-hash pass."""
+def corpus_recorded(index: CacheIndex, config: MsfConfig, digest_now: str | None) -> bool:
+    """Whether the corpus's inputs (its `corpus_digest`: the manifest's bytes, or every label and
+    transcript file's size and mtime) are unchanged since the feature set's last extraction recorded
+    its rows: then they need not be parsed again."""
     record = index.feature_set(config.name)
-    if record is None or not record.corpus_digest or config.corpus is None or record.corpus != config.corpus:
-        return None
-    if digest_now != record.corpus_digest:
-        return None
-    rows = index.utterances()
-    if not all(m in rows for m in record.members):
-        return None
+    return not (record is None or not record.corpus_digest or config.corpus is None or record.corpus != config.corpus
+                or digest_now != record.corpus_digest)
+
+
+def recorded_problems(index: CacheIndex) -> list[CorpusProblem]:
+    """The rows the reader refused at the last extraction (not the missing audio it kept: the
+    content-hash pass finds that again)."""
     problems = []
     for text in json.loads(index.get_meta("corpus_problems") or "[]"):
-        if not text.endswith(" (kept)"):  # the kept ones (missing audio) are not the reader's
+        if not text.endswith(" (kept)"):
             where, _, message = text.partition(": ")
             problems.append(CorpusProblem(where, message))
-    return Corpus(corpus_source(config.corpus)[0], config.corpus, [rows[m].utt for m in record.members], problems)
+    return problems
+
+
+def recorded_corpus(index: CacheIndex, config: MsfConfig, digest_now: str | None) -> Corpus | None:
+    """The corpus as the feature set's last extraction recorded it, when its inputs are unchanged since
+    (`corpus_recorded`); None otherwise (then the reader parses it). The rows the reader refused then
+    are refused again; missing audio is found again by the content-hash pass."""
+    if not corpus_recorded(index, config, digest_now):
+        return None
+    recorded = list(index.member_utterances(config.name))
+    if any(isinstance(r, str) for r in recorded):  # a member without its recorded row
+        return None
+    return Corpus(corpus_source(config.corpus)[0], config.corpus, [r.utt for r in recorded],  # type: ignore
+                  recorded_problems(index))
 
 
 class CacheView:
@@ -133,9 +145,8 @@ class CacheView:
     @cached_property
     def sources(self) -> list[Source]:
         if self.corpus is not None:  # status against a corpus given now: its audio is hashed again
-            return sources_from_corpus(self.corpus, self.store.index)
-        recorded = self.store.index.utterances(self.record.members)
-        return sources_from_cache(recorded[u] for u in self.record.members if u in recorded)
+            return sources_from_corpus(self.corpus.utterances, self.store.index)
+        return sources_from_cache(r for r in self.store.index.member_utterances(self.name) if not isinstance(r, str))
 
     @cached_property
     def rows_digest(self) -> str:

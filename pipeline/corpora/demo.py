@@ -28,7 +28,7 @@ from msf.pipeline.audio_io import TARGET_SR as SAMPLE_RATE
 from msf.pipeline.corpora import manifest
 from msf.pipeline.corpora.alignment_files import truth_file
 from msf.pipeline.corpora.espeak import espeak
-from msf.pipeline.corpus import Corpus, CorpusError
+from msf.pipeline.corpus import Corpus, CorpusError, Streaming
 from msf.pipeline.errors import UsageError
 
 PUNCT = ".,?!"
@@ -248,13 +248,14 @@ def build_demo_corpus(out: Path, n: int = 300, seed: int = 0, workers: int | Non
     return out
 
 
-def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
+def read(root: Path, spec: str, check_audio: bool = True, stream: Streaming | None = None) -> Corpus:
     """The `demo:PATH` reader: the manifest plus `truth.jsonl` for the `provided` aligner."""
     path = root / "manifest.csv"
     if not path.is_file():
         raise CorpusError(f"no demo corpus at {root}: build one with `msf corpus demo --out {root}`")
     truth = str((root / "truth.jsonl").resolve())
-    return manifest.read(path, spec, extra={"truth": truth}, label_range=(1.0, 7.0), check_audio=check_audio)
+    return manifest.read(path, spec, extra={"truth": truth}, label_range=(1.0, 7.0), check_audio=check_audio,
+                         stream=stream)
 
 
 def read_truth(root: Path) -> dict[str, list[dict]]:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from msf.pipeline.corpora.alignment_files import strip_markers
-from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Utterance, listing
+from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Streaming, Utterance, listing
 from msf.pipeline.errors import UsageError
 
 EVAL_LINE = re.compile(
@@ -70,18 +70,18 @@ def inputs(root: Path) -> list[tuple[str, int, int]]:
     out: list[tuple[str, int, int]] = []
     for session in sorted(p for p in root.glob("Session[1-5]") if p.is_dir()):
         dialog = session / "dialog"
-        out += listing(str(dialog / "EmoEvaluation"), ".txt") + listing(str(dialog / "transcriptions"), ".txt")
+        out += [*listing(str(dialog / "EmoEvaluation"), ".txt"), *listing(str(dialog / "transcriptions"), ".txt")]
         aligned = session / "sentences" / "ForcedAlignment"
         for d in sorted(p for p in aligned.glob("*") if p.is_dir()):
             out += listing(str(d), ".wdseg")
     return out
 
 
-def read(root: Path, spec: str, fold: int = 1, check_audio: bool = True) -> Corpus:
+def read(root: Path, spec: str, fold: int = 1, check_audio: bool = True, stream: Streaming | None = None) -> Corpus:
     sessions = sorted(p for p in root.glob("Session[1-5]") if p.is_dir())
     if not sessions:
         raise CorpusError(f"not an IEMOCAP root (no Session1..Session5 folders): {root}")
-    b = CorpusBuilder(label_range=(1.0, 5.0), check_audio=check_audio)
+    b = CorpusBuilder(label_range=(1.0, 5.0), check_audio=check_audio, stream=stream)
     for session_dir in sessions:
         session = int(session_dir.name[-1])
         transcripts = _transcripts(session_dir)

@@ -4,13 +4,15 @@ optional `alignment` and `gender`)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 import os
 from operator import itemgetter
 from pathlib import Path
 from typing import Iterator
 
-from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError
+from msf.pipeline.corpus import TARGETS, Corpus, CorpusBuilder, CorpusError, Streaming, infer_scales
 
 REQUIRED = ("id", "audio")
 DELIMITERS = (",", ";", "\t")  # spreadsheets in many locales save CSV with ";"
@@ -67,18 +69,36 @@ def _rows(path: Path) -> Iterator[tuple[str, list[str] | None]]:
             yield f"{name}:{n}", list(pick(values))
 
 
+def _label_values(path: Path) -> dict[str, list[float]]:
+    """Every row's finite labels per target: a first pass for a manifest that declares no scale and
+    is streamed (CorpusBuilder refuses an off-scale label as it reads; built whole, it refuses after)."""
+    out: dict[str, list[float]] = {t: [] for t in TARGETS}
+    for _, row in _rows(path):
+        for name, raw in zip(TARGETS, row[5:8] if row else ()):
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                out[name].append(value)
+    return out
+
+
 def read(
     path: Path,
     spec: str | None = None,
     extra: dict[str, str] | None = None,
     label_range: tuple[float, float] | None = None,
     check_audio: bool = True,
+    stream: Streaming | None = None,
 ) -> Corpus:
     if not path.is_file():
         raise CorpusError(f"manifest not found: {path}")
     base = os.path.abspath(path.parent)  # relative paths are relative to the manifest
-    b = CorpusBuilder(label_range, check_audio)
     try:  # rows are read as they are used: a 100k-row manifest is never held whole
+        if stream is not None and label_range is None:  # rows leave a chunk at a time: the scale first
+            stream = dataclasses.replace(stream, scales=infer_scales(_label_values(path)))
+        b = CorpusBuilder(label_range, check_audio, stream)
         for where, row in _rows(path):
             if row is None:
                 b.problem(where, "not a JSON object")

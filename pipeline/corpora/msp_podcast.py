@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
+from typing import Iterator
 from pathlib import Path
 
-from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, listing
+from msf.pipeline.corpus import Corpus, CorpusBuilder, CorpusError, Streaming, listing
 
 SPLITS = {"Train": "train", "Development": "dev", "Test1": "test", "Test2": "test2", "Test3": "test3"}
 COLUMNS = ("FileName", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Split_Set")
@@ -20,18 +22,18 @@ def _transcript(transcripts: str, stem: str) -> str | None:
         return None
 
 
-def inputs(root: Path) -> list[tuple[str, int, int]]:
+def inputs(root: Path) -> Iterator[tuple[str, int, int]]:
     """(path, size, mtime_ns) of every file `read` reads: the labels file and the transcripts."""
     labels = os.path.join(root, "Labels", "labels_consensus.csv")
     st = os.stat(labels)  # no labels file: not a corpus (OSError), as `read` says
-    return [(labels, st.st_size, st.st_mtime_ns), *listing(os.path.join(root, "Transcripts"), ".txt")]
+    return itertools.chain([(labels, st.st_size, st.st_mtime_ns)], listing(os.path.join(root, "Transcripts"), ".txt"))
 
 
-def read(root: Path, spec: str, check_audio: bool = True) -> Corpus:
+def read(root: Path, spec: str, check_audio: bool = True, stream: Streaming | None = None) -> Corpus:
     labels = root / "Labels" / "labels_consensus.csv"
     if not labels.is_file():
         raise CorpusError(f"not an MSP-Podcast root (no Labels/labels_consensus.csv): {root}")
-    b = CorpusBuilder(label_range=(1.0, 7.0), check_audio=check_audio)
+    b = CorpusBuilder(label_range=(1.0, 7.0), check_audio=check_audio, stream=stream)
     audios, transcripts = os.path.join(os.path.abspath(root), "Audios"), os.path.join(os.path.abspath(root), "Transcripts")
     with open(labels, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)

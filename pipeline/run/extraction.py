@@ -9,25 +9,27 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.progress import Progress
 
 from msf.pipeline.cache.index import INDEX_FILE, FeatureSetRecord, Failure, index_path
 from msf.pipeline.config import ConfigError, MsfConfig
-from msf.pipeline.cache.view import CacheView, recorded_corpus
-from msf.pipeline.corpus import Corpus, corpus_digest, corpus_source, load_corpus
+from msf.pipeline.cache.view import CacheView, corpus_recorded, recorded_corpus, recorded_problems
+from msf.pipeline.corpus import (Corpus, CorpusError, CorpusProblem, Streaming, Utterance, corpus_digest, corpus_source,
+                                 load_corpus, no_usable_utterances)
 from msf.pipeline.errors import MsfError, UsageError
 from msf.pipeline.run.estimate import (Estimate, Sends, StageCost, audio_durations, calibrate as calibrate_stages,
                                    estimate_stage, pick_for_calibration)
 from msf.pipeline.run.executors import DaskExecutor, Executor
 from msf.pipeline.faults import fault_point
 from msf.pipeline.cache.lock import CacheLock
-from msf.pipeline.cache.planning import (Plan, Source, complete_markers, reasons, rows_digest, sources_from_corpus,
-                                         stage_keys, stage_state, status_of)
+from msf.pipeline.cache.fingerprint import params_digest
+from msf.pipeline.cache.planning import (Plan, RowsDigest, Source, complete_markers, reasons, rows_digest, run_chunks,
+                                         sources_from_corpus, stage_keys, stage_state, status_of)
 from msf.pipeline.progress import progress_bar
 from msf.pipeline.run.requirements import Requirement, blocked_stages, require_all, requirements
 from msf.pipeline.run.tasks import TaskPlanner
@@ -42,6 +44,17 @@ class StageReport:
     reused: int = 0
     failed: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class _StageTally:
+    """One stage's run summed over the chunks, and what its completion marker needs."""
+
+    report: StageReport = field(default_factory=StageReport)
+    shards: set[str] = field(default_factory=set)
+    entries: int = 0
+    nbytes: int = 0
+    complete: bool = True
 
 
 def reports_json(reports: dict[str, StageReport]) -> str:
@@ -120,6 +133,7 @@ class Extraction:
         self.executor: Executor = executor or DaskExecutor(config.workers, config.scheduler)
         self._sources: list[Source] | None = None
         self._plans: dict[tuple[str, ...], Plan] = {}
+        self._problems: list[str] | None = None  # the run's (`_take_in`)
 
     def close(self) -> None:
         self.executor.close()
@@ -127,8 +141,9 @@ class Extraction:
 
     @property
     def corpus(self) -> Corpus:
-        """Read on first use: an unchanged rerun never parses the manifest (see `_unchanged`), and a
-        corpus unchanged since this feature set's last extraction is taken from the rows recorded then."""
+        """The whole corpus in memory, for the dry run and the inspecting methods below (a run streams
+        it: `_take_in`). Read on first use; a corpus unchanged since this feature set's last
+        extraction is taken from the rows recorded then."""
         if self._corpus is None:
             # the audio is stat-ed once, by the content-hash pass, not by the reader too
             self._corpus = recorded_corpus(self.store.index, self.config, self.corpus_digest) or load_corpus(
@@ -137,6 +152,8 @@ class Extraction:
 
     def corpus_problems(self) -> list[str]:
         """The manifest's refused rows (or, when this run did not read it, the last recorded ones)."""
+        if self._problems is not None:
+            return self._problems
         if self._corpus is not None:
             return [str(p) for p in self._corpus.problems]
         if self._removed:  # a refused manifest: its error says why, and the cache is gone
@@ -146,18 +163,9 @@ class Extraction:
     @property
     def sources(self) -> list[Source]:
         if self._sources is None:
-            self._sources = sources_from_corpus(self.corpus, self.store.index)
+            self._sources = sources_from_corpus(self.corpus.utterances, self.store.index)
             self.corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
         return self._sources
-
-    def _hash_with_progress(self, bar: Progress) -> None:
-        """The content-hash pass of a first run (every file read once), with a bar of its own."""
-        if self._sources is None:
-            corpus = self.corpus  # a corpus that cannot be read says so before a bar is drawn
-            task = bar.add_task("hashing", total=None)
-            self._sources = sources_from_corpus(corpus, self.store.index, lambda n: bar.advance(task, n))
-            corpus.missing_audio({s.utt.audio: s.audio_hash for s in self._sources})
-            bar.update(task, total=bar.tasks[task].completed)
 
     @cached_property
     def corpus_digest(self) -> str | None:
@@ -210,7 +218,7 @@ class Extraction:
         return self._complete(self.completion_keys(stages, record.rows_digest))
 
     def _config_json(self) -> str:
-        return self.config.model_dump_json(exclude={"cache", "workers", "scheduler"})
+        return self.config.model_dump_json(exclude={"cache", "workers", "scheduler", "chunk_size"})
 
     def run(self, stages: list[str], progress: bool = True, wait_s: float = 0.0,
             force: bool = False) -> dict[str, StageReport]:
@@ -219,17 +227,18 @@ class Extraction:
         preflight(self.config, stages)
         try:
             return self._run(stages, progress, wait_s, force)
-        except MsfError:
-            self._remove_if_unused()
+        except MsfError as e:
+            self._remove_if_unused(refused_corpus=isinstance(e, CorpusError))
             raise
 
-    def _remove_if_unused(self) -> None:
-        """Remove the cache folder this extraction created when nothing was recorded in it (no file hash
-        either: a refused manifest, not a missing model after the content-hash pass) and it holds nothing
-        but the index and the lock (never a folder of the user's)."""
+    def _remove_if_unused(self, refused_corpus: bool) -> None:
+        """Remove the cache folder this extraction created when nothing was recorded in it (a file hash
+        is kept, unless the corpus was refused: its rows read before the refusal are no corpus) and it
+        holds nothing but the index and the lock (never a folder of the user's)."""
         import shutil
 
-        if not self._created or not self.store.index.is_empty():
+        if not self._created or not self.store.index.is_empty(
+                ("utterances", "file_hashes") if refused_corpus else ()):
             return
         ours = {INDEX_FILE, *(f"{INDEX_FILE}{x}" for x in ("-wal", "-shm", "-journal")), ".lock"}
         if all(p.name in ours or (p.is_dir() and not any(p.iterdir())) for p in self.root.iterdir()):
@@ -243,33 +252,87 @@ class Extraction:
             if unchanged is not None:
                 return unchanged
             index = self.store.index
-            previous, commits = index.feature_set(self.config.name), index.commits
+            index.save_set(self.config.name)
+            commits = index.commits
             try:
                 with progress_bar(progress) as bar:
-                    self._hash_with_progress(bar)
+                    self._take_in(bar)
                     self._record(stages)
                     keys = self.completion_keys(stages)
                     complete = self._complete(keys)  # everything fresh at the last run with these very inputs
                     if complete is not None:
                         return complete
-                    plan = self.plan(stages)
                     if not force:
-                        self._check_free_space(plan)
-                    reports: dict[str, StageReport] = {}
-                    for name in plan.order:
-                        reports[name] = self._run_stage(bar, plan, name, keys[name])
-                return reports
+                        self._check_free_space(stages)
+                    return self._run_chunks(bar, stages, keys)
             except BaseException:
                 # A run that stopped before committing anything (a model that cannot load, no scheduler,
                 # a full disk) leaves the feature set as it was: re-recorded with settings nothing was
                 # extracted with, it would point training at nothing and `cache gc` at the features
                 # that do exist. After a commit the new settings stand, so gc keeps the partial work.
                 if index.commits == commits:
-                    if previous is not None:
-                        index.record_set(previous)
-                    else:
-                        index.forget_set(self.config.name)
+                    index.restore_set(self.config.name)
                 raise
+
+    # -- the corpus, a chunk at a time ---------------------------------------------------------
+    def _take_in(self, bar: Progress) -> None:
+        """The first pass over the corpus, `chunk_size` utterances at a time: each one's files hashed by
+        content (read once, or not at all when their size and mtime are as recorded), its row recorded
+        and digested (`rows_digest`), its id kept by SQLite as one of the run's members (a duplicate of
+        an earlier chunk is refused there). The driver never holds the corpus whole."""
+        index = self.store.index
+        index.start_members()
+        rows = RowsDigest()
+        task = bar.add_task("hashing", total=None)
+        missing: list[str] = []
+
+        def take(utts: list[Utterance]) -> None:
+            sources = sources_from_corpus(utts, index, lambda n: bar.advance(task, n))
+            missing.extend(str(CorpusProblem(s.utt.id, f"audio file not found: {s.utt.audio}", dropped=False))
+                           for s in sources if s.audio_hash == "missing")
+            index.record_utterances(s.record() for s in sources)
+            rows.update(sources)
+
+        size = self.config.chunk_size
+        if self._corpus is not None:  # given whole (calibration, tests)
+            corpus = self._corpus
+            for start in range(0, len(corpus.utterances), size):
+                chunk = corpus.utterances[start : start + size]
+                index.add_members([u.id for u in chunk])
+                take(chunk)
+        elif corpus_recorded(index, self.config, self.corpus_digest) and self._members_recorded():
+            # unchanged since this set's last extraction: its rows as recorded, the reader not run
+            corpus = Corpus(corpus_source(self.config.corpus)[0], self.config.corpus, [],  # type: ignore
+                            recorded_problems(index))
+            index.order_members(None)
+            n = index.run_member_count()
+            for start in range(1, n + 1, size):
+                take([r.utt for r in index.run_rows(start, start + size - 1)])
+        else:
+            corpus = load_corpus(self.config.corpus, self.config.label_range, check_audio=False,  # type: ignore
+                                 stream=Streaming(take, index.add_members, size))
+        if index.run_member_count() == 0:
+            no_usable_utterances(corpus)
+        bar.update(task, total=bar.tasks[task].completed)
+        self._problems = [str(p) for p in corpus.problems] + missing
+        self.rows_digest = rows.hexdigest()
+
+    def _members_recorded(self) -> bool:
+        """The set's members taken as the run's, when every one has its recorded row."""
+        index = self.store.index
+        index.members_from_set(self.config.name)
+        return index.run_member_count(recorded=True) == index.run_member_count()
+
+    def _chunk_plans(self, stages: list[str]) -> Iterator[Plan]:
+        """The run's members planned a chunk at a time (`chunk_size`; whole groups of a group stage),
+        the index's per-stage reads scoped to the chunk while it is worked on."""
+        groups = {stage_class(n).group_by for n in stage_order(stages)} - {None}
+        index = self.store.index
+        size = self.config.chunk_size if len(groups) <= 1 else max(1, index.run_member_count())
+        for chunk in run_chunks(index, size, next(iter(groups), None)):
+            plan = Plan(chunk, self.config.params_for, stages)
+            with index.scope(plan.sources):
+                yield plan
 
     # -- what it would cost ----------------------------------------------------------------
     def planner(self, plan: Plan) -> TaskPlanner:
@@ -318,106 +381,140 @@ class Extraction:
                                                          "workers": 1, "scheduler": None}),
                           corpus=corpus, executor=executor)
 
-    def _check_free_space(self, plan: Plan) -> None:
-        """Stop before a run whose declared output would not fit on the cache's filesystem."""
+    def _check_free_space(self, stages: list[str]) -> None:
+        """Stop before a run whose declared output would not fit on the cache's filesystem (a pass over
+        the chunks' plans, when a stage declares its output size)."""
+        declared = [name for name in stage_order(stages)
+                    if stage_class(name)(self.config.params_for(stage_class(name))).declared_bytes(1.0) is not None]
+        if not declared:
+            return
         free = free_bytes(self.root)
         total = 0.0
-        durations: dict[str, float] | None = None
-        planner = self.planner(plan)
-        for name in plan.order:
-            stage = plan[name].stage(plan[name].params)
-            if stage.declared_bytes(1.0) is None:
-                continue
-            us = planner.work(name).compute
-            if not us:
-                continue
-            if durations is None:
-                durations = audio_durations(s.utt.audio for s in plan.sources.values())
-            need = sum(stage.declared_bytes(durations[plan.sources[u].utt.audio]) or 0.0 for u in us)
-            total += need
-            if total > free:
-                raise UsageError(
-                    f"stage {name!r} would write about {human_bytes(need)} ({human_bytes(total)} for this run so "
-                    f"far), but the filesystem of {self.root} has {human_bytes(free)} free. Free some space, keep "
-                    "fewer layers or float16, extract to another --cache, or pass --force to go on; "
-                    "`msf extract --dry-run` shows the whole estimate.")
+        need = dict.fromkeys(declared, 0.0)
+        plans = self._chunk_plans(stages)
+        try:
+            for plan in plans:
+                planner = self.planner(plan)
+                durations: dict[str, float] | None = None
+                for name in declared:
+                    us = planner.work(name).compute
+                    if not us:
+                        continue
+                    if durations is None:
+                        durations = audio_durations(s.utt.audio for s in plan.sources.values())
+                    stage = plan[name].stage(plan[name].params)
+                    more = sum(stage.declared_bytes(durations[plan.sources[u].utt.audio]) or 0.0 for u in us)
+                    need[name] += more
+                    total += more
+                    if total > free:
+                        raise UsageError(
+                            f"stage {name!r} would write about {human_bytes(need[name])} or more ({human_bytes(total)} "
+                            f"for this run so far), but the filesystem of {self.root} has {human_bytes(free)} free. "
+                            "Free some space, keep fewer layers or float16, extract to another --cache, or pass "
+                            "--force to go on; `msf extract --dry-run` shows the whole estimate.")
+        finally:
+            plans.close()
 
     # -- what the cache is made from -------------------------------------------------------
     def _record(self, stages: list[str]) -> None:
-        """The manifest rows and the named set's settings, so the cache stands alone: training,
-        status and show need only the cache directory. Written only when something changed."""
+        """The run's problems and the named set's settings and members (the rows were recorded by
+        `_take_in`), so the cache stands alone: training, status and show need only the cache
+        directory. Written only when something changed."""
         index = self.store.index
         # Refused manifest rows never reach a stage: keep them where `msf status --failed` looks.
-        index.set_meta("corpus_problems", json.dumps([str(p) for p in self.corpus.problems]))
+        index.set_meta("corpus_problems", json.dumps(self._problems))
         rows = self.rows_digest
         if index.get_meta("utterances_digest") != rows:
-            index.record_utterances(s.record() for s in self.sources)
             index.set_meta("utterances_digest", rows)
         name = self.config.name
         config = self._config_json()
-        members = [s.utt.id for s in self.sources]
+        spec = self._corpus.spec if self._corpus is not None else self.config.corpus
         corpus = self.corpus_digest or ""
         old = index.feature_set(name)
         order = stage_order(stages)
         wanted = stage_order(list(dict.fromkeys([*(old.stages if old else []), *order])))  # upstream first
-        if old is None or (old.config, old.stages, old.members, old.corpus, old.rows_digest, old.corpus_digest) != (
-                config, wanted, members, self.corpus.spec, rows, corpus):
-            index.record_set(FeatureSetRecord(name, config, wanted, self.corpus.spec, members, rows, corpus,
-                                              time.time()))
+        # the rows digest covers every member's id, in order: equal digests, equal members
+        if old is None or (old.config, old.stages, old.corpus, old.rows_digest, old.corpus_digest) != (
+                config, wanted, spec, rows, corpus):
+            index.record_set(FeatureSetRecord(name, config, wanted, spec, rows, corpus, time.time()))  # type: ignore
 
-    # -- one stage ---------------------------------------------------------------------------
-    def _run_stage(self, bar: Progress, plan: Plan, name: str, key: str) -> StageReport:
+    # -- the stages, chunk by chunk ---------------------------------------------------------------
+    def _run_chunks(self, bar: Progress, stages: list[str], keys: dict[str, str]) -> dict[str, StageReport]:
+        """Every stage over each chunk in turn (a chunk's plan is made once and dropped after it), each
+        finished shard committed at once; a stage whose every entry ends fresh records its marker."""
+        index = self.store.index
+        order = stage_order(stages)
+        for name in order:
+            cls = stage_class(name)
+            params = self.config.params_for(cls)
+            index.record_params(params_digest(cls, params), name, cls.version, cls.fingerprint_params(params))
+        n = index.run_member_count()
+        bars = {name: bar.add_task(name, total=n) for name in order}
+        tally = {name: _StageTally() for name in order}
+        plans = self._chunk_plans(stages)
+        try:
+            for plan in plans:
+                for name in plan.order:
+                    self._run_stage(bar, bars[name], plan, name, tally[name])
+        finally:
+            plans.close()
+        for name in order:
+            t = tally[name]
+            if t.complete:
+                index.record_completion(name, keys[name], t.shards, t.entries, t.nbytes)
+        return {name: tally[name].report for name in order}
+
+    def _run_stage(self, bar: Progress, task: Any, plan: Plan, name: str, tally: _StageTally) -> None:
+        """One stage over one chunk's plan."""
         t0 = time.perf_counter()
         sp = plan[name]
-        cls = sp.stage
         index = self.store.index
-        index.record_params(sp.params_digest, name, cls.version, cls.fingerprint_params(sp.params))
         work = self.planner(plan).work(name, locate=True)
         state, groups, blocked = work.state, work.tasks, work.blocked
-        report = StageReport(reused=len(state.fresh) - work.recomputed)
-        task = bar.add_task(name, total=len(state.todo))
-        shards, nbytes = set(state.fresh.values()), state.fresh_bytes  # of the fresh entries, for the marker
-        if not state.todo:
-            index.record_completion(name, key, shards, len(sp.fingerprints), nbytes)
-            report.seconds = round(time.perf_counter() - t0, 3)
-            return report
-        bar.update(task, total=len(blocked) + sum(len(g) for g in groups))
+        report = tally.report
+        reused = len(state.fresh) - work.recomputed
+        report.reused += reused
+        tally.shards.update(state.fresh.values())  # of the fresh entries, for the marker
+        tally.nbytes += state.fresh_bytes
+        tally.entries += len(sp.fingerprints)
+        bar.advance(task, reused)
+        computed = failed = 0
         if blocked:
             index.commit([], blocked)
-            report.failed += len(blocked)
+            failed += len(blocked)
             bar.advance(task, len(blocked))
-        params = sp.params.model_dump(mode="json")
-        threads = 0 if self.config.scheduler else max(1, (os.cpu_count() or 1) // self.executor.workers)
-        # A task's items (each utterance's manifest row) are made as the executor takes the task: at
-        # 300k utterances, all of them at once held 40 % of the driver's memory.
-        argsets = ((str(self.root), name, params, [self._task_item(plan, u, work.upstream[u]) for u in g],
-                    self.config.plugins, threads) for g in groups)
-        # two tasks per worker in flight: one running, one queued, and nothing more held anywhere
-        results = self.executor.run(run_task, argsets, window=2 * self.executor.workers)
-        try:
-            for i, res in results:
-                group = groups[i]
-                if isinstance(res, MsfError):  # no model, a bad setting: one clear error, not N failures
-                    raise res
-                if isinstance(res, BaseException):  # a crashed task fails its items, not the run
-                    res = TaskResult(failed=[(u, f"task failed: {describe_error(res)}", "task") for u in group])
-                index.commit([plan.entry(name, u, res.shard, row, checksum, size)  # type: ignore[arg-type]
-                              for u, row, checksum, size in res.done],
-                             [Failure(name, u, sp.fingerprints[u], err, time.time(), kind)
-                              for u, err, kind in res.failed])
-                fault_point("commit")
-                if res.shard:
-                    shards.add(res.shard)
-                    nbytes += sum(size for *_, size in res.done)
-                report.computed += len(res.done)
-                report.failed += len(res.failed)
-                bar.advance(task, len(group))
-        finally:
-            results.close()
-        if report.failed == 0 and report.computed + report.reused == len(sp.fingerprints):
-            index.record_completion(name, key, shards, len(sp.fingerprints), nbytes)
-        report.seconds = round(time.perf_counter() - t0, 3)
-        return report
+        if groups:
+            params = sp.params.model_dump(mode="json")
+            threads = 0 if self.config.scheduler else max(1, (os.cpu_count() or 1) // self.executor.workers)
+            # A task's items (each utterance's manifest row) are made as the executor takes the task
+            argsets = ((str(self.root), name, params, [self._task_item(plan, u, work.upstream[u]) for u in g],
+                        self.config.plugins, threads) for g in groups)
+            # two tasks per worker in flight: one running, one queued, and nothing more held anywhere
+            results = self.executor.run(run_task, argsets, window=2 * self.executor.workers)
+            try:
+                for i, res in results:
+                    group = groups[i]
+                    if isinstance(res, MsfError):  # no model, a bad setting: one clear error, not N failures
+                        raise res
+                    if isinstance(res, BaseException):  # a crashed task fails its items, not the run
+                        res = TaskResult(failed=[(u, f"task failed: {describe_error(res)}", "task") for u in group])
+                    index.commit([plan.entry(name, u, res.shard, row, checksum, size)  # type: ignore[arg-type]
+                                  for u, row, checksum, size in res.done],
+                                 [Failure(name, u, sp.fingerprints[u], err, time.time(), kind)
+                                  for u, err, kind in res.failed])
+                    fault_point("commit")
+                    if res.shard:
+                        tally.shards.add(res.shard)
+                        tally.nbytes += sum(size for *_, size in res.done)
+                    computed += len(res.done)
+                    failed += len(res.failed)
+                    bar.advance(task, len(group))
+            finally:
+                results.close()
+        report.computed += computed
+        report.failed += failed
+        tally.complete &= failed == 0 and computed + reused == len(sp.fingerprints)
+        report.seconds = round(report.seconds + time.perf_counter() - t0, 3)
 
     @staticmethod
     def _task_item(plan: Plan, uid: str, upstream: dict[str, tuple[str, int]]) -> TaskItem:

@@ -57,7 +57,7 @@ class TaskPlanner:
     def _by_length(self, utts: list[str]) -> list[list[str]]:
         if not utts:
             return []
-        sizes = self.store.index.file_sizes()
+        sizes = self.store.index.file_sizes(self.plan.sources[u].utt.audio for u in utts)
         ordered = sorted(utts, key=lambda u: sizes.get(self.plan.sources[u].utt.audio, 0))
         size = max(1, min(self.shard_size, -(-len(ordered) // self.workers)))
         return [ordered[i : i + size] for i in range(0, len(ordered), size)]
