@@ -11,10 +11,12 @@ Figures (each command a fresh process, wall time from process start to exit):
   peak RSS       the largest of the three processes                (target < 1 GB)
 
     python bench/scale.py [--n 100000] [--msp-n 300000] [--only msp] [--workers 2] [--out DIR]
-    python bench/scale.py --breakdown [--msp-n 100000]   # the driver's memory per step, per 100k utterances
+    python bench/scale.py --only msp --msp-n 300000 1000000   # does the driver's peak grow with the corpus?
+    python bench/scale.py --breakdown [--msp-n 100000]   # the driver's memory per step before any task
 
 Last stdout line: one JSON object (n, first_run_s, overhead_ms_per_entry, noop_rerun_s, status_s, peak_rss_mb,
-and msp300k_first_run_s, msp300k_noop_rerun_s, msp300k_status_s, msp300k_peak_rss_mb).
+and per MSP-shaped row msp300k_first_run_s, msp300k_noop_rerun_s, msp300k_status_s, msp300k_peak_rss_mb, ...;
+with two rows, msp1m_vs_msp300k_peak_rss: the last row's peak over the first's).
 """
 
 from __future__ import annotations
@@ -124,9 +126,10 @@ def measure(spec: str, cache: Path, last_stage: str, workers: int) -> dict[str, 
             "peak": max(first_rss, noop_rss, status_rss)}
 
 
-def driver_breakdown(msp: Path, n: int) -> dict[str, float]:
+def driver_breakdown(msp: Path) -> dict[str, float]:
     """Where the driver's memory goes before any task runs (a fresh process: `--breakdown`): MB of RSS
-    added by the parsed corpus, the content-hash pass and the plan of eight stages, per 100k utterances."""
+    after imports, then added by the first pass over the corpus (read, hashed and recorded a chunk at
+    a time) and by planning every chunk for eight stages (each plan dropped after its chunk)."""
     code = f"""
 import json, sys
 sys.path.insert(0, {str(HERE)!r})
@@ -134,22 +137,27 @@ def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
 from pathlib import Path
 import tempfile
+from rich.progress import Progress
 from msf.pipeline.config import MsfConfig
 from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.run.extraction import Extraction
 out = {{"imports": rss()}}
 ex = Extraction(MsfConfig(corpus="msp-podcast:{msp}", cache=Path(tempfile.mkdtemp()), plugins=["scale_stages"]),
                 executor=InProcessExecutor())
-steps = [("corpus", lambda: ex.corpus), ("hash pass", lambda: ex.sources), ("plan, 8 stages", lambda: ex.plan(["scale_g"]))]
-for name, step in steps:
-    before = rss()
-    step()
-    out[name] = rss() - before
+def plans():
+    for plan in ex._chunk_plans(["scale_g"]):
+        pass
+with Progress(disable=True) as bar:
+    steps = [("first pass", lambda: ex._take_in(bar)), ("chunk plans", plans)]
+    for name, step in steps:
+        before = rss()
+        step()
+        out[name] = rss() - before
 print(json.dumps(out))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    return {k: round(v * (100_000 / n if k != "imports" else 1), 1) for k, v in out.items()}
+    return {k: round(v, 1) for k, v in out.items()}
 
 
 def table(title: str, m: dict[str, float]) -> None:
@@ -166,20 +174,22 @@ def table(title: str, m: dict[str, float]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--msp-n", type=int, default=300_000)
+    ap.add_argument("--msp-n", type=int, nargs="+", default=[300_000],
+                    help="sizes of the MSP-Podcast-shaped rows; with two or more, the last's peak RSS over the first's")
     ap.add_argument("--only", choices=["msp"], help="run only the MSP-Podcast-shaped row")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, help="keep the corpora (and reuse them) here")
-    ap.add_argument("--breakdown", action="store_true", help="only: the driver's memory per step, per 100k "
-                    "utterances, on the MSP-Podcast-shaped corpus of --msp-n")
+    ap.add_argument("--breakdown", action="store_true", help="only: the driver's memory per step before any "
+                    "task, on the MSP-Podcast-shaped corpus of --msp-n")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-scale-"))
     res: dict = {"workers": args.workers}
     if args.breakdown:
-        per = driver_breakdown(build_msp(root / "msp", args.msp_n), args.msp_n)
-        print(f"driver RSS before any task, MB per 100k utterances ({args.msp_n:,} measured): "
+        n = args.msp_n[-1]
+        per = driver_breakdown(build_msp(root / f"msp{n}", n))
+        print(f"driver RSS before any task, MB added at {n:,} utterances: "
               + ", ".join(f"{k} {v:g}" for k, v in per.items() if k != "imports") + f"; imports {per['imports']:g} MB")
-        print(json.dumps({f"breakdown_{k.split(',')[0].replace(' ', '_')}_mb_per_100k": v for k, v in per.items()}))
+        print(json.dumps({f"breakdown_{k.replace(' ', '_')}_mb": v for k, v in per.items()}))
         return
     if not args.only:
         t0 = time.perf_counter()
@@ -192,16 +202,24 @@ def main() -> None:
                 "overhead_ms_per_entry": round(1000 * m["first_s"] / m["entries"], 4),
                 "noop_rerun_s": round(m["noop_s"], 3), "noop_recomputed": m["recomputed"],
                 "status_s": round(m["status_s"], 3), "peak_rss_mb": round(m["peak"])}
-    t0 = time.perf_counter()
-    msp = build_msp(root / "msp", args.msp_n)
-    print(f"MSP-Podcast-shaped corpus: {args.msp_n} utterances in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    m = measure(f"msp-podcast:{msp}", root / "cache-msp", "scale_g", args.workers)
-    key = f"msp{args.msp_n // 1_000_000}m" if args.msp_n % 1_000_000 == 0 else f"msp{args.msp_n // 1000}k"
-    table(f"{args.msp_n:,} utterances (MSP-Podcast layout, msp-podcast: reader) x {len(MSP_STAGES)} stages = "
-          f"{m['entries']:,} entries", m)
-    res |= {f"{key}_entries": m["entries"], f"{key}_first_run_s": round(m["first_s"], 2),
-            f"{key}_noop_rerun_s": round(m["noop_s"], 3), f"{key}_noop_recomputed": m["recomputed"],
-            f"{key}_status_s": round(m["status_s"], 3), f"{key}_peak_rss_mb": round(m["peak"])}
+    peaks = []
+    for n in args.msp_n:
+        t0 = time.perf_counter()
+        msp = build_msp(root / f"msp{n}", n)
+        print(f"MSP-Podcast-shaped corpus: {n} utterances in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        m = measure(f"msp-podcast:{msp}", root / f"cache-msp{n}", "scale_g", args.workers)
+        shutil.rmtree(root / f"cache-msp{n}", ignore_errors=True)
+        key = f"msp{n // 1_000_000}m" if n % 1_000_000 == 0 else f"msp{n // 1000}k"
+        table(f"{n:,} utterances (MSP-Podcast layout, msp-podcast: reader) x {len(MSP_STAGES)} stages = "
+              f"{m['entries']:,} entries", m)
+        res |= {f"{key}_entries": m["entries"], f"{key}_first_run_s": round(m["first_s"], 2),
+                f"{key}_noop_rerun_s": round(m["noop_s"], 3), f"{key}_noop_recomputed": m["recomputed"],
+                f"{key}_status_s": round(m["status_s"], 3), f"{key}_peak_rss_mb": round(m["peak"])}
+        peaks.append((key, n, m["peak"]))
+    if len(peaks) > 1:  # the driver streams: its peak should not grow with the corpus
+        (k0, n0, p0), (k1, n1, p1) = peaks[0], peaks[-1]
+        print(f"peak RSS at {n1:,} utterances / at {n0:,}: {p1 / p0:.2f}x for {n1 / n0:.2f}x the utterances")
+        res[f"{k1}_vs_{k0}_peak_rss"] = round(p1 / p0, 3)
     print(json.dumps(res))
 
 
