@@ -35,7 +35,7 @@ def _store(tmp_path: Path, n: int = 20) -> tuple[ShardStore, list[dict]]:
 
 
 def _read(store: ShardStore, utt: str, fp: str = "fp") -> dict:
-    return store.read(store.index.entry("feat", utt, fp))
+    return store.read(store.index.entries("feat", [(utt, fp)])[(utt, fp)])
 
 
 def test_round_trip_ragged_strings_scalars(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_round_trip_ragged_strings_scalars(tmp_path: Path) -> None:
         assert got["words"].tolist() == r["words"].tolist()
         assert got["duration"] == r["duration"] and got["n"] == i and got["flag"] is r["flag"]
         assert got["text"] == r["text"]
-        assert record_checksum(got) == store.index.entry("feat", f"u{i}", "fp").checksum
+        assert record_checksum(got) == store.index.entries("feat")[(f"u{i}", "fp")].checksum
     files = [p.name for p in (store.root / "feat").iterdir()]
     assert len(files) == 1 and files[0].startswith("shard-")  # no temporary file left behind
     size = (store.root / "feat" / files[0]).stat().st_size
