@@ -28,7 +28,8 @@ from acoustic import LARGE, save_model  # noqa: E402  (bench/acoustic.py)
 
 from msf.pipeline.config import MsfConfig  # noqa: E402
 from msf.pipeline.corpora.demo import build_demo_corpus  # noqa: E402
-from msf.pipeline.run.extraction import Extraction, human_bytes  # noqa: E402
+from msf.pipeline.run.costs import human_bytes  # noqa: E402
+from msf.pipeline.run.extraction import Extraction  # noqa: E402
 
 
 def long_manifest(corpus: Path, out: Path, hours: float) -> tuple[Path, int]:

@@ -68,13 +68,13 @@ def test_the_dry_run_predicts_the_real_run_and_writes_nothing(tmp_path: Path) ->
 
 
 def test_a_run_that_would_not_fit_stops_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from msf.pipeline.run import extraction
+    from msf.pipeline.run import costs
 
     corpus = write_manifest(tmp_path / "c", 6)
     cache = tmp_path / "cache"
     args = ("extract", "--corpus", str(corpus), "--cache", str(cache), "--set", 'plugins=["toy_stages"]',
             "--stage", "toy_energy", "--json")
-    monkeypatch.setattr(extraction, "free_bytes", lambda path: 1000)  # a nearly full disk
+    monkeypatch.setattr(costs, "free_bytes", lambda path: 1000)  # a nearly full disk
     code, _, err = cli(*args)
     assert code == 2 and "stage 'toy_energy' would write about" in err and "1.0 KB free" in err, err
     assert "--force" in err and "Traceback" not in err
@@ -83,7 +83,7 @@ def test_a_run_that_would_not_fit_stops_unless_forced(tmp_path: Path, monkeypatc
     assert last_json(out)["free_bytes"] == 1000 and last_json(out)["stages"]["toy_energy"]["bytes"] > 1000
     code, out, err = cli(*args, "--force")
     assert code == 0 and last_json(out)["stages"]["toy_energy"]["computed"] == 6, err
-    monkeypatch.setattr(extraction, "free_bytes", lambda path: os.statvfs(path).f_bavail)
+    monkeypatch.setattr(costs, "free_bytes", lambda path: os.statvfs(path).f_bavail)
     code, out, _ = cli(*args)  # nothing left to write: no check, no complaint
     assert code == 0 and last_json(out)["stages"]["toy_energy"]["computed"] == 0
 
