@@ -222,7 +222,7 @@ def extract(
 
 
 def _print_dry_run(ex: Any, stages: list[str], calibrate: int, as_json: bool) -> None:
-    from msf.pipeline.run.extraction import free_bytes, human_bytes
+    from msf.pipeline.run.costs import free_bytes, human_bytes
 
     from msf.pipeline.run.requirements import MissingRequirements
 
@@ -282,7 +282,7 @@ def status(
     Needs only the cache; --config/--set/--corpus compare it with other settings or a changed corpus."""
     from msf.pipeline.cache.index import root_causes
     from msf.pipeline.cache.view import open_view
-    from msf.pipeline.run.extraction import human_bytes
+    from msf.pipeline.run.costs import human_bytes
 
     with user_errors():
         view = open_view(cache, name, config, set_, corpus)
@@ -428,8 +428,8 @@ def cache_gc(cache: Path = typer.Option(..., metavar="DIR",
              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Remove the entries no named feature set references (earlier variants, dropped utterances) and the
     shard files left empty. Shows what it would remove unless --yes."""
-    from msf.pipeline.cache.view import collect_garbage, gc_plan
-    from msf.pipeline.run.extraction import human_bytes
+    from msf.pipeline.cache.gc import collect_garbage, gc_plan
+    from msf.pipeline.run.costs import human_bytes
 
     with _locked_store(cache) as store:
         plan = gc_plan(store)
@@ -662,16 +662,14 @@ def predict(
     """Valence, arousal and dominance for new audio, through the same stages as the run's features. Each
     file's prediction depends on that file alone (and the speaker and transcript given)."""
     from msf.trainer.ensemble import as_ensemble
-    from msf.trainer.predict import (parse_volatile, predict as run_predict, predict_cached, predict_cached_ensemble,
-                                     predict_ensemble)
+    from msf.trainer.predict import parse_volatile, predict as run_predict, predict_cached, predict_ensemble
 
     with user_errors():
         ensemble = as_ensemble(run) if len(run) > 1 or not (run[0] / "config.json").is_file() else None
         if features is not None:
             if inputs or split is None or out is None:
                 raise UsageError("--features predicts a split of a cache: give --split and --out, and no audio")
-            n = predict_cached_ensemble(ensemble, features, split, out, device) if ensemble else \
-                predict_cached(run[0], features, split, out, device=device)
+            n = predict_cached(ensemble or as_ensemble(run), features, split, out, device)
             ERR.print(f"{n} predictions of {split} -> {escape(str(out))}")
             return
         if not inputs:

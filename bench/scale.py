@@ -82,7 +82,8 @@ def build_msp(root: Path, n: int) -> Path:
     template = bytearray(buf.getvalue())
     body = len(template) - 1920 * 2  # the PCM data starts here
     splits = ("Train", "Train", "Train", "Development", "Test1", "Test2", "Test3")
-    with open(labels, "w", newline="") as f:
+    partial = labels.with_suffix(".partial")  # renamed when whole: an interrupted build is not reused
+    with open(partial, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"])
         for i in range(n):
@@ -94,6 +95,7 @@ def build_msp(root: Path, n: int) -> Path:
             w.writerow([f"{name}.wav", "N", "", "", "", "Unknown", "Unknown", split] if split == "Test3" else
                        [f"{name}.wav", "N", 4.0, 4.0, 4.0, "Unknown" if i % 3 == 0 else str(i % 1000),
                         ("Female", "Male")[i % 2], split])
+    partial.rename(labels)
     return root
 
 

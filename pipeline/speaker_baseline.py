@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from msf.pipeline.errors import UsageError
 
 # With fewer utterances a speaker's "usual" is mostly the utterance itself: with one, its pitch,
 # loudness and rate relative to the speaker are 0 by construction; with two, each is half the gap
@@ -143,6 +145,38 @@ class FrameStats:
 
     def finish(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {k: mean_sd(*a) for k, a in self._acc.items()}
+
+
+def frame_baselines(groups: Sequence[str], genders: Sequence[str], train: Sequence[bool],
+                    read: Callable[[list[int]], Sequence[np.ndarray]], run: "RunBaseline | None" = None,
+                    block: int = 64) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """The rule for frames (`--speaker-norm`): the statistics each utterance is standardised by, and its
+    key into them. A speaker group with a baseline of its own (`baseline_groups` over `groups`): the
+    mean and sd of each dimension over all its frames (no labels used, so test speakers are
+    standardised by their own audio, the usual practice in SER); every other utterance: its gender's
+    population, the training utterances' frames (`train`), or, given a trained `run`, that run's.
+    `read(indices)` gives the utterances' frames; only those the rule needs are read, `block` at a time."""
+    own = baseline_groups(groups)
+    acc = FrameStats()
+    needed = [i for i, g in enumerate(groups) if own[g] or (train[i] and run is None)]
+    for start in range(0, len(needed), block):
+        idx = needed[start : start + block]
+        for i, f in zip(idx, read(idx)):
+            if own[groups[i]]:
+                acc.add(groups[i], f)
+            if train[i] and run is None:
+                acc.add(population_key(ANY_GENDER), f)
+                if genders[i] != ANY_GENDER:
+                    acc.add(population_key(genders[i]), f)
+    stats = acc.finish()
+    if run is not None and not all(own[g] for g in groups):
+        if not run.frames:
+            raise UsageError("this run was trained before runs kept their population's frame statistics "
+                             "(baseline.npz); train it again to predict with --speaker-norm")
+        stats.update(run.frames)
+    keys = [g if own[g] else population_key(x if population_key(x) in stats else ANY_GENDER)
+            for g, x in zip(groups, genders)]
+    return stats, keys
 
 
 def population_key(gender: str) -> str:

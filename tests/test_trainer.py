@@ -512,7 +512,7 @@ def test_settings_come_from_presets_msf_toml_set_and_options(tmp_path: Path, mon
         train_settings(["hidden=3"])
     model = MsfSer(ModelConfig((8,), {"gs": 4}, ("audio", "gs"), text_targets=("valence", "arousal", "dominance"),
                                text_head=False))
-    assert model.moe.text_head is None and model.reads_text == [True, True, True]
+    assert model.moe.text_head is None and model.moe.reads_text == [True, True, True]
 
 
 def test_a_failed_text_stage_masks_a_source_and_a_lost_utterance_is_listed(demo_features: Path,

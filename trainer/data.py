@@ -20,7 +20,7 @@ from msf.pipeline.cache.view import NEW_UTTERANCE, NOT_EXTRACTED, CacheView
 from msf.pipeline.corpus import TARGETS, Utterance, load_corpus
 from msf.pipeline.errors import UsageError
 from msf.pipeline.quantized import decoded, is_quantized
-from msf.pipeline.speaker_baseline import (ANY_GENDER, FrameStats, PopulationBaseline, RunBaseline, baseline_groups,
+from msf.pipeline.speaker_baseline import (ANY_GENDER, PopulationBaseline, RunBaseline, frame_baselines,
                                            gender_of, measures, population_key, prosody_vector)
 
 # The one table from the model's sources to the cache's declared fields (`stage.field`); the first
@@ -215,22 +215,7 @@ class FeatureSet:
                 utts = refold(utts, fold, fold_dev)
             stages = list(dict.fromkeys(STAGE_OF[s] for s in sources))
             fresh = view.fresh(stages)
-            # the reasons (a pass over the index per stage) only for stages with something not fresh
-            why = {st: view.why_not_fresh(st) for st in stages if any(u.id not in fresh[st] for u in utts)}
-            failures = view.failures() if why else []
-            failed = {st: {f.utt for f in failures if f.stage == st} for st in why}
-            self.dropped: list[tuple[str, str, str]] = []  # (id, split, reason)
-            keep: list[Utterance] = []
-            for u in sorted(utts, key=lambda u: u.id):
-                reason = ("not in the label manifest" if u.id in unlabelled
-                          else "no labels" if u.labels is None and not predicting
-                          else "no split" if not u.split
-                          else next((_skip_reason(why[st][u.id], u.id in failed[st]) for st in stages
-                                     if u.id not in fresh[st] and (st == "acoustic" or u.id not in failed[st])), None))
-                if reason:
-                    self.dropped.append((u.id, u.split, reason))
-                else:
-                    keep.append(u)
+            keep = self._select(view, utts, stages, fresh, unlabelled, predicting)
             self.root, self.sources, self.name, self.layers = view.root, sources, name, layers
             # the settings the features were extracted with: `msf predict` runs new audio through them
             self.extraction = view.settings.model_dump_json(exclude={"cache"})
@@ -243,37 +228,11 @@ class FeatureSet:
                 (gender_of(u.extra), *measures(records["emphasis"][u.id]))
                 for u in keep if u.split == "train" and u.id in records["emphasis"]
             ) if "prosody" in sources else None
-            frames = view.column(SOURCE_FIELDS["audio"][0], ids, layers)
             self.crop = crop_frames(view, ids, max_seconds)
-            position = {u: k for k, u in enumerate(ids)}
             self.masked = {s: sum(u not in records[STAGE_OF[s]] for u in ids) for s in sources if s != "audio"}
-            self.splits: dict[str, Split] = {}
-            # train and dev, then every other labelled split the corpus names (test, MSP-Podcast's test2, ...)
-            for split in ["train", "dev", "test", *sorted({u.split for u in keep} - {"train", "dev", "test"})]:
-                us = [u for u in keep if u.split == split]
-                self.splits[split] = Split(
-                    ids=[u.id for u in us],
-                    labels=np.array([u.labels or (np.nan,) * len(TARGETS) for u in us],
-                                    np.float32).reshape(-1, len(TARGETS)),
-                    vectors={s: source_matrix(s, us, records[STAGE_OF[s]], self.population)
-                             for s in sources if s != "audio"},
-                    masks={s: np.array([source_present(s, records[STAGE_OF[s]].get(u.id)) for u in us], bool)
-                           for s in sources if s != "audio"},
-                    column=frames.subset([position[u.id] for u in us]),
-                    speakers=[u.group_key("speaker") for u in us],
-                    genders=[gender_of(u.extra) for u in us],
-                    speaker_ids=[u.speaker for u in us],
-                )
-        for split in () if predicting else ("train", "dev"):
-            if not self.splits[split].ids:
-                raise UsageError(f"no usable {split} utterances in feature set {name!r} of {cache} "
-                                 f"(dropped: {self.skipped or 'none'})")
-        if not predicting and len(self.splits["train"].ids) == 1:  # the CCC loss and BatchNorm: batch statistics
-            raise UsageError(f"one usable train utterance in feature set {name!r} of {cache}: training needs "
-                             f"at least two (dropped: {self.skipped or 'none'})")
-        some = next((s for s in self.splits.values() if s.ids), None)
-        if some is None:
-            raise UsageError(f"no usable utterances in feature set {name!r} of {cache} (dropped: {self.skipped})")
+            self.splits = self._splits(keep, records, view.column(SOURCE_FIELDS["audio"][0], ids, layers))
+        self._require_usable(predicting, name, cache)
+        some = next(s for s in self.splits.values() if s.ids)
         first = some.column.read([0])[0]
         self.frame_shape = first.shape[1:]
         self.vector_dims = {s: v.shape[1] for s, v in some.vectors.items()}
@@ -283,6 +242,60 @@ class FeatureSet:
             for s in self.splits.values():
                 s.frames = [f.astype(np.float32) for f in s.column.read(range(len(s.ids)))]  # cast once
         self.speaker_stats = self._speaker_stats(run_baseline) if speaker_norm else None
+
+    def _select(self, view: CacheView, utts: list[Utterance], stages: list[str], fresh: dict[str, dict],
+                unlabelled: set[str], predicting: bool) -> list[Utterance]:
+        """The utterances to use, by id; every other one in `dropped` with its reason. A text-side
+        stage that failed for an utterance masks its source; a missing acoustic entry drops it."""
+        # the reasons (a pass over the index per stage) only for stages with something not fresh
+        why = {st: view.why_not_fresh(st) for st in stages if any(u.id not in fresh[st] for u in utts)}
+        failures = view.failures() if why else []
+        failed = {st: {f.utt for f in failures if f.stage == st} for st in why}
+        self.dropped: list[tuple[str, str, str]] = []  # (id, split, reason)
+        keep: list[Utterance] = []
+        for u in sorted(utts, key=lambda u: u.id):
+            reason = ("not in the label manifest" if u.id in unlabelled
+                      else "no labels" if u.labels is None and not predicting
+                      else "no split" if not u.split
+                      else next((_skip_reason(why[st][u.id], u.id in failed[st]) for st in stages
+                                 if u.id not in fresh[st] and (st == "acoustic" or u.id not in failed[st])), None))
+            if reason:
+                self.dropped.append((u.id, u.split, reason))
+            else:
+                keep.append(u)
+        return keep
+
+    def _splits(self, keep: list[Utterance], records: dict[str, dict], frames: ArrayColumn) -> dict[str, "Split"]:
+        """train and dev, then every other labelled split the corpus names (test, MSP-Podcast's test2, ...)."""
+        position = {u.id: k for k, u in enumerate(keep)}
+        text = [s for s in self.sources if s != "audio"]
+        splits: dict[str, Split] = {}
+        for split in ["train", "dev", "test", *sorted({u.split for u in keep} - {"train", "dev", "test"})]:
+            us = [u for u in keep if u.split == split]
+            splits[split] = Split(
+                ids=[u.id for u in us],
+                labels=np.array([u.labels or (np.nan,) * len(TARGETS) for u in us],
+                                np.float32).reshape(-1, len(TARGETS)),
+                vectors={s: source_matrix(s, us, records[STAGE_OF[s]], self.population) for s in text},
+                masks={s: np.array([source_present(s, records[STAGE_OF[s]].get(u.id)) for u in us], bool)
+                       for s in text},
+                column=frames.subset([position[u.id] for u in us]),
+                speakers=[u.group_key("speaker") for u in us],
+                genders=[gender_of(u.extra) for u in us],
+                speaker_ids=[u.speaker for u in us],
+            )
+        return splits
+
+    def _require_usable(self, predicting: bool, name: str, cache: Path) -> None:
+        for split in () if predicting else ("train", "dev"):
+            if not self.splits[split].ids:
+                raise UsageError(f"no usable {split} utterances in feature set {name!r} of {cache} "
+                                 f"(dropped: {self.skipped or 'none'})")
+        if not predicting and len(self.splits["train"].ids) == 1:  # the CCC loss and BatchNorm: batch statistics
+            raise UsageError(f"one usable train utterance in feature set {name!r} of {cache}: training needs "
+                             f"at least two (dropped: {self.skipped or 'none'})")
+        if not any(s.ids for s in self.splits.values()):
+            raise UsageError(f"no usable utterances in feature set {name!r} of {cache} (dropped: {self.skipped})")
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -302,31 +315,28 @@ class FeatureSet:
         return out
 
     def _speaker_stats(self, run_baseline: RunBaseline | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per speaker group with a baseline of its own (pipeline/speaker_baseline.py), the mean and sd of
-        each acoustic dimension over all of the speaker's frames (no labels used, so test speakers are
-        standardised by their own audio, the usual practice in SER); per gender, the training split's
-        (the population, for every other utterance). Streamed caches are read once more for this."""
-        own = baseline_groups(spk for s in self.splits.values() for spk in s.speakers)  # type: ignore[union-attr]
-        acc = FrameStats()
-        for name, s in self.splits.items():
-            for k in range(0, len(s.ids), 64):
-                frames = s.frames[k : k + 64] if s.frames is not None else s.column.read(range(k, min(k + 64, len(s.ids))))
-                for spk, g, f in zip(s.speakers[k : k + 64], s.genders[k : k + 64], frames):  # type: ignore[index]
-                    if own[spk]:
-                        acc.add(spk, f)
-                    if name == "train" and run_baseline is None:
-                        acc.add(population_key(ANY_GENDER), f)
-                        if g != ANY_GENDER:
-                            acc.add(population_key(g), f)
-        stats = acc.finish()
-        if run_baseline is not None:  # predicting: the run's training population
-            if not run_baseline.frames:
-                raise UsageError("this run was trained before runs kept their population's frame statistics "
-                                 "(baseline.npz); train it again to predict with --speaker-norm")
-            stats.update(run_baseline.frames)
-        for s in self.splits.values():  # every utterance's key: its own group's, or its gender's population
-            s.speakers = [spk if own[spk] else population_key(g if population_key(g) in stats else ANY_GENDER)
-                          for spk, g in zip(s.speakers, s.genders)]  # type: ignore[arg-type]
+        """The frame statistics of `--speaker-norm` (pipeline/speaker_baseline.py, `frame_baselines`) over
+        every split; each split's `speakers` become its utterances' keys into them. Streamed caches are
+        read once more for this."""
+        splits = list(self.splits.values())
+        where = [(s, k) for s in splits for k in range(len(s.ids))]
+
+        def read(idx: list[int]) -> list[np.ndarray]:
+            out: dict[int, np.ndarray] = {}
+            for s in splits:  # each split's rows in one read
+                mine = [i for i in idx if where[i][0] is s]
+                if mine:
+                    ks = [where[i][1] for i in mine]
+                    out.update(zip(mine, [s.frames[k] for k in ks] if s.frames is not None else s.column.read(ks)))
+            return [out[i] for i in idx]
+
+        names = [name for name, s in self.splits.items() for _ in s.ids]
+        stats, keys = frame_baselines([g for s in splits for g in s.speakers],  # type: ignore[union-attr]
+                                      [g for s in splits for g in s.genders],  # type: ignore[union-attr]
+                                      [n == "train" for n in names], read, run_baseline)
+        start = 0
+        for s in splits:
+            s.speakers, start = keys[start : start + len(s.ids)], start + len(s.ids)
         return stats
 
     def baseline(self) -> RunBaseline:

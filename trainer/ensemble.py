@@ -106,19 +106,28 @@ def fold_members(runs: list[Path]) -> dict[int, list[Path]]:
 
 # -- predictions of the members on a cache ----------------------------------------------------
 def member_predictions(ensemble: Ensemble, features: Path, splits: list[str] | None, device: str,
-                       name: str | None = None, labels: str | None = None
+                       name: str | None = None, labels: str | None = None, required: bool = False
                        ) -> dict[str, "SplitPredictions"]:
     """Per split: the utterances every member scored, each member's predictions of them and the gold
-    labels (NaN where unlabelled). Each member reads its own sources, layers and fold from the cache."""
+    labels (NaN where unlabelled), and those of the split a member could not use (`dropped`, with the
+    reason). Each member reads its own sources, layers and fold from the cache. `required`: a split
+    of `splits` that a member has no usable utterance of is an error naming the splits it has."""
     from msf.pipeline.speaker_baseline import RunBaseline
     from msf.trainer.data import scored_splits
     from msf.trainer.train import load_run, predict_split, run_features
 
     per: list[dict[str, dict[str, tuple[np.ndarray, np.ndarray, str]]]] = []
+    dropped: dict[str, dict[str, str]] = {}
     for run in ensemble.members:
         model, cfg = load_run(run, device)
         data = run_features(cfg, features, name, labels, RunBaseline.load(run))
         wanted = [s for s in (splits or scored_splits(data.splits)) if s in data.splits and data.splits[s].ids]
+        if required and (absent := [s for s in splits or [] if s not in wanted]):
+            known = ", ".join(k for k, v in data.splits.items() if v.ids)
+            raise UsageError(f"no split {absent[0]!r} with usable utterances in {features}"
+                             + (f" for {run}" if len(ensemble.members) > 1 else "") + f"; its splits: {known}")
+        for uid, s, why in data.dropped:
+            dropped.setdefault(s, {}).setdefault(uid, why)
         rows = {}
         for s in wanted:
             pred, gold, _ = predict_split(model, data, s, device)
@@ -134,7 +143,7 @@ def member_predictions(ensemble: Ensemble, features: Path, splits: list[str] | N
             STDERR.print(f"[yellow]warning:[/] {lost} utterance(s) of {s} are scored by some members only; the "
                          "ensemble is scored on the ones every member has")
         out[s] = SplitPredictions(ids, [per[0][s][u][2] for u in ids], [np.array([r[s][u][0] for u in ids]) for r in per],
-                                  np.array([per[0][s][u][1] for u in ids]))
+                                  np.array([per[0][s][u][1] for u in ids]), dropped.get(s, {}))
     return out
 
 
@@ -144,6 +153,7 @@ class SplitPredictions:
     speakers: list[str]
     preds: list[np.ndarray]  # per member, N x targets
     gold: np.ndarray  # N x targets, NaN where unlabelled
+    dropped: dict[str, str] = field(default_factory=dict)  # utterance -> why a member could not use it
 
 
 def score_folds(folds: dict[int, Ensemble], features: Path, device: str, name: str | None = None,

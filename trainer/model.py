@@ -176,10 +176,6 @@ class MsfSer(nn.Module):
         self.fusion = GatedFiLM(h, len(self.text)) if self.text else None
         self.moe = MoEHead(cfg, self.text)
 
-    @property
-    def reads_text(self) -> list[bool]:
-        return self.moe.reads_text if hasattr(self, "moe") else []
-
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor, vectors: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Predictions B x 3 (V, A, D) and auxiliaries: gate weights, router probabilities. `masks`:

@@ -30,7 +30,7 @@ from msf.pipeline.errors import NotFound, UsageError
 from msf.pipeline.run.executors import InProcessExecutor
 from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.progress import STDERR
-from msf.pipeline.speaker_baseline import FrameStats, RunBaseline, baseline_groups, gender_of
+from msf.pipeline.speaker_baseline import RunBaseline, frame_baselines, gender_of
 from msf.trainer.data import (SOURCE_FIELDS, STAGE_OF, batch_groups, crop_frames, evaluation_windows, make_batch,
                               source_matrix, source_present)
 from msf.trainer.train import MAX_BATCH_FRAMES, host_casts, infer, load_run
@@ -225,41 +225,13 @@ def _population(baseline: RunBaseline, source: str) -> Any:
 
 
 def _frame_stats(column: ArrayColumn, utts: list[Utterance], baseline: RunBaseline) -> Callable[[Utterance], Any]:
-    """utterance -> (mean, sd) for --speaker-norm: a speaker the user named with enough files is
-    standardised by its own frames, every other file by the run's training population."""
-    keys = {u.id: u.group_key("speaker") for u in utts}
-    own = baseline_groups(keys.values())
-    acc = FrameStats()
-    for k, u in enumerate(utts):
-        if own[keys[u.id]]:
-            acc.add(keys[u.id], column.read([k])[0])
-    stats = acc.finish()
-    return lambda u: stats[keys[u.id]] if own[keys[u.id]] else baseline.frame_stats(gender_of(u.extra))
-
-
-def predict_cached(run: Path, features: Path, split: str, out: Path, name: str | None = None,
-                   device: str = "cpu") -> int:
-    """`msf predict --features CACHE --split S --out FILE`: the run's predictions for every utterance of
-    split S of a cache (labelled or not, e.g. MSP-Podcast's Test3), with gold labels where known, in the
-    run's prediction table; utterances without a speaker baseline against the run's training
-    population. Returns the number of rows written."""
-    from msf.trainer.train import predict_split, run_features, split_predictions, write_predictions
-
-    if out.suffix.lower() != ".csv":
-        raise UsageError(f"--out {out}: predictions are written as .csv")
-    model, cfg = load_run(run, device)
-    data = run_features(cfg, features, name, run_baseline=RunBaseline.load(run))
-    if split not in data.splits or not data.splits[split].ids:
-        known = ", ".join(k for k, s in data.splits.items() if s.ids)
-        raise UsageError(f"no split {split!r} with usable utterances in {features}; its splits: {known}")
-    pred, gold, _ = predict_split(model, data, split, device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, split_predictions(data, split, pred, gold))
-    lost = [d for d in data.dropped if d[1] == split]
-    if lost:
-        STDERR.print(f"{len(lost)} utterance(s) of {split} not predicted: " + ", ".join(
-            f"{uid} ({why})" for uid, _, why in lost[:5]) + (" ..." if len(lost) > 5 else ""))
-    return len(pred)
+    """utterance -> (mean, sd) for --speaker-norm (speaker_baseline.frame_baselines): a speaker the user
+    named with enough files is standardised by its own frames, every other file by the run's training
+    population."""
+    stats, keys = frame_baselines([u.group_key("speaker") for u in utts], [gender_of(u.extra) for u in utts],
+                                  [False] * len(utts), column.read, baseline)
+    by_id = {u.id: stats[k] for u, k in zip(utts, keys)}
+    return lambda u: by_id[u.id]
 
 
 def predict_ensemble(inputs: list[Path], ensemble: "Ensemble", transcript: str | None = None, device: str = "cpu",
@@ -295,18 +267,22 @@ def predict_ensemble(inputs: list[Path], ensemble: "Ensemble", transcript: str |
     return rows
 
 
-def predict_cached_ensemble(ensemble: "Ensemble", features: Path, split: str, out: Path, device: str = "cpu") -> int:
-    """`msf predict --features CACHE --split S --out FILE` with several runs: their combined predictions of
-    every utterance of split S every member has, in the one prediction table."""
+def predict_cached(ensemble: "Ensemble", features: Path, split: str, out: Path, device: str = "cpu") -> int:
+    """`msf predict --features CACHE --split S --out FILE`: a run's predictions (a run is an ensemble of
+    one) or several runs' combined, for every utterance of split S of a cache that every member has
+    (labelled or not, e.g. MSP-Podcast's Test3), with gold labels where known, in the one prediction
+    table; utterances without a speaker baseline against each run's training population. Returns the
+    number of rows written."""
     from msf.trainer.ensemble import member_predictions
     from msf.trainer.train import write_predictions
 
     if out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: predictions are written as .csv")
-    rows = member_predictions(ensemble, features, [split], device)
-    if split not in rows:
-        raise UsageError(f"no split {split!r} with usable utterances in {features} for every member")
-    r = rows[split]
+    r = member_predictions(ensemble, features, [split], device, required=True)[split]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, list(zip(r.ids, r.speakers, [split] * len(r.ids), ensemble.combine(r.preds), r.gold)))
+    if r.dropped:
+        lost = list(r.dropped.items())
+        STDERR.print(f"{len(lost)} utterance(s) of {split} not predicted: " + ", ".join(
+            f"{uid} ({why})" for uid, why in lost[:5]) + (" ..." if len(lost) > 5 else ""))
     return len(r.ids)
