@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from msf.trainer.bootstrap import COLUMNS, interval, paired, resample_index, resampled, stacked_predictions
+from msf.trainer.bootstrap import interval, paired, resample_index, resampled, stacked_predictions
+from msf.trainer.model import CCC_COLUMNS
 from msf.trainer.ensemble import Ensemble, fit_weights
 from msf.trainer.model import ccc_scores as observed
 
@@ -41,7 +42,7 @@ def figures(ablation: Path, variants: tuple[str, ...] = ("audio", "full"), split
     for v in variants:
         mine = preds[[k for k, o in enumerate(owner) if o == v]]
         rows[f"{v} mean of seeds"] = {c: round(float(np.mean([rows[f"{v} seed {r.name.split('-')[1]}"][c]
-                                                              for r in seeds[v]])), 4) for c in COLUMNS}
+                                                              for r in seeds[v]])), 4) for c in CCC_COLUMNS}
         rows[f"{v} mean of seeds"]["ci95"] = interval(resampled(mine, gold, index))
         members = [f"{v} seed {r.name.split('-')[1]}" for r in seeds[v]]
         _ensemble(rows, stats, f"{v} seed ensemble", mine.mean(0), gold, index, members)

@@ -160,3 +160,40 @@ def test_chunks_end_where_a_speaker_ends(one_and_chunked: tuple[Path, Path, Path
         assert len(c) <= 4 or {speaker[u] for u in c} == {"spk_big"}  # a speaker larger than a chunk: whole
     for s in set(SPEAKERS) - {"Unknown"}:
         assert sum(any(speaker[u] == s for u in c) for c in chunks) == 1, s
+
+
+def test_status_counted_a_chunk_at_a_time_equals_status_planned_whole(one_and_chunked: tuple[Path, Path, Path]
+                                                                       ) -> None:
+    manifest, _, chunked = one_and_chunked
+    n = len(SPEAKERS)
+
+    def status(chunk: int) -> dict:
+        # another gain: no completion marker matches, so status plans (the set's members, chunk by chunk)
+        cfg = load_config(None, ["toy_energy.gain=0.5"], corpus=str(manifest), cache=chunked, plugins=["toy_stages"],
+                          chunk_size=chunk)
+        with CacheView(chunked, "default", config=cfg) as view:
+            return view.status(why=True)
+
+    whole, in_chunks = status(1000), status(4)
+    assert in_chunks == whole
+    assert whole["audio"]["fresh"] == n and whole["toy_energy"]["stale"] == whole["toy_speaker_relative"]["stale"] == n
+    assert whole["toy_energy"]["why"] == {"toy_energy.gain: 1.0 -> 0.5": n}
+
+
+def test_failures_found_a_chunk_at_a_time_equal_those_of_the_whole_plan(tmp_path: Path) -> None:
+    manifest = corpus(tmp_path / "c", [(f"u{i:02d}", f"spk{i % 3}") for i in range(9)])
+    (tmp_path / "c" / "wavs" / "u05.wav").write_text("this is not audio")
+    cfg = load_config(None, [], corpus=str(manifest), cache=tmp_path / "cache", plugins=["toy_stages"], chunk_size=3)
+    ex = Extraction(cfg)
+    try:
+        assert ex.run(STAGES, progress=False)["audio"].failed == 1
+    finally:
+        ex.close()
+
+    def failures(chunk: int) -> list[tuple[str, str, str, str]]:
+        with CacheView(tmp_path / "cache", "default", config=cfg.model_copy(update={"chunk_size": chunk})) as view:
+            return [(f.stage, f.utt, f.kind, f.cause) for f in view.failures()]
+
+    assert failures(3) == failures(1000) == [("audio", "u05", "bad input", ""),
+                                             ("toy_energy", "u05", "upstream", "audio"),
+                                             ("toy_speaker_relative", "u05", "upstream", "audio")]

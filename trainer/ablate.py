@@ -22,7 +22,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "full": ("audio,gs,les,es", "fm-moe"),
     "concat": ("audio,gs,les,es", "concat"),
 }
-COLUMNS = CCC_COLUMNS
 
 
 def ablate(features: Path, out: Path, seeds: int = 3, seed: int = 0, progress: bool = True,
@@ -113,8 +112,8 @@ def tables(results: dict[str, dict[str, Any]]) -> str:
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean CCC over training seeds per column, and each seed's."""
     out: dict[str, Any] = {c: None if any(r[c] is None for r in runs)  # too few utterances: not defined
-                           else round(float(sum(r[c] for r in runs) / len(runs)), 4) for c in COLUMNS}
-    out["runs"] = [{c: r[c] for c in COLUMNS} for r in runs]
+                           else round(float(sum(r[c] for r in runs) / len(runs)), 4) for c in CCC_COLUMNS}
+    out["runs"] = [{c: r[c] for c in CCC_COLUMNS} for r in runs]
     return out
 
 
@@ -133,7 +132,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     head += " seed ensemble, 95% CI |" if ensemble else ""
     lines = [head, rule + "---|" * (spread + 2 * boot + ensemble)]
     for k, v in results.items():
-        row = f"| {k} | " + " | ".join("n/a" if v[c] is None else f"{v[c]:.3f}" for c in COLUMNS) + " |"
+        row = f"| {k} | " + " | ".join("n/a" if v[c] is None else f"{v[c]:.3f}" for c in CCC_COLUMNS) + " |"
         if spread and v["ccc_mean"] is None:
             row += " n/a |"
         elif spread:

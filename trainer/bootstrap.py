@@ -19,7 +19,6 @@ from msf.trainer.model import CCC_COLUMNS
 from msf.trainer.train import read_predictions
 
 RESAMPLES = 1000
-COLUMNS = CCC_COLUMNS
 
 
 def stacked_predictions(runs: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +56,7 @@ def seed_ensemble(preds: np.ndarray, gold: np.ndarray, index: np.ndarray) -> dic
     column, with its bootstrap 95 % interval on the same resamples as the mean of seeds."""
     averaged = preds.mean(0, keepdims=True)  # 1 x N x 3
     c = _ccc(averaged[0], gold)
-    out: dict[str, Any] = {col: round(float(v), 4) for col, v in zip(COLUMNS, [*c, c.mean()])}
+    out: dict[str, Any] = {col: round(float(v), 4) for col, v in zip(CCC_COLUMNS, [*c, c.mean()])}
     out["ci95"] = interval(resampled(averaged, gold, index))
     return out
 
@@ -69,7 +68,7 @@ def resample_index(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndar
 def interval(stats: np.ndarray) -> dict[str, list[float]]:
     """The 2.5th and 97.5th percentiles of each column."""
     lo, hi = np.percentile(stats, [2.5, 97.5], axis=0)
-    return {c: [round(float(a), 4), round(float(b), 4)] for c, a, b in zip(COLUMNS, lo, hi)}
+    return {c: [round(float(a), 4), round(float(b), 4)] for c, a, b in zip(CCC_COLUMNS, lo, hi)}
 
 
 def paired(a: np.ndarray, b: np.ndarray, observed_a: dict[str, float], observed_b: dict[str, float]
@@ -77,7 +76,7 @@ def paired(a: np.ndarray, b: np.ndarray, observed_a: dict[str, float], observed_
     """Per column: the observed difference a - b and its two-sided paired bootstrap p-value."""
     d = a - b
     out = {}
-    for j, c in enumerate(COLUMNS):
+    for j, c in enumerate(CCC_COLUMNS):
         p = min(1.0, 2 * min(float((d[:, j] <= 0).mean()), float((d[:, j] >= 0).mean())))
         out[c] = {"delta": round(observed_a[c] - observed_b[c], 4), "p": round(p, 4)}
     return out

@@ -12,7 +12,8 @@ from msf.pipeline.config import MsfConfig
 from msf.pipeline.corpora.demo import build_demo_corpus, read_truth, score_against_truth
 from msf.pipeline.run.extraction import Extraction
 from msf.pipeline.progress import STDERR
-from msf.trainer.ablate import COLUMNS, ablate, table
+from msf.trainer.ablate import ablate, table
+from msf.trainer.model import CCC_COLUMNS
 
 STAGES = ["acoustic", "global", "local", "extended"]  # and everything upstream of them
 
@@ -115,15 +116,15 @@ def plot_ablation(results: dict[str, dict], path: Path) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    x = np.arange(len(COLUMNS))
+    x = np.arange(len(CCC_COLUMNS))
     w = 0.8 / len(results)
     for i, (name, r) in enumerate(results.items()):
-        heights = [r[c] for c in COLUMNS]
+        heights = [r[c] for c in CCC_COLUMNS]
         ci = r.get("ci95")  # the bootstrap 95 % interval (trainer/bootstrap.py) as an error bar
-        err = np.array([[h - ci[c][0] for h, c in zip(heights, COLUMNS)],
-                        [ci[c][1] - h for h, c in zip(heights, COLUMNS)]]).clip(0) if ci else None
+        err = np.array([[h - ci[c][0] for h, c in zip(heights, CCC_COLUMNS)],
+                        [ci[c][1] - h for h, c in zip(heights, CCC_COLUMNS)]]).clip(0) if ci else None
         ax.bar(x + i * w, heights, w, label=name, yerr=err, capsize=2, error_kw={"lw": 0.8})
-    ax.set_xticks(x + 0.4 - w / 2, [c.replace("ccc_", "") for c in COLUMNS])
+    ax.set_xticks(x + 0.4 - w / 2, [c.replace("ccc_", "") for c in CCC_COLUMNS])
     ax.set_ylabel("test CCC")
     ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()

@@ -17,7 +17,6 @@ from msf.pipeline.errors import UsageError
 from msf.trainer.model import CCC_COLUMNS, ccc_scores
 from msf.trainer.train import read_predictions
 
-COLUMNS = CCC_COLUMNS
 
 
 def parse_folds(spec: str) -> list[int]:
@@ -68,9 +67,9 @@ def pooled(prediction_files: list[Path], split: str = "test") -> dict[str, float
 
 def spread(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Mean and sample standard deviation over folds of each CCC column."""
-    return {"mean": {c: round(statistics.fmean(f[c] for f in per_fold), 4) for c in COLUMNS},
+    return {"mean": {c: round(statistics.fmean(f[c] for f in per_fold), 4) for c in CCC_COLUMNS},
             "sd": {c: round(statistics.stdev(f[c] for f in per_fold), 4) if len(per_fold) > 1 else 0.0
-                   for c in COLUMNS}}
+                   for c in CCC_COLUMNS}}
 
 
 def train_folds(folds: list[int], out: Path, run_fold: Callable[[int, Path], dict[str, Any]]) -> dict[str, Any]:
@@ -90,11 +89,11 @@ def ablate_folds(folds: list[int], out: Path, run_fold: Callable[[int, Path], di
     variants = list(next(iter(results.values())))
     summary: dict[str, Any] = {}
     for v in variants:
-        per_fold = [{c: results[k][v][c] for c in COLUMNS} for k in folds]
+        per_fold = [{c: results[k][v][c] for c in CCC_COLUMNS} for k in folds]
         seeds = sorted({p.parent.name for k in folds for p in (out / f"fold-{k}" / v).glob("seed-*/predictions.csv")})
         pooled_by_seed = [pooled([out / f"fold-{k}" / v / s / "predictions.csv" for k in folds]) for s in seeds]
         summary[v] = {**spread(per_fold), "folds": dict(zip(folds, per_fold)),
-                      "pooled": {c: round(float(np.mean([p[c] for p in pooled_by_seed])), 4) for c in COLUMNS}
+                      "pooled": {c: round(float(np.mean([p[c] for p in pooled_by_seed])), 4) for c in CCC_COLUMNS}
                       | {"n": pooled_by_seed[0]["n"] if pooled_by_seed else 0}}
     (out / "folds.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -102,9 +101,9 @@ def ablate_folds(folds: list[int], out: Path, run_fold: Callable[[int, Path], di
 
 def folds_table(summary: dict[str, Any]) -> str:
     """Per variant: mean +- sd over folds and the pooled CCC, per dimension (markdown)."""
-    head = "| variant | " + " | ".join(c.removeprefix("ccc_") for c in COLUMNS) + " | pooled mean | folds |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    head = "| variant | " + " | ".join(c.removeprefix("ccc_") for c in CCC_COLUMNS) + " | pooled mean | folds |"
+    lines = [head, "|" + "---|" * (len(CCC_COLUMNS) + 3)]
     for v, s in summary.items():
-        cells = [f"{s['mean'][c]:.3f} ± {s['sd'][c]:.3f}" for c in COLUMNS]
+        cells = [f"{s['mean'][c]:.3f} ± {s['sd'][c]:.3f}" for c in CCC_COLUMNS]
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {s['pooled']['ccc_mean']:.3f} | {len(s['folds'])} |")
     return "\n".join(lines) + "\n"

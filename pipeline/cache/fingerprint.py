@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from msf.pipeline.corpus import canonical_json  # noqa: F401 - fingerprints' serialiser, re-exported
 from msf.pipeline.stage import Stage, StageParams

@@ -274,16 +274,27 @@ def stage_state(index: CacheIndex, shards: set[str], sp: StagePlan) -> StageStat
     return state
 
 
-def status_of(plan: Plan, store: ShardStore, why: bool = False) -> dict[str, dict[str, Any]]:
+def status_of(plans: Iterable[Plan], store: ShardStore, why: bool = False) -> dict[str, dict[str, Any]]:
     """Per stage: total, fresh, stale, missing, failed; `bytes` of the fresh entries and `bytes_all` of
-    every variant the cache keeps; with `why`, the stale, missing and failed entries grouped by reason."""
+    every variant the cache keeps; with `why`, the stale, missing and failed entries grouped by reason.
+    Summed over `plans`: one plan of the whole set, or a chunk's at a time (each chunk's index reads
+    scoped to it while it is counted)."""
     stored_bytes = store.index.bytes_by_stage()
     out: dict[str, dict[str, Any]] = {}
-    for name in plan.order:
-        state = stage_state(store.index, store.shard_names(name), plan[name])
-        out[name] = {**state.counts(), "bytes": state.fresh_bytes, "bytes_all": stored_bytes.get(name, 0)}
-        if why:
-            out[name]["why"] = {r: len(u) for r, u in reasons(plan, store.index, name, state).items()}
+    for plan in plans:
+        for name in plan.order:
+            state = stage_state(store.index, store.shard_names(name), plan[name])
+            row = out.setdefault(name, {"total": 0, "fresh": 0, "stale": 0, "missing": 0, "failed": 0, "bytes": 0,
+                                        "bytes_all": stored_bytes.get(name, 0), **({"why": {}} if why else {})})
+            for k, v in state.counts().items():
+                row[k] += v
+            row["bytes"] += state.fresh_bytes
+            if why:
+                for r, u in reasons(plan, store.index, name, state).items():
+                    row["why"][r] = row["why"].get(r, 0) + len(u)
+    if why:  # the commonest reason first, as `reasons` orders them
+        for row in out.values():
+            row["why"] = dict(sorted(row["why"].items(), key=lambda kv: -kv[1]))
     return out
 
 

@@ -12,18 +12,18 @@ import json
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from msf.pipeline.cache.index import CacheIndex, Entry, Failure, index_path
 from msf.pipeline.cache.planning import (NEW_UTTERANCE, NOT_EXTRACTED, Plan, Source, StageState,  # noqa: F401
-                                         complete_markers, reasons, rows_digest, sources_from_cache,
+                                         complete_markers, reasons, rows_digest, run_chunks, sources_from_cache,
                                          sources_from_corpus, stage_keys, stage_state, status_of)
 from msf.pipeline.cache.read_api import ReadApi
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, CorpusProblem, Utterance, corpus_source
 from msf.pipeline.errors import NotFound
-from msf.pipeline.stage import Record, load_plugins
+from msf.pipeline.stage import Record, load_plugins, stage_class
 
 
 def require_cache(cache: Path) -> None:
@@ -177,22 +177,44 @@ class CacheView(ReadApi):
     def plan(self) -> Plan:
         return Plan(self.sources, self.config.params_for, self.record.stages)
 
+    def _plans(self) -> Iterable[Plan]:
+        """The set's plan whole when it is made already (or the corpus was given now), else by chunks."""
+        return [self.plan] if self.corpus is not None or "plan" in self.__dict__ else self._chunk_plans()
+
+    def _chunk_plans(self) -> Iterator[Plan]:
+        """The set's recorded members planned `chunk_size` at a time, in chunks of whole groups (as a run
+        plans them), the index's per-stage reads scoped to each chunk while it is used."""
+        index = self.store.index
+        index.members_from_set(self.name)
+        groups = {stage_class(n).group_by for n in self.record.stages} - {None}
+        size = self.config.chunk_size if len(groups) <= 1 else max(1, index.run_member_count())
+        for chunk in run_chunks(index, size, next(iter(groups), None)):
+            plan = Plan(chunk, self.config.params_for, self.record.stages)
+            with index.scope(plan.sources):
+                yield plan
+
     def state(self, stage: str) -> StageState:
         self._require_stage(stage)
         return stage_state(self.store.index, self.store.shard_names(stage), self.plan[stage])
 
     def status(self, why: bool = False) -> dict[str, dict[str, Any]]:
         complete = self._complete()
-        if complete is None:
-            return status_of(self.plan, self.store, why)
+        if complete is None:  # counted a chunk at a time: a set of a million is never planned whole
+            return status_of(self._plans(), self.store, why)
         stored = self.store.index.bytes_by_stage()
         return {name: {"total": n, "fresh": n, "stale": 0, "missing": 0, "failed": 0, "bytes": nbytes,
                        "bytes_all": stored.get(name, 0), **({"why": {}} if why else {})}
                 for name, (_, n, nbytes) in complete.items()}
 
     def failures(self) -> list[Failure]:
-        """The recorded failures of this set's current fingerprints, stage by stage."""
-        return [f for stage in self.stages for f in self.state(stage).failed.values()]
+        """The recorded failures of this set's current fingerprints, stage by stage (found a chunk at a
+        time, unless the set's whole plan is made already)."""
+        found: dict[str, list[Failure]] = {stage: [] for stage in self.stages}
+        for plan in self._plans():
+            for stage in self.stages:
+                state = stage_state(self.store.index, self.store.shard_names(stage), plan[stage])
+                found[stage] += state.failed.values()
+        return [f for stage in self.stages for f in found[stage]]
 
     def fresh(self, stages: list[str]) -> dict[str, dict[str, Entry]]:
         """Per stage, the fresh entry of each utterance that has one: found once per view and stage (a

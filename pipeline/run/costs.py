@@ -94,9 +94,9 @@ class RunCosts:
         return requirements(self.config, stages)
 
     def _calibration_extraction(self, root: Path, corpus: Corpus, executor: Executor) -> "Extraction":
-        return type(self)(self.config.model_copy(update={"cache": root, "name": "calibration", "shard_size": 1,  # type: ignore[call-arg]
-                                                         "workers": 1, "scheduler": None}),
-                          corpus=corpus, executor=executor)
+        settings = self.config.model_copy(update={"cache": root, "name": "calibration", "shard_size": 1, "workers": 1,
+                                                  "scheduler": None})
+        return type(self)(settings, corpus=corpus, executor=executor)  # type: ignore[call-arg]
 
     def _check_free_space(self, stages: list[str]) -> None:
         """Stop before a run whose declared output would not fit on the cache's filesystem (a pass over

@@ -51,9 +51,6 @@ class Failure:
         """The stage where this failure began."""
         return self.cause or self.stage
 
-    def message(self) -> str:
-        return f"upstream stage {self.cause!r} failed: {self.error}" if self.kind == "upstream" else self.error
-
     @classmethod
     def from_row(cls, row: tuple) -> "Failure":
         """A row of any schema: before schema 5 a failure had no kind, and one blocked upstream was a
