@@ -15,6 +15,7 @@ from __future__ import annotations
 from msf.pipeline.cache.index.corpus_records import CorpusRecords
 from msf.pipeline.cache.index.entries import EntryTables
 from msf.pipeline.cache.index.file_hashes import FileHashes
+from msf.pipeline.cache.index.run_members import RunMembers
 from msf.pipeline.cache.index.records import Entry, FeatureSetRecord, Failure, RecordedUtterance, root_causes
 from msf.pipeline.cache.index.schema import (ENTRY_COLUMNS, FAILURE_COLUMNS, INDEX_FILE, READS, SCHEMA_VERSION,
                                              IndexConnection, index_path)
@@ -23,7 +24,7 @@ __all__ = ["CacheIndex", "Entry", "FeatureSetRecord", "Failure", "RecordedUttera
            "READS", "SCHEMA_VERSION", "ENTRY_COLUMNS", "FAILURE_COLUMNS", "index_path"]
 
 
-class CacheIndex(EntryTables, CorpusRecords, FileHashes, IndexConnection):
+class CacheIndex(EntryTables, CorpusRecords, RunMembers, FileHashes, IndexConnection):
     """The index of one cache: one SQLite connection (schema.py) and what it keeps, each part in a
     module of its own: entries, failures and completion markers (entries.py), the utterances and
-    feature sets (corpus_records.py), file hashes (file_hashes.py)."""
+    feature sets (corpus_records.py), the run in progress (run_members.py), file hashes (file_hashes.py)."""

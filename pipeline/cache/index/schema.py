@@ -3,12 +3,13 @@ of the index shares (transactions, meta, whether anything is recorded yet)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from msf.pipeline.cache.index.records import Failure
+from msf.pipeline.cache.index.records import Failure, RecordedUtterance
 from msf.pipeline.config import ConfigError
 from msf.pipeline.corpus import Utterance
 from msf.pipeline.errors import CacheDamaged
@@ -170,6 +171,12 @@ class IndexConnection:
         self.db.execute("COMMIT")
 
     # -- meta ------------------------------------------------------------------------------
+    def _recorded(self, r: tuple[Any, ...]) -> RecordedUtterance:
+        if self._fixed_labels:  # read-only over a schema 2/3 index: converted as read
+            r = _named_targets(r)
+        return RecordedUtterance(Utterance.from_row(r), r[7], json.loads(r[8]) if r[8] != "{}" else {})
+
+
     def get_meta(self, key: str) -> str | None:
         r = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return r[0] if r else None
