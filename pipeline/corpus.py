@@ -107,6 +107,11 @@ class CorpusProblem:
     def __str__(self) -> str:
         return f"{self.where}: {self.message}" + ("" if self.dropped else " (kept)")
 
+    @classmethod
+    def missing_audio(cls, where: str, audio: str) -> "CorpusProblem":
+        # Kept on purpose: the `audio` stage records the failure, so it shows in `msf status --failed`.
+        return cls(where, f"audio file not found: {audio}", dropped=False)
+
 
 @dataclass
 class Corpus:
@@ -122,7 +127,7 @@ class Corpus:
         utterance id: a rerun that takes the corpus from the cache's records says it the same way."""
         for u in self.utterances:
             if audio_hashes.get(u.audio) == "missing":
-                self.problems.append(CorpusProblem(u.id, f"audio file not found: {u.audio}", dropped=False))
+                self.problems.append(CorpusProblem.missing_audio(u.id, u.audio))
 
 
 @dataclass
@@ -272,8 +277,7 @@ class CorpusBuilder:
         return values
 
     def missing_audio(self, where: str, audio: str) -> None:
-        # Kept on purpose: the `audio` stage records the failure, so it shows in `msf status --failed`.
-        self.problem(where, f"audio file not found: {audio}", dropped=False)
+        self.problems.append(CorpusProblem.missing_audio(where, audio))
 
     def build(self, name: str, spec: str) -> Corpus:
         """The corpus; when streaming, its utterances have gone to the stream and it holds none."""

@@ -90,6 +90,20 @@ def run_chunks(index: CacheIndex, size: int, group_by: str | None) -> Iterator[l
             pending = pending[cut:]
 
 
+def chunk_plans(index: CacheIndex, params_of: Callable[[type[Stage]], StageParams], stages: list[str],
+                size: int) -> Iterator[Plan]:
+    """The run's members (`run_chunks`) planned for `stages` a chunk at a time, whole groups of the
+    stages' group field in a chunk (every member in one, when two stages group by different fields),
+    the index's per-stage reads scoped to each chunk while it is used: the driver's and the view's."""
+    groups = {stage_class(n).group_by for n in stage_order(stages)} - {None}
+    if len(groups) > 1:
+        size = max(1, index.run_member_count())
+    for chunk in run_chunks(index, size, next(iter(groups), None)):
+        plan = Plan(chunk, params_of, stages)
+        with index.scope(plan.sources):
+            yield plan
+
+
 def _chunk_end(pending: list[Source], size: int, group_by: str | None, more: bool) -> int | None:
     """Where the next chunk of `pending` ends: at the last group's end within `size`, else at the end of
     the first group (larger than `size`); None when that group may go on (`more` rows to read)."""

@@ -16,14 +16,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from msf.pipeline.cache.index import CacheIndex, Entry, Failure, index_path
 from msf.pipeline.cache.planning import (NEW_UTTERANCE, NOT_EXTRACTED, Plan, Source, StageState,  # noqa: F401
-                                         complete_markers, reasons, rows_digest, run_chunks, sources_from_cache,
+                                         chunk_plans, complete_markers, reasons, rows_digest, sources_from_cache,
                                          sources_from_corpus, stage_keys, stage_state, status_of)
 from msf.pipeline.cache.read_api import ReadApi
 from msf.pipeline.cache.shard_store import ShardStore
 from msf.pipeline.config import ConfigError, MsfConfig
 from msf.pipeline.corpus import Corpus, CorpusProblem, Utterance, corpus_source
 from msf.pipeline.errors import NotFound
-from msf.pipeline.stage import Record, load_plugins, stage_class
+from msf.pipeline.stage import Record, load_plugins
 
 
 def require_cache(cache: Path) -> None:
@@ -184,14 +184,8 @@ class CacheView(ReadApi):
     def _chunk_plans(self) -> Iterator[Plan]:
         """The set's recorded members planned `chunk_size` at a time, in chunks of whole groups (as a run
         plans them), the index's per-stage reads scoped to each chunk while it is used."""
-        index = self.store.index
-        index.members_from_set(self.name)
-        groups = {stage_class(n).group_by for n in self.record.stages} - {None}
-        size = self.config.chunk_size if len(groups) <= 1 else max(1, index.run_member_count())
-        for chunk in run_chunks(index, size, next(iter(groups), None)):
-            plan = Plan(chunk, self.config.params_for, self.record.stages)
-            with index.scope(plan.sources):
-                yield plan
+        self.store.index.members_from_set(self.name)
+        return chunk_plans(self.store.index, self.config.params_for, self.record.stages, self.config.chunk_size)
 
     def state(self, stage: str) -> StageState:
         self._require_stage(stage)

@@ -26,7 +26,7 @@ from msf.pipeline.run.executors import DaskExecutor, Executor
 from msf.pipeline.faults import fault_point
 from msf.pipeline.cache.lock import CacheLock
 from msf.pipeline.cache.fingerprint import params_digest
-from msf.pipeline.cache.planning import (Plan, RowsDigest, Source, complete_markers, rows_digest, run_chunks,
+from msf.pipeline.cache.planning import (Plan, RowsDigest, Source, chunk_plans, complete_markers, rows_digest,
                                          sources_from_corpus, stage_keys, stage_state)
 from msf.pipeline.progress import progress_bar
 from msf.pipeline.run.requirements import require_all
@@ -246,14 +246,13 @@ class Extraction(RunCosts):
         and digested (`rows_digest`), its id kept by SQLite as one of the run's members (a duplicate of
         an earlier chunk is refused there). The driver never holds the corpus whole."""
         index = self.store.index
-        index.start_members()
         rows = RowsDigest()
         task = bar.add_task("hashing", total=None)
         missing: list[str] = []
 
         def take(utts: list[Utterance]) -> None:
             sources = sources_from_corpus(utts, index, lambda n: bar.advance(task, n))
-            missing.extend(str(CorpusProblem(s.utt.id, f"audio file not found: {s.utt.audio}", dropped=False))
+            missing.extend(str(CorpusProblem.missing_audio(s.utt.id, s.utt.audio))
                            for s in sources if s.audio_hash == "missing")
             index.record_utterances(s.record() for s in sources)
             rows.update(sources)
@@ -261,6 +260,7 @@ class Extraction(RunCosts):
         size = self.config.chunk_size
         if self._corpus is not None:  # given whole (calibration, tests)
             corpus = self._corpus
+            index.start_members()
             for start in range(0, len(corpus.utterances), size):
                 chunk = corpus.utterances[start : start + size]
                 index.add_members([u.id for u in chunk])
@@ -274,7 +274,7 @@ class Extraction(RunCosts):
             for start in range(1, n + 1, size):
                 take([r.utt for r in index.run_rows(start, start + size - 1)])
         else:
-            index.start_members()  # (a recorded set whose rows are gone left its members there)
+            index.start_members()  # (anew: a recorded set whose rows are gone left its members there)
             corpus = load_corpus(self.config.corpus, self.config.label_range, check_audio=False,  # type: ignore
                                  stream=Streaming(take, index.add_members, size))
         if index.run_member_count() == 0:
@@ -290,15 +290,8 @@ class Extraction(RunCosts):
         return index.run_member_count(recorded=True) == index.run_member_count()
 
     def _chunk_plans(self, stages: list[str]) -> Iterator[Plan]:
-        """The run's members planned a chunk at a time (`chunk_size`; whole groups of a group stage),
-        the index's per-stage reads scoped to the chunk while it is worked on."""
-        groups = {stage_class(n).group_by for n in stage_order(stages)} - {None}
-        index = self.store.index
-        size = self.config.chunk_size if len(groups) <= 1 else max(1, index.run_member_count())
-        for chunk in run_chunks(index, size, next(iter(groups), None)):
-            plan = Plan(chunk, self.config.params_for, stages)
-            with index.scope(plan.sources):
-                yield plan
+        """The run's members planned `chunk_size` at a time (planning.chunk_plans)."""
+        return chunk_plans(self.store.index, self.config.params_for, stages, self.config.chunk_size)
 
     def planner(self, plan: Plan) -> TaskPlanner:
         return TaskPlanner(self.store, plan, self.config.shard_size, self.executor.workers)
